@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both set the machine up first.
+VENV ?= .venv
+export TADS_HOME ?= $(CURDIR)/.tads
+# Run history and materialization metadata persist here, so `make ui` shows what `make demo` did.
+export DAGSTER_HOME ?= $(TADS_HOME)/dagster
+
+.PHONY: setup dagster-home demo test ui clean
+
+setup:
+	VENV=$(VENV) bash scripts/setup.sh
+
+# A persistent Dagster instance whose run logs also carry TADS's own progress messages.
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'python_logs:\n  managed_python_loggers:\n    - tads_assets\n  python_log_level: INFO\ntelemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+
+# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME).
+demo: setup dagster-home
+	$(VENV)/bin/dagster asset materialize -m definitions --select '*'
+	$(VENV)/bin/tads ledger
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+# The Dagster UI on http://127.0.0.1:3000
+ui: setup dagster-home
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(TADS_HOME) .pytest_cache

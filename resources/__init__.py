@@ -1,0 +1,127 @@
+"""Dagster resources of TADS: where things live, which torch device to use, the LanceDB store.
+
+Each reads its defaults from the environment (DESIGN.md "Configuration") in `from_env()`, which
+`definitions.py` calls once; the resolved values are visible in the Dagster UI's resource page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from tads_assets.core import demo_pool
+from tads_assets.core.formats import PoolSpec, parse_pool_spec
+from tads_assets.core.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class TadsPaths(ConfigurableResource):
+    """TADS_HOME (outputs), TADS_POOL (raw pool source), TADS_TASKS (task set YAML), demo pool size."""
+
+    home: str = ".tads"
+    pool: str = "demo"
+    tasks: str = ""  # empty: the demo pool's tasks.yaml
+    demo_samples: int = 10_000
+    demo_seed: int = 0
+
+    @classmethod
+    def from_env(cls) -> TadsPaths:
+        env = os.environ
+        return cls(
+            home=env.get("TADS_HOME", ".tads"),
+            pool=env.get("TADS_POOL", "demo"),
+            tasks=env.get("TADS_TASKS", ""),
+            demo_samples=int(env.get("TADS_DEMO_SAMPLES", "10000")),
+            demo_seed=int(env.get("TADS_DEMO_SEED", "0")),
+        )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    def parquet_dir(self, asset: str) -> Path:
+        return self.root / "parquet" / asset
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.root / "ledger"
+
+    @property
+    def lance_dir(self) -> Path:
+        return self.root / "lance"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.root / "demo"
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_dir)
+
+    def demo_config(self) -> demo_pool.DemoConfig:
+        return demo_pool.DemoConfig(n_samples=self.demo_samples, seed=self.demo_seed)
+
+    def pool_spec(self) -> PoolSpec:
+        """The configured pool; `demo` is generated on first use and resolved to its WebDataset shards."""
+        spec = parse_pool_spec(self.pool)
+        if spec.kind != "demo":
+            return spec
+        manifest = demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
+        return parse_pool_spec(demo_pool.demo_shard_pattern(self.demo_dir, manifest))
+
+    def tasks_path(self) -> Path:
+        if self.tasks:
+            return Path(self.tasks).expanduser().resolve()
+        demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
+        return self.demo_dir / "tasks.yaml"
+
+
+class TorchDevice(ConfigurableResource):
+    """The torch device: `auto` picks `cuda` when a GPU is visible, else `cpu`."""
+
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls) -> TorchDevice:
+        return cls(device=os.environ.get("TADS_DEVICE", "auto"))
+
+    def resolve(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"TADS_DEVICE={self.device} but torch sees no CUDA device; use auto or cpu")
+        return self.device
+
+
+class LanceStore(ConfigurableResource):
+    """An on-disk LanceDB database (default TADS_HOME/lance)."""
+
+    uri: str = ".tads/lance"
+
+    @classmethod
+    def from_env(cls) -> LanceStore:
+        return cls(uri=str(Path(os.environ.get("TADS_HOME", ".tads")) / "lance"))
+
+    def connect(self):
+        import lancedb
+
+        Path(self.uri).mkdir(parents=True, exist_ok=True)
+        return lancedb.connect(self.uri)
+
+    def table_names(self) -> list[str]:
+        db = self.connect()
+        listing = db.list_tables()
+        return list(getattr(listing, "tables", listing))

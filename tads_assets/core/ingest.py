@@ -1,0 +1,205 @@
+"""Streaming ingestion of a pool source into the `raw_pool` Parquet table, with a ledger row for every
+sample that does not make it (DESIGN.md: raw_pool).
+
+Output layout (`out_dir`): `part-<shard#>-<chunk#>.parquet` files, one or more per source shard, and
+`_manifest.json` with the counts. The whole folder is built in a staging folder and swapped in at the
+end, so readers never see a half-written raw_pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from tads_assets.core import formats
+from tads_assets.core.ledger import DROP, Ledger, new_run_id
+from tads_assets.core.storage import replace_dir, write_json_atomic, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+STAGE = "raw_pool"
+MANIFEST = "_manifest.json"
+
+RAW_POOL_SCHEMA: dict[str, pl.DataType] = {
+    "uid": pl.Utf8,
+    "url": pl.Utf8,
+    "caption": pl.Utf8,
+    "image_ref": pl.Utf8,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "sha256": pl.Utf8,
+    "bytes": pl.Binary,  # the encoded image itself
+    "format": pl.Utf8,
+    "shard": pl.Utf8,
+}
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    n_seen: int = 0
+    n_kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    source: str
+    out_dir: Path
+    n_seen: int
+    n_kept: int
+    n_dropped: int
+    reasons: dict[str, int]
+    shards: list[ShardStats]
+    seconds: float
+    examples: list[dict]  # a few dropped samples, for metadata
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.n_seen / self.seconds if self.seconds > 0 else float("nan")
+
+    def manifest(self) -> dict:
+        return {
+            "stage": STAGE,
+            "run_id": self.run_id,
+            "source": self.source,
+            "n_seen": self.n_seen,
+            "n_kept": self.n_kept,
+            "n_dropped": self.n_dropped,
+            "reasons": self.reasons,
+            "shards": {s.shard: {"seen": s.n_seen, "kept": s.n_kept, "dropped": dict(s.reasons)} for s in self.shards},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class AllSamplesFailed(RuntimeError):
+    """Every sample of the source was rejected: almost certainly a configuration error, not bad data."""
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    import json
+
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: materialize raw_pool first")
+    return json.loads(path.read_text())
+
+
+def scan_raw_pool(out_dir: str | Path) -> pl.LazyFrame:
+    return pl.scan_parquet(str(Path(out_dir) / "part-*.parquet"), schema=RAW_POOL_SCHEMA)
+
+
+def ingest_pool(
+    shards: Iterable[formats.Shard],
+    out_dir: str | Path,
+    ledger: Ledger,
+    source: str,
+    limits: formats.IngestLimits = formats.IngestLimits(),
+    rows_per_file: int = 5_000,
+    progress: Callable[[str], None] = log.info,
+    progress_every_s: float = 5.0,
+) -> IngestResult:
+    """Read every shard, validate every sample, write kept rows as Parquet and drops to the ledger."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    run_id = new_run_id()
+    t0 = last = time.perf_counter()
+    seen_uids: set[str] = set()
+    drops: list[dict] = []
+    stats: list[ShardStats] = []
+    n_seen = n_kept = 0
+    shards = list(shards)
+
+    for shard_no, shard in enumerate(shards):
+        st = ShardStats(shard.name)
+        stats.append(st)
+        buffer: list[dict] = []
+        chunk = 0
+
+        def flush() -> None:
+            nonlocal buffer, chunk
+            if buffer:
+                frame = pl.DataFrame(buffer, schema=RAW_POOL_SCHEMA)
+                write_parquet_atomic(frame, staging / f"part-{shard_no:05d}-{chunk:03d}.parquet")
+                chunk += 1
+                buffer = []
+
+        for rec in formats.read_shard(shard):
+            st.n_seen += 1
+            n_seen += 1
+            row_or_rejection = _validate(rec, limits, seen_uids)
+            if isinstance(row_or_rejection, formats.Rejection):
+                rej = row_or_rejection
+                st.reasons[rej.reason] += 1
+                drops.append({"uid": rec.uid, "decision": DROP, "reason": rej.reason, "value": rej.value,
+                              "detail": f"{rej.detail} [{rec.ref}]"})
+            else:
+                buffer.append(row_or_rejection)
+                st.n_kept += 1
+                n_kept += 1
+                if len(buffer) >= rows_per_file:
+                    flush()
+            now = time.perf_counter()
+            if now - last >= progress_every_s:
+                last = now
+                progress(f"raw_pool: shard {shard_no + 1}/{len(shards)} ({shard.name}), {n_seen} samples seen, "
+                         f"{n_kept} kept, {n_seen / (now - t0):.0f} samples/s")
+        flush()
+
+    reasons = dict(Counter(d["reason"] for d in drops).most_common())
+    ledger.write_run(STAGE, run_id, drops)
+    seconds = time.perf_counter() - t0
+    result = IngestResult(run_id, source, out_dir, n_seen, n_kept, len(drops), reasons, stats, seconds,
+                          examples=drops[:10])
+    if n_kept == 0:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AllSamplesFailed(
+            f"no sample of {source} could be ingested ({n_seen} seen; reasons: {reasons or 'no samples at all'}). "
+            "Check TADS_POOL; `tads explain UID` shows each rejected sample."
+        )
+    write_json_atomic(result.manifest(), staging / MANIFEST)
+    replace_dir(staging, out_dir)
+    progress(f"raw_pool: {n_seen} samples seen, {n_kept} kept, {len(drops)} ledgered in {seconds:.1f}s "
+             f"({result.samples_per_s:.0f} samples/s)")
+    return result
+
+
+def _validate(rec: formats.RawRecord, limits: formats.IngestLimits, seen_uids: set[str]) -> dict | formats.Rejection:
+    if rec.problem is not None:
+        return formats.Rejection(rec.problem, rec.detail or rec.problem)
+    if rec.uid in seen_uids:
+        return formats.Rejection(formats.DUPLICATE_KEY, f"key {rec.uid!r} already ingested from an earlier record")
+    caption = formats.clean_caption(rec.caption, limits)
+    if isinstance(caption, formats.Rejection):
+        return caption
+    image = formats.inspect_image(rec.image, limits)
+    if isinstance(image, formats.Rejection):
+        return image
+    width, height, fmt = image
+    seen_uids.add(rec.uid)
+    return {
+        "uid": rec.uid,
+        "url": rec.url,
+        "caption": caption,
+        "image_ref": rec.ref,
+        "width": width,
+        "height": height,
+        "sha256": formats.sha256(rec.image),
+        "bytes": rec.image,
+        "format": fmt,
+        "shard": rec.shard,
+    }
