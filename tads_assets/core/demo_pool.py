@@ -543,8 +543,7 @@ def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPo
         pos, spec = clean_specs[int(rng.integers(len(clean_specs)))]
         orig = samples[pos]
         if kind == "exact_duplicate":
-            s = dataclasses.replace(orig, kind=kind, duplicate_of=str(pos))
-            return s
+            return dataclasses.replace(orig, kind=kind, duplicate_of=str(pos))
         near = dataclasses.replace(
             spec,
             cx=spec.cx + float(rng.uniform(-0.04, 0.04)),

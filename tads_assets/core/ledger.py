@@ -78,7 +78,7 @@ class Ledger:
 
     def write_run(self, stage: str, run_id: str, rows: Iterable[Mapping] | pl.DataFrame) -> Path:
         """Write all decisions of one stage run (possibly none) as one immutable file."""
-        frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(list(rows), schema_overrides=None)
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(list(rows))
         frame = _conform(frame, stage=stage, run_id=run_id)
         path = self._stage_dir(stage) / f"run-{run_id}.parquet"
         if path.exists():

@@ -65,3 +65,11 @@ def test_tads_demo_pool_command(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "misaligned" in out.stdout and "10" in out.stdout
     assert sorted(p.name for p in (tmp_path / "d" / "pool").glob("*.tar")) == ["00000.tar", "00001.tar"]
+
+
+def test_workspace_yaml_loads_the_code_location_as_dagster_dev_does(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "TADS_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Validation successful" in proc.stderr + proc.stdout
