@@ -154,40 +154,48 @@ DIGIT_TEMPLATES = (
 FOREIGN: dict[str, dict] = {
     "fr": {
         "fashion": ("une photo d'un {thing} {color} sur un fond {bg}", "{thing} {color} à vendre, très bon état", "nouveauté : {thing} {color} pour l'été"),
-        "digits": ("un chiffre {d} écrit à la main en {color}", "le nombre {d} dessiné à la main sur un fond {bg}"),
+        "digits": ("un chiffre {d} écrit à la main en {color}", "le nombre {d} dessiné à la main en {color} sur un fond {bg}"),
         "things": {"t-shirt": "t-shirt", "trouser": "pantalon", "pullover": "pull", "dress": "robe", "coat": "manteau", "sandal": "sandale", "shirt": "chemise", "sneaker": "basket", "bag": "sac à main", "ankle boot": "bottine"},
         "colors": {"red": "rouge", "blue": "bleu", "green": "vert", "yellow": "jaune", "orange": "orange", "purple": "violet", "pink": "rose", "brown": "marron", "black": "noir", "white": "blanc", "grey": "gris"},
         "bgs": {"white": "blanc", "light grey": "gris clair", "beige": "beige", "pale blue": "bleu pâle", "black": "noir", "dark green": "vert foncé"},
     },
     "de": {
         "fashion": ("ein Foto von einem {color} {thing} auf {bg} Hintergrund", "{thing} in {color} zu verkaufen, wie neu", "Neu eingetroffen: {thing} in der Farbe {color}"),
-        "digits": ("eine handgeschriebene Ziffer {d} in {color}", "die Zahl {d} von Hand auf {bg} Papier geschrieben"),
+        "digits": ("eine handgeschriebene Ziffer {d} in {color}", "die Zahl {d} in {color} von Hand auf {bg} Papier geschrieben"),
         "things": {"t-shirt": "T-Shirt", "trouser": "Hose", "pullover": "Pullover", "dress": "Kleid", "coat": "Mantel", "sandal": "Sandale", "shirt": "Hemd", "sneaker": "Turnschuh", "bag": "Handtasche", "ankle boot": "Stiefelette"},
         "colors": {"red": "rot", "blue": "blau", "green": "grün", "yellow": "gelb", "orange": "orange", "purple": "lila", "pink": "rosa", "brown": "braun", "black": "schwarz", "white": "weiß", "grey": "grau"},
         "bgs": {"white": "weißem", "light grey": "hellgrauem", "beige": "beigem", "pale blue": "hellblauem", "black": "schwarzem", "dark green": "dunkelgrünem"},
     },
     "es": {
         "fashion": ("una foto de un {thing} {color} sobre un fondo {bg}", "{thing} {color} en venta, como nuevo", "novedad: {thing} de color {color} para esta temporada"),
-        "digits": ("un número {d} escrito a mano en {color}", "el dígito {d} dibujado a mano sobre fondo {bg}"),
+        "digits": ("un número {d} escrito a mano en {color}", "el dígito {d} dibujado a mano en {color} sobre fondo {bg}"),
         "things": {"t-shirt": "camiseta", "trouser": "pantalón", "pullover": "jersey", "dress": "vestido", "coat": "abrigo", "sandal": "sandalia", "shirt": "camisa", "sneaker": "zapatilla", "bag": "bolso", "ankle boot": "botín"},
         "colors": {"red": "rojo", "blue": "azul", "green": "verde", "yellow": "amarillo", "orange": "naranja", "purple": "morado", "pink": "rosa", "brown": "marrón", "black": "negro", "white": "blanco", "grey": "gris"},
         "bgs": {"white": "blanco", "light grey": "gris claro", "beige": "beige", "pale blue": "azul claro", "black": "negro", "dark green": "verde oscuro"},
     },
     "it": {
         "fashion": ("una foto di un {thing} {color} su uno sfondo {bg}", "{thing} {color} in vendita, ottime condizioni", "nuovo arrivo: {thing} di colore {color} per la stagione"),
-        "digits": ("una cifra {d} scritta a mano in {color}", "il numero {d} disegnato a mano su sfondo {bg}"),
+        "digits": ("una cifra {d} scritta a mano in {color}", "il numero {d} disegnato a mano in {color} su sfondo {bg}"),
         "things": {"t-shirt": "maglietta", "trouser": "pantalone", "pullover": "maglione", "dress": "vestito", "coat": "cappotto", "sandal": "sandalo", "shirt": "camicia", "sneaker": "scarpa da ginnastica", "bag": "borsa", "ankle boot": "stivaletto"},
         "colors": {"red": "rosso", "blue": "blu", "green": "verde", "yellow": "giallo", "orange": "arancione", "purple": "viola", "pink": "rosa", "brown": "marrone", "black": "nero", "white": "bianco", "grey": "grigio"},
         "bgs": {"white": "bianco", "light grey": "grigio chiaro", "beige": "beige", "pale blue": "azzurro", "black": "nero", "dark green": "verde scuro"},
     },
     "pt": {
         "fashion": ("uma foto de um {thing} {color} em um fundo {bg}", "{thing} {color} à venda, em ótimo estado", "novidade: {thing} na cor {color} para esta estação"),
-        "digits": ("um número {d} escrito à mão em {color}", "o dígito {d} desenhado à mão sobre um fundo {bg}"),
+        "digits": ("um número {d} escrito à mão em {color}", "o dígito {d} desenhado à mão em {color} sobre um fundo {bg}"),
         "things": {"t-shirt": "camiseta", "trouser": "calça", "pullover": "suéter", "dress": "vestido", "coat": "casaco", "sandal": "sandália", "shirt": "camisa", "sneaker": "tênis", "bag": "bolsa", "ankle boot": "bota de cano curto"},
         "colors": {"red": "vermelho", "blue": "azul", "green": "verde", "yellow": "amarelo", "orange": "laranja", "purple": "roxo", "pink": "rosa", "brown": "marrom", "black": "preto", "white": "branco", "grey": "cinza"},
         "bgs": {"white": "branco", "light grey": "cinza claro", "beige": "bege", "pale blue": "azul claro", "black": "preto", "dark green": "verde escuro"},
     },
 }
+
+BRANDS = ("Northwind", "Aurelia", "Kestrel & Co", "Blue Harbor", "Maison Lune", "Urban Fox", "Pinecrest",
+          "Ostara", "Velvet Row", "Halden", "Corvo", "Silverline", "Tidewater", "Marlowe", "Juniper Lane")
+CLOTHING_SIZES = ("XS", "S", "M", "L", "XL", "XXL", "8", "10", "12", "14")
+SHOE_SIZES = ("36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "UK 6", "US 9")
+MATERIALS = ("100% cotton", "organic cotton", "linen blend", "merino wool", "recycled polyester", "viscose",
+             "cashmere blend", "denim", "faux leather", "silk")
+MATERIALS_SHOES = ("genuine leather", "suede", "canvas", "mesh upper", "vegan leather", "rubber sole")
 
 VAGUE_FIXED = ("image", "photo", "untitled", "picture", "thumbnail", "click to enlarge", "no description", "img", "download", "view image")
 BANNER_LINES = (("SALE", "50% OFF"), ("FREE", "SHIPPING"), ("NEW", "COLLECTION"), ("BLACK", "FRIDAY"), ("LAST", "CHANCE"), ("BUY 1", "GET 1 FREE"), ("SUMMER", "DEALS"), ("UP TO", "70% OFF"))
@@ -305,6 +313,7 @@ class GlyphSpec:
     scale: float  # glyph side as a fraction of the canvas's short side
     cx: float  # glyph centre, fraction of width
     cy: float
+    details: tuple[str, ...] = ()  # listing details (brand, size, price ...) that make captions specific
 
 
 def _glyph_array(src: ImageSources, spec: GlyphSpec) -> np.ndarray:
@@ -401,6 +410,8 @@ def english_caption(spec: GlyphSpec, rng: np.random.Generator, avoid: str | None
             d = int(spec.label)
             tpl = str(rng.choice(DIGIT_TEMPLATES))
             text = tpl.format(color=spec.color, Color=spec.color.capitalize(), d=d, word=DIGIT_WORDS[d], bg=spec.background)
+        if spec.details:
+            text += str(rng.choice((" - ", ", ", " | ", "; "))) + ", ".join(spec.details)
         text = text[0].upper() + text[1:] if rng.random() < 0.5 else text
         if text != avoid:
             return text
@@ -472,7 +483,25 @@ def random_spec(source: str, idx: int, split: str, label: str, rng: np.random.Ge
     margin = scale * min(w, h) / 2
     cx = float(rng.uniform(margin, w - margin)) / w if w > 2 * margin else 0.5
     cy = float(rng.uniform(margin, h - margin)) / h if h > 2 * margin else 0.5
-    return GlyphSpec(source, idx, split, label, color, bg, w, h, scale, cx, cy)
+    return GlyphSpec(source, idx, split, label, color, bg, w, h, scale, cx, cy, listing_details(source, label, rng))
+
+
+def listing_details(source: str, label: str, rng: np.random.Generator) -> tuple[str, ...]:
+    """Specifics a web caption carries (brand, size, price; sheet and row for scans): 0 to 3 of them."""
+    if source == "fashion":
+        shoe = label in ("sandal", "sneaker", "ankle boot")
+        pool = (
+            str(rng.choice(BRANDS)),
+            f"size {rng.choice(SHOE_SIZES if shoe else CLOTHING_SIZES)}",
+            f"${int(rng.integers(9, 200))}.{int(rng.choice((0, 49, 95, 99))):02d}",
+            str(rng.choice(MATERIALS_SHOES if shoe else MATERIALS)),
+            f"item {int(rng.integers(1000, 99999))}",
+        )
+    else:
+        pool = (f"sheet {int(rng.integers(1, 400))}", f"row {int(rng.integers(1, 30))}",
+                f"writer {int(rng.integers(1, 500))}", str(rng.choice(("pencil", "ballpoint", "marker", "fountain pen"))))
+    k = int(rng.integers(1, 4))
+    return tuple(pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False)))
 
 
 def _url(rng: np.random.Generator, ext: str) -> str:
