@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
-from resources import LanceStore, TadsPaths, TorchDevice
+from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
 from tads_assets import checks, pool
 
 ASSET_MODULES = [pool]
@@ -20,5 +20,6 @@ defs = Definitions(
         "paths": TadsPaths.from_env(),
         "device": TorchDevice.from_env(),
         "lance": LanceStore.from_env(),
+        "encoder": ClipEncoder.from_env(),
     },
 )

@@ -63,6 +63,11 @@ class TadsPaths(ConfigurableResource):
         return self.root / "reports"
 
     @property
+    def frozen_cache_dir(self) -> Path:
+        """Cached frozen-tower features of the builtin encoder, one Parquet file per raw_pool part."""
+        return self.root / "cache" / "frozen_features"
+
+    @property
     def demo_dir(self) -> Path:
         return self.root / "demo"
 
@@ -125,3 +130,31 @@ class LanceStore(ConfigurableResource):
         db = self.connect()
         listing = db.list_tables()
         return list(getattr(listing, "tables", listing))
+
+
+class ClipEncoder(ConfigurableResource):
+    """The encoder (TADS_ENCODER): `builtin` (trained on the pool) or `open_clip:MODEL:WEIGHTS`."""
+
+    spec: str = "builtin"
+    batch_size: int = 64
+    image_size: int = 128  # builtin image tower input side
+
+    @classmethod
+    def from_env(cls) -> ClipEncoder:
+        return cls(spec=os.environ.get("TADS_ENCODER", "builtin"))
+
+    def parsed(self) -> tuple[str, str, str]:
+        from tads_assets.core.encoder import parse_encoder_spec
+
+        return parse_encoder_spec(self.spec)
+
+    def towers(self, device: str):
+        from tads_assets.core.encoder import FrozenTowers
+
+        return FrozenTowers(device=device, image_size=self.image_size)
+
+    def open_clip(self, device: str):
+        from tads_assets.core.encoder import OpenClipEncoder
+
+        _, model, weights = self.parsed()
+        return OpenClipEncoder(model, weights, device=device, batch_size=self.batch_size)

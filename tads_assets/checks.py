@@ -1,12 +1,13 @@
 """Asset checks: each stage's output is sound and its ledger accounts for every input."""
 
 
+import numpy as np
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
-from resources import TadsPaths
-from tads_assets.core import ingest
-from tads_assets.pool import raw_pool
+from resources import LanceStore, TadsPaths
+from tads_assets.core import embeddings, ingest
+from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
 
 
 @asset_check(asset=raw_pool, blocking=True,
@@ -38,3 +39,32 @@ def raw_pool_rows_valid(paths: TadsPaths) -> AssetCheckResult:
         "bad_sha256": frame.filter(pl.col("sha256").str.len_chars() != 64).height,
     }
     return AssetCheckResult(passed=not any(problems.values()), metadata={"rows": frame.height, **problems})
+
+
+@asset_check(asset=pool_embeddings, blocking=True,
+             description="One row per raw_pool sample; every vector finite and L2-normalised (|norm - 1| < 1e-3).")
+def pool_embeddings_normalised(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
+    frame = embeddings.read_embeddings(lance.connect())
+    n_pool = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
+    problems: dict[str, int] = {"rows_missing": n_pool - frame.height,
+                                "duplicate_uids": frame.height - frame["uid"].n_unique()}
+    for col in ("image_vec", "text_vec", "flipped_image_vec"):
+        (vecs,) = embeddings.arrays(frame, col)
+        norms = np.linalg.norm(vecs, axis=1)
+        problems[f"{col}_non_finite"] = int((~np.isfinite(vecs).all(axis=1)).sum())
+        problems[f"{col}_not_unit"] = int((np.abs(norms - 1) > 1e-3).sum())
+    return AssetCheckResult(passed=not any(problems.values()), metadata={"rows": frame.height, **problems})
+
+
+@asset_check(asset=deduped_pool, blocking=True,
+             description="Ledger completeness: raw_pool rows = deduped rows kept + ledgered dedup drops; no uid twice.")
+def deduped_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
+    out = paths.parquet_dir("deduped_pool")
+    manifest = ingest.read_manifest(out)
+    kept = pl.read_parquet(out / "deduped_pool.parquet", columns=["uid"])
+    n_in = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
+    report = paths.ledger().completeness("deduped_pool", manifest["run_id"], n_in, kept.height)
+    duplicates = kept.height - kept["uid"].n_unique()
+    return AssetCheckResult(passed=report.ok and not duplicates, description=report.describe(),
+                            metadata={"n_in": report.n_in, "n_kept": report.n_kept, "n_dropped": report.n_dropped,
+                                      "n_unaccounted": report.n_unaccounted, "duplicate_uids": duplicates})

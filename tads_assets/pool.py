@@ -1,12 +1,17 @@
 """pool group: the raw pool, read from the configured source into Parquet."""
 
 
+import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from resources import TadsPaths
-from tads_assets.core import formats, ingest
-from tads_assets.core.report import histogram_markdown, markdown_table
+from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
+from tads_assets.core import dedup, embeddings, formats, ingest
+from tads_assets.core.dedup import DedupParams
+from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, read_encoder_info, save_heads,
+                                      write_encoder_info)
+from tads_assets.core.storage import write_stage_output
+from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
 
 
 class RawPoolConfig(Config):
@@ -58,3 +63,138 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
             "samples_per_s": MetadataValue.float(round(result.samples_per_s, 1)),
         }
     )
+
+
+class ClipEncoderConfig(Config):
+    """Training of the builtin encoder's projection heads (ignored for open_clip encoders)."""
+
+    embed_dim: int = 256
+    hidden_dim: int = 512  # 0: linear heads
+    epochs: int = 4  # few passes: more make the heads memorise the pool's misaligned pairs
+    batch_size: int = 512
+    lr: float = 2e-3
+    val_fraction: float = 0.05
+    seed: int = 0
+
+
+@asset(
+    group_name="pool",
+    deps=[raw_pool],
+    kinds={"pytorch"},
+    description="The encoder behind every embedding: `builtin` (frozen EfficientNet-Lite0 + MiniLM towers with "
+    "projection heads trained on the pool's pairs, InfoNCE) or the user's open_clip weights (TADS_ENCODER).",
+)
+def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, paths: TadsPaths,
+                 encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
+    dev = device.resolve()
+    kind, model_name, weights = encoder.parsed()
+    out = paths.models_dir / "clip_encoder"
+    if kind == "open_clip":
+        enc = encoder.open_clip(dev)
+        dim = int(enc.encode_texts(["a photo"]).shape[1])
+        info = write_encoder_info(out, {"kind": kind, "model": model_name, "weights": weights, "embed_dim": dim})
+        return MaterializeResult(metadata={"encoder": MetadataValue.text(encoder.spec), "embed_dim": dim,
+                                           "encoder_id": MetadataValue.text(info["encoder_id"]), "device": dev})
+    stats = embeddings.cache_frozen_features(paths.parquet_dir("raw_pool"), paths.frozen_cache_dir,
+                                             encoder.towers(dev), encoder.batch_size, progress=context.log.info)
+    context.log.info(f"clip_encoder: frozen features {stats}")
+    img, txt = embeddings.arrays(embeddings.load_frozen_features(paths.frozen_cache_dir), "image_feat", "text_feat")
+    heads_config = HeadsConfig(config.embed_dim, config.hidden_dim, config.epochs, config.batch_size, config.lr,
+                               seed=config.seed)
+    heads, report = fit_builtin_encoder(img, txt, heads_config, config.val_fraction, dev, progress=context.log.info)
+    save_heads(heads, out / "heads.safetensors")
+    info = write_encoder_info(out, {"kind": "builtin", "embed_dim": config.embed_dim,
+                                          "heads": "heads.safetensors", "image_size": encoder.image_size})
+    return MaterializeResult(metadata={
+        "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
+        "encoder_id": MetadataValue.text(info["encoder_id"]),
+        "path": MetadataValue.path(str(out)),
+        "pairs_train": report.n_train, "pairs_val": report.n_val,
+        "val_i2t_recall_at_1": MetadataValue.float(round(report.val_i2t_r1, 4)),
+        "val_t2i_recall_at_1": MetadataValue.float(round(report.val_t2i_r1, 4)),
+        "val_chance_recall_at_1": MetadataValue.float(round(report.chance_r1, 5)),
+        "final_infonce": MetadataValue.float(round(report.loss_per_epoch[-1], 4)),
+        "loss_curve": MetadataValue.md(line_plot_markdown(report.loss_per_epoch, "InfoNCE per epoch", "epoch", "loss")),
+        "frozen_parts_computed": stats["parts_computed"], "frozen_parts_cached": stats["parts_cached"],
+        "frozen_feature_seconds": MetadataValue.float(stats["seconds"]),
+        "head_training_seconds": MetadataValue.float(round(report.seconds, 2)),
+        "device": MetadataValue.text(dev),
+    })
+
+
+@asset(
+    group_name="pool",
+    deps=[raw_pool, clip_encoder],
+    kinds={"lancedb"},
+    description="LanceDB table `embeddings`: uid, image_vec, text_vec, flipped_image_vec (L2-normalised), "
+    "written per raw_pool part so an interrupted run resumes where it stopped.",
+)
+def pool_embeddings(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder, device: TorchDevice,
+                    lance: LanceStore) -> MaterializeResult:
+    dev = device.resolve()
+    models = paths.models_dir / "clip_encoder"
+    info = read_encoder_info(models)
+    embed_part = (embeddings.builtin_part_embedder(models / info["heads"], paths.frozen_cache_dir, dev)
+                  if info["kind"] == "builtin" else embeddings.model_part_embedder(encoder.open_clip(dev)))
+    result = embeddings.embed_pool(paths.parquet_dir("raw_pool"), lance.connect(), info["encoder_id"], embed_part,
+                                   progress=context.log.info)
+    return MaterializeResult(metadata={
+        "table": MetadataValue.text(f"{lance.uri}::{embeddings.EMBEDDINGS_TABLE}"),
+        "rows": result["rows"], "embed_dim": result["dim"],
+        "parts_computed": result["parts_computed"], "parts_resumed": result["parts_skipped"],
+        "encoder_id": MetadataValue.text(info["encoder_id"]),
+        "seconds": MetadataValue.float(result["seconds"]),
+        "image_text_cosine": MetadataValue.md(histogram_markdown(
+            {"matched pair cos(z_I, z_T)": result["pair_cosine"]}, "image-text cosine of each pair", "cosine")),
+        "flip_consistency_median": MetadataValue.float(round(float(np.median(result["flip_cosine"])), 4)),
+    })
+
+
+class DedupConfig(Config):
+    """§3.1 thresholds; defaults from `tads_assets.core.dedup.DedupParams` (benchmarks/dedup_calibration.py)."""
+
+    alpha_r: float = DedupParams.alpha_r
+    alpha_l: float = DedupParams.alpha_l
+    n_clusters: int = DedupParams.n_clusters
+    gamma: float = DedupParams.gamma
+    tau_edit: float = DedupParams.tau_edit
+    tau_sem: float = DedupParams.tau_sem
+    k_neighbours: int = DedupParams.k_neighbours
+    min_joint_cos: float = DedupParams.min_joint_cos
+    seed: int = DedupParams.seed
+
+
+@asset(
+    group_name="pool",
+    deps=[raw_pool, pool_embeddings],
+    kinds={"parquet", "lancedb"},
+    description="§3.1 three-layer deduplication: metadata (sha256/url, eq. 1), semantic (MiniBatch K-Means, "
+    "eq. 2), quality-guided (edit distance or text cosine within a cluster, LanceDB neighbours, eq. 3-6).",
+)
+def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: TadsPaths,
+                 lance: LanceStore) -> MaterializeResult:
+    pool, vectors = embeddings.pool_with_vectors(paths.parquet_dir("raw_pool"), lance.connect())
+    image_vec, text_vec = vectors
+    captions = pool["caption"].to_list()
+    params = DedupParams(**config.model_dump())
+    outcome = dedup.deduplicate(pool["sha256"].to_numpy(), pool["url"].to_numpy(), captions, pool["width"].to_numpy(),
+                                pool["height"].to_numpy(), image_vec, text_vec, params, progress=context.log.info)
+    alignment = np.sum(image_vec * text_vec, axis=1)
+    kept, drops = dedup.outcome_tables(pool["uid"].to_numpy(), captions, outcome, alignment)
+    result = write_stage_output(paths.parquet_dir("deduped_pool"), paths.ledger(), "deduped_pool", kept, drops)
+    sizes = kept.group_by("cluster").len()["len"].to_numpy()
+    per_layer = [{"layer": r.name, "in": int(len(r.removed)), "removed": int(r.removed.sum()),
+                  "out": int(len(r.removed) - r.removed.sum()), "seconds": round(r.seconds, 2), **r.extra}
+                 for r in outcome.layers]
+    examples = drops.join(pool.select("uid", "caption"), left_on="duplicate_of", right_on="uid", suffix="_kept")
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(paths.parquet_dir("deduped_pool"))),
+        "n_in": pool.height, "n_kept": kept.height, "n_dropped": drops.height,
+        "per_layer": MetadataValue.md(markdown_table(per_layer)),
+        "removed_examples": MetadataValue.md(markdown_table(
+            [{"layer": r["reason"], "removed": r["uid"], "kept": r["duplicate_of"], "detail": r["detail"]}
+             for r in examples.group_by("reason").head(5).iter_rows(named=True)])),
+        "cluster_sizes": MetadataValue.md(histogram_markdown({"kept samples per cluster": sizes},
+                                                             "cluster sizes after dedup", "samples")),
+        "run_id": MetadataValue.text(result["run_id"]),
+    })

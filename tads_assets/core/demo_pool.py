@@ -44,6 +44,8 @@ from tads_assets.core.storage import replace_dir, write_json_atomic, write_parqu
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Bump when the generator's output changes, so an existing demo pool is regenerated rather than reused.
+GENERATOR_VERSION = 2
 
 CLEAN = "clean"
 NOISE_KINDS = (
@@ -803,6 +805,7 @@ def generate_demo_pool(out_dir: str | Path, config: DemoConfig | None = None) ->
     write_parquet_atomic(truth, staging / "truth.parquet")
     task_sizes = write_task_sets(staging, config, src)
     manifest = {
+        "generator_version": GENERATOR_VERSION,
         "config": config.to_json(),
         "n_samples": len(samples),
         "n_shards": n_shards,
@@ -832,9 +835,10 @@ def ensure_demo_pool(out_dir: str | Path, config: DemoConfig | None = None) -> d
     manifest_path = Path(out_dir) / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") == json.loads(json.dumps(config.to_json())):
+        if (manifest.get("config") == json.loads(json.dumps(config.to_json()))
+                and manifest.get("generator_version") == GENERATOR_VERSION):
             return manifest
-        log.info("demo pool at %s was made with another config; regenerating", out_dir)
+        log.info("demo pool at %s was made with another config or generator; regenerating", out_dir)
     return generate_demo_pool(out_dir, config)
 
 

@@ -88,7 +88,7 @@ def read_manifest(out_dir: str | Path) -> dict:
 
     path = Path(out_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing: materialize raw_pool first")
+        raise FileNotFoundError(f"{path} missing: materialize {Path(out_dir).name} first")
     return json.loads(path.read_text())
 
 

@@ -30,14 +30,37 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join(lines)
 
 
-def histogram_markdown(series: Mapping[str, np.ndarray], title: str, xlabel: str, bins: int = 30) -> str:
-    """Histograms of one or more value arrays, as an inline PNG inside markdown."""
+def _figure_markdown(fig, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
+    return plt.subplots(figsize=(6, 3.2), dpi=90)
+
+
+def line_plot_markdown(values: Sequence[float], title: str, xlabel: str, ylabel: str) -> str:
+    fig, ax = _axes()
+    ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _figure_markdown(fig, title)
+
+
+def histogram_markdown(series: Mapping[str, np.ndarray], title: str, xlabel: str, bins: int = 30) -> str:
+    """Histograms of one or more value arrays, as an inline PNG inside markdown."""
+    fig, ax = _axes()
     for name, values in series.items():
         values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values)]
@@ -48,8 +71,4 @@ def histogram_markdown(series: Mapping[str, np.ndarray], title: str, xlabel: str
     ax.set_ylabel("samples")
     if len(series) > 1:
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return _figure_markdown(fig, title)

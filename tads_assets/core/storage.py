@@ -49,3 +49,22 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.DataFrame, drops: pl.DataFrame) -> dict:
+    """A filtering stage's result: kept rows as Parquet, drops as one ledger run, and a manifest tying the two
+    together (`n_seen` = kept + dropped), all replaced atomically."""
+    from tads_assets.core.ledger import new_run_id
+
+    out_dir = Path(out_dir)
+    run_id = new_run_id()
+    ledger.write_run(stage, run_id, drops)
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_parquet_atomic(kept, staging / f"{stage}.parquet")
+    manifest = {"stage": stage, "run_id": run_id, "n_seen": kept.height + drops.height, "n_kept": kept.height,
+                "n_dropped": drops.height,
+                "reasons": dict(drops.group_by("reason").len().iter_rows()) if drops.height else {}}
+    write_json_atomic(manifest, staging / "_manifest.json")
+    replace_dir(staging, out_dir)
+    return manifest

@@ -1,0 +1,329 @@
+"""§3.1 Multi-layer deduplication: metadata (eq. 1), semantic (eq. 2), quality-guided (eq. 3-6).
+
+Every function works on arrays aligned with one pool table (row i is sample i) and returns, per layer,
+which rows it removes and which kept row each removed one duplicated, so every drop can be ledgered
+with its reason. Candidate pairs of the quality-guided layer come from a nearest-neighbour search
+(LanceDB, `neighbours_lancedb`) and never from all pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata_duplicate"
+SEMANTIC = "semantic_density"
+QUALITY = "quality_duplicate"
+
+
+@dataclass
+class DedupParams:
+    """Defaults of the deduplication stage (the Dagster Config class takes its defaults from here)."""
+
+    alpha_r: float = 1.0  # eq. 1 weight of image resolution (min-max normalised log pixels)
+    alpha_l: float = 1.0  # eq. 1 weight of caption length (min-max normalised characters)
+    n_clusters: int = 0  # eq. 2 M; 0 = round(sqrt(n)), which keeps K-Means near-linear in n
+    gamma: float = 1.0  # eq. 2 retention ratio per cluster; 1.0 keeps every cluster whole
+    tau_edit: float = 0.15  # eq. 3 normalised edit distance below which captions are structurally redundant
+    tau_sem: float = 0.97  # eq. 4 text-embedding cosine above which captions are semantically redundant
+    k_neighbours: int = 10  # candidate pairs per sample from the nearest-neighbour search
+    min_joint_cos: float = 0.0  # candidates must also be this close in the joint space (0: off)
+    seed: int = 0
+
+
+@dataclass
+class LayerResult:
+    name: str
+    removed: np.ndarray  # bool per row: removed by this layer
+    duplicate_of: np.ndarray  # int per row: index of the kept row it duplicated, -1 if none
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ eq. 1
+
+
+def s_init(width: np.ndarray, height: np.ndarray, caption_len: np.ndarray, alpha_r: float, alpha_l: float) -> np.ndarray:
+    """Eq. 1 heuristic initial quality: S_init(x) = α_r·R(I) + α_l·Len(T), both terms min-max normalised
+    over the pool (R on log pixel count) so the α weights are comparable."""
+
+    def minmax(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        span = v.max() - v.min() if v.size else 0.0
+        return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+    pixels = np.log1p(np.asarray(width, np.float64) * np.asarray(height, np.float64))
+    return alpha_r * minmax(pixels) + alpha_l * minmax(caption_len)
+
+
+def _find(parent: np.ndarray, i: int) -> int:
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:
+        parent[i], i = root, parent[i]
+    return root
+
+
+def _groups_by_keys(*keys: np.ndarray) -> np.ndarray:
+    """Union-find over rows sharing any of the keys (None/empty keys never match). Returns a group id per row."""
+    n = len(keys[0])
+    parent = np.arange(n)
+    for key in keys:
+        first: dict = {}
+        for i, k in enumerate(key):
+            if k is None or k == "":
+                continue
+            j = first.setdefault(k, i)
+            if j != i:
+                a, b = _find(parent, i), _find(parent, j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return np.array([_find(parent, i) for i in range(n)])
+
+
+def _keep_best(groups: np.ndarray, score: np.ndarray, eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """In each group keep the row with the highest score (ties: lowest row); the others duplicate it."""
+    n = len(groups)
+    order = np.lexsort((np.arange(n), -score, groups))  # by group, then score desc, then row
+    removed = np.zeros(n, bool)
+    dup_of = np.full(n, -1)
+    g_sorted = groups[order]
+    starts = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
+    best = order[starts]
+    best_of_group = dict(zip(g_sorted[starts].tolist(), best.tolist()))
+    for i in order[~starts]:
+        removed[i] = True
+        dup_of[i] = best_of_group[groups[i]]
+    if eligible is not None:
+        removed &= eligible
+        dup_of[~removed] = -1
+    return removed, dup_of
+
+
+def metadata_dedup(sha256: np.ndarray, url: np.ndarray, score: np.ndarray) -> LayerResult:
+    """Eq. 1: collision sets share a file hash or a source URL; keep argmax S_init of each set."""
+    t0 = time.perf_counter()
+    groups = _groups_by_keys(np.asarray(sha256, object), np.asarray(url, object))
+    removed, dup_of = _keep_best(groups, np.asarray(score, np.float64))
+    return LayerResult(METADATA, removed, dup_of, time.perf_counter() - t0,
+                       {"collision_sets": int(len(np.unique(groups[removed]))) if removed.any() else 0})
+
+
+# ------------------------------------------------------------------------------------------ eq. 2
+
+
+def kmeans_clusters(joint: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 4096) -> np.ndarray:
+    """MiniBatch K-Means over the joint vectors [z_I; z_T]; returns the cluster id of each row."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    n_clusters = max(1, min(int(n_clusters), len(joint)))
+    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, n_init=1,
+                         max_iter=50, max_no_improvement=5, reassignment_ratio=0.0)
+    return km.fit_predict(np.asarray(joint, np.float32)).astype(np.int64)
+
+
+def semantic_dedup(labels: np.ndarray, score: np.ndarray, gamma: float) -> LayerResult:
+    """Eq. 2: in each cluster C_j keep the top K_j = ⌈γ·|C_j|⌉ samples by S_init."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+    t0 = time.perf_counter()
+    n = len(labels)
+    order = np.lexsort((np.arange(n), -np.asarray(score, np.float64), labels))
+    removed = np.zeros(n, bool)
+    dup_of = np.full(n, -1)
+    sorted_labels = labels[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        k = math.ceil(gamma * (b - a))
+        members = order[a:b]
+        removed[members[k:]] = True
+        dup_of[members[k:]] = members[0]  # the cluster's best sample stands for it in the ledger
+    return LayerResult(SEMANTIC, removed, dup_of, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------- eq. 3-6
+
+
+def normalised_edit_distance(a: list[str], b: list[str]) -> np.ndarray:
+    """Levenshtein distance divided by the longer caption's length (0 = identical, 1 = nothing shared)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return np.array([Levenshtein.normalized_distance(x, y) for x, y in zip(a, b)], dtype=np.float64)
+
+
+def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "dedup_candidates",
+                       index_min_rows: int = 50_000, nprobes: int = 20, query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (cosine) of every row among all rows, from a LanceDB table.
+
+    Small tables are searched exhaustively (exact kNN); from `index_min_rows` rows an IVF-PQ index is
+    built first. Queries go in batches. Returns (indices, cosines), each (n, k), self excluded, -1 padded.
+    """
+    import tempfile
+
+    import lancedb
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.full((n, 0), -1), np.zeros((n, 0), np.float32)
+    if db is None:
+        db = lancedb.connect(tempfile.mkdtemp(prefix="tads-knn-"))
+    data = pa.table({"row": pa.array(np.arange(n), pa.int64()),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d)})
+    table = db.create_table(table_name, data=data, mode="overwrite")
+    indexed = n >= index_min_rows
+    if indexed:
+        from lancedb.index import IvfPq
+
+        table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=max(16, int(np.sqrt(n))),
+                                                  num_sub_vectors=max(1, d // 16)))
+    idx = np.full((n, k), -1, np.int64)
+    cos = np.zeros((n, k), np.float32)
+    for start in range(0, n, query_batch):
+        q = vectors[start : start + query_batch]
+        search = table.search(q).distance_type("cosine").limit(k + 1).select(["row", "_distance"])
+        if indexed:
+            search = search.nprobes(nprobes).refine_factor(2)
+        res = search.to_arrow()
+        qi = res.column("query_index").to_numpy() + start if "query_index" in res.column_names else np.full(res.num_rows, start)
+        rows = res.column("row").to_numpy()
+        dist = res.column("_distance").to_numpy()
+        keep = rows != qi  # drop self matches
+        qi, rows, dist = qi[keep], rows[keep], dist[keep]
+        order = np.lexsort((dist, qi))
+        qi, rows, dist = qi[order], rows[order], dist[order]
+        rank = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left")
+        ok = rank < k
+        idx[qi[ok], rank[ok]] = rows[ok]
+        cos[qi[ok], rank[ok]] = 1.0 - dist[ok]
+    db.drop_table(table_name)
+    return idx, cos
+
+
+def candidate_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, min_joint_cos: float) -> np.ndarray:
+    """Unique (i, j), i < j, pairs among neighbours that share a semantic cluster."""
+    n, k = nbr_idx.shape
+    i = np.repeat(np.arange(n), k)
+    j = nbr_idx.ravel()
+    c = nbr_cos.ravel()
+    ok = (j >= 0) & (c >= min_joint_cos)
+    i, j = i[ok], j[ok]
+    ok = labels[i] == labels[j]
+    pairs = np.stack([np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])], axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, alignment: np.ndarray,
+                  tau_edit: float, tau_sem: float) -> LayerResult:
+    """Eq. 3-6: a candidate pair is redundant if its captions are within edit distance τ_edit (eq. 3) or
+    their text embeddings' cosine exceeds τ_sem (eq. 4), eq. 5 I_red = I_struct ∨ I_sem; each connected
+    group of redundant pairs keeps the sample with the highest CLIP alignment cos(z_I, z_T) (eq. 6)."""
+    t0 = time.perf_counter()
+    n = len(captions)
+    if len(pairs) == 0:
+        return LayerResult(QUALITY, np.zeros(n, bool), np.full(n, -1), time.perf_counter() - t0, {"pairs": 0, "redundant_pairs": 0})
+    a, b = pairs[:, 0], pairs[:, 1]
+    sem = np.sum(text_vec[a] * text_vec[b], axis=1) > tau_sem
+    struct = normalised_edit_distance([captions[x] for x in a], [captions[y] for y in b]) < tau_edit
+    red = sem | struct
+    parent = np.arange(n)
+    for x, y in pairs[red]:
+        ra, rb = _find(parent, int(x)), _find(parent, int(y))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups = np.array([_find(parent, i) for i in range(n)])
+    removed, dup_of = _keep_best(groups, np.asarray(alignment, np.float64))
+    return LayerResult(QUALITY, removed, dup_of, time.perf_counter() - t0,
+                       {"pairs": int(len(pairs)), "redundant_pairs": int(red.sum()),
+                        "structural_pairs": int(struct.sum()), "semantic_pairs": int(sem.sum())})
+
+
+# ------------------------------------------------------------------------------------------- all
+
+
+@dataclass
+class DedupOutcome:
+    kept: np.ndarray  # bool per row
+    layer: np.ndarray  # object per row: the layer that removed it, None if kept
+    duplicate_of: np.ndarray  # int per row: kept row it duplicated, -1
+    labels: np.ndarray  # semantic cluster per row (-1 for rows removed before clustering)
+    layers: list[LayerResult]
+
+
+def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width: np.ndarray, height: np.ndarray,
+                image_vec: np.ndarray, text_vec: np.ndarray, params: DedupParams,
+                neighbours: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = neighbours_lancedb,
+                progress: Callable[[str], None] = log.info) -> DedupOutcome:
+    """Run the three layers in order; each sees only the rows the previous layers kept."""
+    n = len(captions)
+    cap_len = np.array([len(c) for c in captions], np.float64)
+    score = s_init(width, height, cap_len, params.alpha_r, params.alpha_l)
+    kept = np.ones(n, bool)
+    layer = np.full(n, None, object)
+    dup_of = np.full(n, -1)
+
+    def apply(res: LayerResult, rows: np.ndarray) -> None:
+        removed_rows = rows[res.removed]
+        kept[removed_rows] = False
+        layer[removed_rows] = res.name
+        dup_of[removed_rows] = rows[res.duplicate_of[res.removed]]
+        progress(f"dedup {res.name}: {len(rows)} in, {res.removed.sum()} removed ({res.seconds:.1f}s)")
+
+    rows = np.arange(n)
+    meta = metadata_dedup(np.asarray(sha256, object), np.asarray(url, object), score)
+    apply(meta, rows)
+
+    rows = np.flatnonzero(kept)
+    joint = np.concatenate([image_vec[rows], text_vec[rows]], axis=1) / np.sqrt(2.0)
+    t0 = time.perf_counter()
+    m = params.n_clusters or max(1, round(math.sqrt(len(rows))))
+    sub_labels = kmeans_clusters(joint, m, params.seed)
+    progress(f"dedup: {m} clusters over {len(rows)} samples ({time.perf_counter() - t0:.1f}s)")
+    labels = np.full(n, -1)
+    labels[rows] = sub_labels
+    sem = semantic_dedup(sub_labels, score[rows], params.gamma)
+    sem.extra["clusters"] = m
+    apply(sem, rows)
+
+    keep_after_sem = ~sem.removed
+    rows2 = rows[keep_after_sem]
+    t0 = time.perf_counter()
+    nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], params.k_neighbours)
+    pairs = candidate_pairs(sub_labels[keep_after_sem], nbr_idx, nbr_cos, params.min_joint_cos)
+    progress(f"dedup: {len(pairs)} candidate pairs from {params.k_neighbours}-NN search ({time.perf_counter() - t0:.1f}s)")
+    alignment = np.sum(image_vec[rows2] * text_vec[rows2], axis=1)
+    qual = quality_dedup(pairs, [captions[i] for i in rows2], text_vec[rows2], alignment, params.tau_edit, params.tau_sem)
+    qual.extra["neighbour_seconds"] = round(time.perf_counter() - t0 - qual.seconds, 2)
+    apply(qual, rows2)
+    return DedupOutcome(kept, layer, dup_of, labels, [meta, sem, qual])
+
+
+def outcome_tables(uids: np.ndarray, captions: list[str], outcome: DedupOutcome, alignment: np.ndarray):
+    """The kept table (uid, cluster, alignment) and the ledger rows of every removed sample."""
+    import polars as pl
+
+    from tads_assets.core.ledger import DROP
+
+    kept = pl.DataFrame({"uid": uids[outcome.kept], "cluster": outcome.labels[outcome.kept],
+                         "alignment": alignment[outcome.kept].astype(np.float32)})
+    removed = np.flatnonzero(~outcome.kept)
+    of = outcome.duplicate_of[removed]
+    drops = pl.DataFrame({
+        "uid": uids[removed],
+        "decision": [DROP] * len(removed),
+        "reason": outcome.layer[removed].astype(str),
+        "value": alignment[removed].astype(np.float64),
+        "detail": [f"duplicate of {uids[j]}: {captions[i][:80]!r} ~ {captions[j][:80]!r}" for i, j in zip(removed, of)],
+        "duplicate_of": uids[of],
+    })
+    return kept, drops

@@ -1,0 +1,225 @@
+"""Pool embeddings: frozen-feature cache for the builtin encoder and the LanceDB `embeddings` table.
+
+Both are written per raw_pool part (one part per source shard chunk), so an interrupted run resumes
+without recomputing finished parts: a part is done when its row count in the cache / table equals its
+row count in raw_pool for the current encoder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from PIL import Image
+
+from tads_assets.core.encoder import FrozenTowers, l2_normalize, load_heads
+from tads_assets.core.storage import write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_TABLE = "embeddings"
+
+
+def raw_pool_parts(raw_pool_dir: str | Path) -> list[Path]:
+    parts = sorted(Path(raw_pool_dir).glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no raw_pool parts under {raw_pool_dir}: materialize raw_pool first")
+    return parts
+
+
+def decode_images(blobs: list[bytes]) -> list[Image.Image]:
+    """Decode raw_pool image bytes to RGB (raw_pool only holds images that decoded at ingestion)."""
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+
+
+def _vectors(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return np.asarray(frame[column].to_list(), dtype=np.float32) if frame.height else np.zeros((0, 0), np.float32)
+
+
+def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, towers: FrozenTowers, batch_size: int = 64,
+                          progress: Callable[[str], None] = log.info) -> dict:
+    """Frozen image (plus flipped) and text features of every raw_pool row, cached per part."""
+    cache_dir = Path(cache_dir)
+    parts = raw_pool_parts(raw_pool_dir)
+    stats = {"parts": len(parts), "parts_computed": 0, "parts_cached": 0, "rows": 0, "seconds": 0.0}
+    t0 = last = time.perf_counter()
+    for i, part in enumerate(parts):
+        target = cache_dir / part.name
+        n = pl.scan_parquet(part).select(pl.len()).collect().item()
+        stats["rows"] += n
+        if target.exists() and pl.scan_parquet(target).select(pl.len()).collect().item() == n:
+            stats["parts_cached"] += 1
+            continue
+        frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
+        img, flip = [], []
+        for j in range(0, frame.height, batch_size):
+            images = decode_images(frame["bytes"][j : j + batch_size].to_list())
+            img.append(towers.image_features(images))
+            flip.append(towers.image_features(images, flip=True))
+            if time.perf_counter() - last > 5:
+                last = time.perf_counter()
+                progress(f"frozen features: part {i + 1}/{len(parts)}, row {j + len(images)}/{frame.height} "
+                         f"({time.perf_counter() - t0:.0f}s)")
+        txt = towers.text_features(frame["caption"].to_list())
+        out = pl.DataFrame({
+            "uid": frame["uid"],
+            "image_feat": np.concatenate(img),
+            "flip_feat": np.concatenate(flip),
+            "text_feat": txt,
+        })
+        write_parquet_atomic(out, target)
+        stats["parts_computed"] += 1
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    return stats
+
+
+def load_frozen_features(cache_dir: str | Path, part_names: list[str] | None = None) -> pl.DataFrame:
+    files = [Path(cache_dir) / n for n in part_names] if part_names else sorted(Path(cache_dir).glob("part-*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def arrays(frame: pl.DataFrame, *columns: str) -> list[np.ndarray]:
+    return [_vectors(frame, c) for c in columns]
+
+
+# -------------------------------------------------------------------------------------- LanceDB table
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    vec = pa.list_(pa.float32(), dim)
+    return pa.schema([("uid", pa.string()), ("part", pa.string()), ("encoder_id", pa.string()),
+                      ("image_vec", vec), ("text_vec", vec), ("flipped_image_vec", vec)])
+
+
+def part_is_done(table, part: str, encoder_id: str, n_rows: int) -> bool:
+    if table is None:
+        return False
+    return table.count_rows(f"part = '{part}' AND encoder_id = '{encoder_id}'") == n_rows
+
+
+def write_part(db, table, part: str, encoder_id: str, uids: list[str], image: np.ndarray, text: np.ndarray,
+               flipped: np.ndarray):
+    """Replace one part's rows (idempotent: delete, then one atomic add). Returns the table."""
+    dim = image.shape[1]
+    data = pa.table({
+        "uid": pa.array(uids, pa.string()),
+        "part": pa.array([part] * len(uids), pa.string()),
+        "encoder_id": pa.array([encoder_id] * len(uids), pa.string()),
+        "image_vec": pa.FixedSizeListArray.from_arrays(pa.array(image.astype(np.float32).ravel()), dim),
+        "text_vec": pa.FixedSizeListArray.from_arrays(pa.array(text.astype(np.float32).ravel()), dim),
+        "flipped_image_vec": pa.FixedSizeListArray.from_arrays(pa.array(flipped.astype(np.float32).ravel()), dim),
+    }, schema=embeddings_schema(dim))
+    if table is None:
+        return db.create_table(EMBEDDINGS_TABLE, data=data, mode="overwrite")
+    if table.schema.field("image_vec").type.list_size != dim:
+        raise ValueError(f"LanceDB table {EMBEDDINGS_TABLE} holds {table.schema.field('image_vec').type.list_size}-d "
+                         f"vectors but the encoder makes {dim}-d ones; rebuild with mode=overwrite")
+    table.delete(f"part = '{part}'")
+    table.add(data)
+    return table
+
+
+def open_embeddings(db):
+    listing = db.list_tables()
+    names = list(getattr(listing, "tables", listing))
+    return db.open_table(EMBEDDINGS_TABLE) if EMBEDDINGS_TABLE in names else None
+
+
+def read_embeddings(db, columns: tuple[str, ...] = ("uid", "image_vec", "text_vec", "flipped_image_vec")) -> pl.DataFrame:
+    table = open_embeddings(db)
+    if table is None:
+        raise FileNotFoundError(f"LanceDB table {EMBEDDINGS_TABLE} does not exist: materialize pool_embeddings first")
+    return pl.from_arrow(table.to_arrow().select(list(columns)))
+
+
+PartVectors = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # uids, image, text, flipped image
+
+
+def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device: str = "cpu") -> Callable[[Path], PartVectors]:
+    """Embed a raw_pool part from its cached frozen features with the trained heads (no towers needed)."""
+    from tads_assets.core.encoder import BuiltinEncoder
+
+    enc = BuiltinEncoder(load_heads(heads_path, device))
+
+    def embed(part: Path) -> PartVectors:
+        frame = pl.read_parquet(Path(cache_dir) / part.name)
+        img, flip, txt = arrays(frame, "image_feat", "flip_feat", "text_feat")
+        return (frame["uid"].to_list(), l2_normalize(enc.embed_image_features(img)),
+                l2_normalize(enc.embed_text_features(txt)), l2_normalize(enc.embed_image_features(flip)))
+
+    return embed
+
+
+def model_part_embedder(encoder) -> Callable[[Path], PartVectors]:
+    """Embed a raw_pool part by decoding its images and running a full encoder (e.g. open_clip)."""
+
+    def embed(part: Path) -> PartVectors:
+        frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
+        images = decode_images(frame["bytes"].to_list())
+        return (frame["uid"].to_list(), encoder.encode_images(images), encoder.encode_texts(frame["caption"].to_list()),
+                encoder.encode_images(images, flip=True))
+
+    return embed
+
+
+def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callable[[Path], PartVectors],
+               progress: Callable[[str], None] = log.info) -> dict:
+    """Write every raw_pool part's vectors to LanceDB, skipping parts already done for this encoder."""
+    parts = raw_pool_parts(raw_pool_dir)
+    table = open_embeddings(db)
+    if table is not None and table.count_rows(f"encoder_id != '{encoder_id}'"):
+        progress("pool_embeddings: the encoder changed since the table was written; recomputing every part")
+    t0 = time.perf_counter()
+    done = computed = 0
+    pair_cos, flip_cos = [], []
+    dim = 0
+    names = {p.stem for p in parts}
+    for i, part in enumerate(parts):
+        n = pl.scan_parquet(part).select(pl.len()).collect().item()
+        if part_is_done(table, part.stem, encoder_id, n):
+            done += 1
+            continue
+        uids, image, text, flipped = embed_part(part)
+        if not (np.isfinite(image).all() and np.isfinite(text).all() and np.isfinite(flipped).all()):
+            raise ValueError(f"non-finite embedding in {part.name}: refusing to write it")
+        table = write_part(db, table, part.stem, encoder_id, uids, image, text, flipped)
+        dim = image.shape[1]
+        pair_cos.append(np.sum(image * text, axis=1))
+        flip_cos.append(np.sum(image * flipped, axis=1))
+        computed += 1
+        progress(f"pool_embeddings: part {i + 1}/{len(parts)} ({part.stem}, {n} rows) written "
+                 f"({time.perf_counter() - t0:.1f}s)")
+    # rows of parts that no longer exist in raw_pool (a re-ingested pool) must not linger
+    stale = sorted({p for p in table.to_arrow().column("part").unique().to_pylist()} - names)
+    for p in stale:
+        table.delete(f"part = '{p}'")
+    if done and not computed:
+        dim = table.schema.field("image_vec").type.list_size
+    if not pair_cos:  # everything resumed: summarise from the table itself
+        frame = read_embeddings(db)
+        img, txt, flip = arrays(frame, "image_vec", "text_vec", "flipped_image_vec")
+        pair_cos, flip_cos = [np.sum(img * txt, axis=1)], [np.sum(img * flip, axis=1)]
+    return {"rows": table.count_rows(), "dim": dim, "parts_computed": computed, "parts_skipped": done,
+            "stale_parts_removed": len(stale), "seconds": round(time.perf_counter() - t0, 2),
+            "pair_cosine": np.concatenate(pair_cos), "flip_cosine": np.concatenate(flip_cos)}
+
+
+def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray]]:
+    """raw_pool's metadata (no image bytes) joined with its image and text vectors, in one row order."""
+    from tads_assets.core.ingest import scan_raw_pool
+
+    pool = scan_raw_pool(raw_pool_dir).select("uid", "url", "caption", "width", "height", "sha256").collect()
+    vecs = read_embeddings(db, ("uid", "image_vec", "text_vec"))
+    joined = pool.join(vecs, on="uid", how="left", maintain_order="left")
+    missing = joined.filter(pl.col("image_vec").is_null())
+    if missing.height:
+        raise ValueError(f"{missing.height} raw_pool samples have no embedding (e.g. {missing['uid'][0]}): "
+                         "materialize pool_embeddings again")
+    image, text = arrays(joined, "image_vec", "text_vec")
+    return joined.drop("image_vec", "text_vec"), (image, text)

