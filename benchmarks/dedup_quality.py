@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/dedup_quality.py [--home .tads]
 
 Prints, for the default DedupParams:
-- exact duplicates removed: share of exact_duplicate samples whose copy pair lost one member;
-- near duplicates removed: the same for near_duplicate pairs (either member removed counts, as the
-  pair is then no longer redundant);
+- exact duplicates removed: share of exact_duplicate samples that were dropped or are the only survivor
+  of their group (the original plus everything duplicating it);
+- near duplicates removed: the same for near_duplicate samples;
 - clean unique samples wrongly removed: clean samples that no other sample duplicates, yet were removed;
 - per-layer removal counts, and every noise kind's removal share (dedup should not target them);
 - the builtin encoder's image->text / text->image R@1 on the retrieval task's test set, beside chance.
@@ -36,9 +36,21 @@ def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
     kinds = pool["kind"].to_numpy()
     removed = ~outcome.kept
 
+    # a duplicate's group: its original plus every sample that duplicates that original
+    groups: dict[str, list[str]] = {}
+    for u, o in zip(pool["uid"].to_list(), pool["duplicate_of"].to_list()):
+        if o is not None:
+            groups.setdefault(o, [o]).append(u)
+
     def pair_rate(kind: str) -> tuple[float, int]:
+        """A duplicate counts as removed when it was dropped, or when it is its group's only survivor."""
         rows = pool.filter(pl.col("kind") == kind)
-        hits = [not (kept[u] and kept.get(o, False)) for u, o in zip(rows["uid"], rows["duplicate_of"]) if o in kept]
+        hits = []
+        for u, o in zip(rows["uid"], rows["duplicate_of"]):
+            if u not in kept:
+                continue
+            others = [m for m in groups[o] if m != u and kept.get(m, False)]
+            hits.append((not kept[u]) or not others)
         return (float(np.mean(hits)) if hits else float("nan")), len(hits)
 
     originals = set(pool["duplicate_of"].drop_nulls().to_list())
