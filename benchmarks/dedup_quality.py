@@ -37,10 +37,13 @@ def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
     removed = ~outcome.kept
 
     # a duplicate's group: its original plus every sample that duplicates that original
-    groups: dict[str, list[str]] = {}
-    for u, o in zip(pool["uid"].to_list(), pool["duplicate_of"].to_list()):
+    # (an exact duplicate's group holds only exact copies; a near duplicate's group holds every copy)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for u, o, k in zip(pool["uid"].to_list(), pool["duplicate_of"].to_list(), pool["kind"].to_list()):
         if o is not None:
-            groups.setdefault(o, [o]).append(u)
+            groups.setdefault(("near_duplicate", o), [o]).append(u)
+            if k == "exact_duplicate":
+                groups.setdefault(("exact_duplicate", o), [o]).append(u)
 
     def pair_rate(kind: str) -> tuple[float, int]:
         """A duplicate counts as removed when it was dropped, or when it is its group's only survivor."""
@@ -49,7 +52,7 @@ def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
         for u, o in zip(rows["uid"], rows["duplicate_of"]):
             if u not in kept:
                 continue
-            others = [m for m in groups[o] if m != u and kept.get(m, False)]
+            others = [m for m in groups[(kind, o)] if m != u and kept.get(m, False)]
             hits.append((not kept[u]) or not others)
         return (float(np.mean(hits)) if hits else float("nan")), len(hits)
 

@@ -31,10 +31,12 @@ class DedupParams:
     alpha_l: float = 1.0  # eq. 1 weight of caption length (min-max normalised characters)
     n_clusters: int = 0  # eq. 2 M; 0 = round(sqrt(n)), which keeps K-Means near-linear in n
     gamma: float = 1.0  # eq. 2 retention ratio per cluster; 1.0 keeps every cluster whole
-    tau_edit: float = 0.15  # eq. 3 normalised edit distance below which captions are structurally redundant
-    tau_sem: float = 0.97  # eq. 4 text-embedding cosine above which captions are semantically redundant
+    # Calibrated on the demo pool with benchmarks/dedup_calibration.py: the setting that removes the most
+    # near duplicates while losing < 1 % of clean unique samples (the paper's elbow rule).
+    tau_edit: float = 0.1  # eq. 3 normalised edit distance below which captions are structurally redundant
+    tau_sem: float = 0.9  # eq. 4 text-embedding cosine above which captions are semantically redundant
     k_neighbours: int = 10  # candidate pairs per sample from the nearest-neighbour search
-    min_joint_cos: float = 0.0  # candidates must also be this close in the joint space (0: off)
+    min_joint_cos: float = 0.9  # candidates must also be this close in the joint space [z_I; z_T] (0: off)
     seed: int = 0
 
 
