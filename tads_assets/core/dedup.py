@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 METADATA = "metadata_duplicate"
 SEMANTIC = "semantic_density"
 QUALITY = "quality_duplicate"
+MAX_AUTO_CLUSTERS = 1_000
+KMEANS_FIT_ROWS = 100_000  # K-Means is fitted on at most this many rows, then assigns every row
 
 
 @dataclass
@@ -29,7 +31,7 @@ class DedupParams:
 
     alpha_r: float = 1.0  # eq. 1 weight of image resolution (min-max normalised log pixels)
     alpha_l: float = 1.0  # eq. 1 weight of caption length (min-max normalised characters)
-    n_clusters: int = 0  # eq. 2 M; 0 = round(sqrt(n)), which keeps K-Means near-linear in n
+    n_clusters: int = 0  # eq. 2 M; 0 = round(sqrt(n)) capped at MAX_AUTO_CLUSTERS
     gamma: float = 1.0  # eq. 2 retention ratio per cluster; 1.0 keeps every cluster whole
     # Calibrated on the demo pool with benchmarks/dedup_calibration.py: the setting that removes the most
     # near duplicates while losing < 1 % of clean unique samples (the paper's elbow rule).
@@ -122,14 +124,22 @@ def metadata_dedup(sha256: np.ndarray, url: np.ndarray, score: np.ndarray) -> La
 # ------------------------------------------------------------------------------------------ eq. 2
 
 
-def kmeans_clusters(joint: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 4096) -> np.ndarray:
-    """MiniBatch K-Means over the joint vectors [z_I; z_T]; returns the cluster id of each row."""
+def kmeans_clusters(joint: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 4096,
+                    fit_rows: int = KMEANS_FIT_ROWS) -> np.ndarray:
+    """MiniBatch K-Means over the joint vectors [z_I; z_T]; returns the cluster id of each row.
+    The centroids are fitted on a random sample of at most `fit_rows` rows, then every row is assigned,
+    so the cost grows linearly with the pool."""
     from sklearn.cluster import MiniBatchKMeans
 
+    joint = np.asarray(joint, np.float32)
     n_clusters = max(1, min(int(n_clusters), len(joint)))
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, n_init=1,
                          max_iter=50, max_no_improvement=5, reassignment_ratio=0.0)
-    return km.fit_predict(np.asarray(joint, np.float32)).astype(np.int64)
+    if len(joint) > fit_rows:
+        sample = np.random.default_rng(seed).choice(len(joint), fit_rows, replace=False)
+        km.fit(joint[sample])
+        return np.concatenate([km.predict(joint[i : i + 65536]) for i in range(0, len(joint), 65536)]).astype(np.int64)
+    return km.fit_predict(joint).astype(np.int64)
 
 
 def semantic_dedup(labels: np.ndarray, score: np.ndarray, gamma: float) -> LayerResult:
@@ -162,11 +172,15 @@ def normalised_edit_distance(a: list[str], b: list[str]) -> np.ndarray:
 
 
 def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "dedup_candidates",
-                       index_min_rows: int = 50_000, nprobes: int = 20, query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                       index_min_rows: int = 50_000, partition_rows: int = 1_000, nprobes: int = 8,
+                       query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours (cosine) of every row among all rows, from a LanceDB table.
 
-    Small tables are searched exhaustively (exact kNN); from `index_min_rows` rows an IVF-PQ index is
-    built first. Queries go in batches. Returns (indices, cosines), each (n, k), self excluded, -1 padded.
+    Below `index_min_rows` rows LanceDB searches exhaustively (exact kNN). Above, an IVF-Flat index with
+    about `partition_rows` vectors per partition is built and each query probes `nprobes` partitions, so
+    the work per query stays constant and the whole search grows linearly with the pool (duplicates are
+    each other's nearest vectors, so they share or neighbour a partition). Queries go in batches.
+    Returns (indices, cosines), each (n, k), self excluded, -1 padded.
     """
     import tempfile
 
@@ -185,17 +199,17 @@ def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "
     table = db.create_table(table_name, data=data, mode="overwrite")
     indexed = n >= index_min_rows
     if indexed:
-        from lancedb.index import IvfPq
+        from lancedb.index import IvfFlat
 
-        table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=max(16, int(np.sqrt(n))),
-                                                  num_sub_vectors=max(1, d // 16)))
+        table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=max(16, n // partition_rows),
+                                                    max_iterations=20, sample_rate=64))
     idx = np.full((n, k), -1, np.int64)
     cos = np.zeros((n, k), np.float32)
     for start in range(0, n, query_batch):
         q = vectors[start : start + query_batch]
         search = table.search(q).distance_type("cosine").limit(k + 1).select(["row", "_distance"])
         if indexed:
-            search = search.nprobes(nprobes).refine_factor(2)
+            search = search.nprobes(nprobes)
         res = search.to_arrow()
         qi = res.column("query_index").to_numpy() + start if "query_index" in res.column_names else np.full(res.num_rows, start)
         rows = res.column("row").to_numpy()
@@ -288,7 +302,7 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     rows = np.flatnonzero(kept)
     joint = np.concatenate([image_vec[rows], text_vec[rows]], axis=1) / np.sqrt(2.0)
     t0 = time.perf_counter()
-    m = params.n_clusters or max(1, round(math.sqrt(len(rows))))
+    m = params.n_clusters or min(MAX_AUTO_CLUSTERS, max(1, round(math.sqrt(len(rows)))))
     sub_labels = kmeans_clusters(joint, m, params.seed)
     progress(f"dedup: {m} clusters over {len(rows)} samples ({time.perf_counter() - t0:.1f}s)")
     labels = np.full(n, -1)
