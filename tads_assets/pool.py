@@ -1,4 +1,4 @@
-"""pool group: the raw pool, read from the configured source into Parquet."""
+"""pool group (DESIGN.md): raw_pool, clip_encoder, pool_embeddings, deduped_pool. Assets load, call core, write, report."""
 
 
 import numpy as np
