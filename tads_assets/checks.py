@@ -10,22 +10,31 @@ from tads_assets.core import embeddings, ingest
 from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
 
 
+def _raw_pool_rows(paths: TadsPaths) -> int:
+    return ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
+
+
+def _ledger_completeness(paths: TadsPaths, stage: str, n_in: int, n_kept: int, extra: dict) -> AssetCheckResult:
+    """Samples into `stage` = rows it kept + drop rows of its latest ledger run (and any extra counts are 0)."""
+    manifest = ingest.read_manifest(paths.parquet_dir(stage))
+    report = paths.ledger().completeness(stage, manifest["run_id"], n_in, n_kept)
+    problems = {**extra, "manifest_kept_mismatch": int(n_kept != manifest["n_kept"])}
+    description = report.describe() if n_kept == manifest["n_kept"] else (
+        f"{stage} holds {n_kept} rows but its manifest says {manifest['n_kept']}")
+    return AssetCheckResult(
+        passed=report.ok and not any(problems.values()),
+        severity=AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"n_in": report.n_in, "n_kept": report.n_kept, "n_dropped": report.n_dropped,
+                  "n_unaccounted": report.n_unaccounted, "run_id": MetadataValue.text(manifest["run_id"]), **problems},
+    )
+
+
 @asset_check(asset=raw_pool, blocking=True,
              description="Ledger completeness: samples read = rows kept + ledgered drops, for the latest run.")
 def raw_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    out = paths.parquet_dir("raw_pool")
-    manifest = ingest.read_manifest(out)
-    n_kept = ingest.scan_raw_pool(out).select(pl.len()).collect().item()
-    report = paths.ledger().completeness(ingest.STAGE, manifest["run_id"], manifest["n_seen"], n_kept)
-    passed = report.ok and n_kept == manifest["n_kept"]
-    return AssetCheckResult(
-        passed=passed,
-        severity=AssetCheckSeverity.ERROR,
-        description=report.describe() if n_kept == manifest["n_kept"]
-        else f"raw_pool holds {n_kept} rows but its manifest says {manifest['n_kept']}",
-        metadata={"n_in": report.n_in, "n_kept": report.n_kept, "n_dropped": report.n_dropped,
-                  "n_unaccounted": report.n_unaccounted, "run_id": MetadataValue.text(manifest["run_id"])},
-    )
+    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    return _ledger_completeness(paths, ingest.STAGE, manifest["n_seen"], _raw_pool_rows(paths), {})
 
 
 @asset_check(asset=raw_pool, blocking=True,
@@ -45,8 +54,7 @@ def raw_pool_rows_valid(paths: TadsPaths) -> AssetCheckResult:
              description="One row per raw_pool sample; every vector finite and L2-normalised (|norm - 1| < 1e-3).")
 def pool_embeddings_normalised(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
     frame = embeddings.read_embeddings(lance.connect())
-    n_pool = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
-    problems: dict[str, int] = {"rows_missing": n_pool - frame.height,
+    problems: dict[str, int] = {"rows_missing": _raw_pool_rows(paths) - frame.height,
                                 "duplicate_uids": frame.height - frame["uid"].n_unique()}
     for col in ("image_vec", "text_vec", "flipped_image_vec"):
         (vecs,) = embeddings.arrays(frame, col)
@@ -59,12 +67,6 @@ def pool_embeddings_normalised(paths: TadsPaths, lance: LanceStore) -> AssetChec
 @asset_check(asset=deduped_pool, blocking=True,
              description="Ledger completeness: raw_pool rows = deduped rows kept + ledgered dedup drops; no uid twice.")
 def deduped_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    out = paths.parquet_dir("deduped_pool")
-    manifest = ingest.read_manifest(out)
-    kept = pl.read_parquet(out / "deduped_pool.parquet", columns=["uid"])
-    n_in = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
-    report = paths.ledger().completeness("deduped_pool", manifest["run_id"], n_in, kept.height)
-    duplicates = kept.height - kept["uid"].n_unique()
-    return AssetCheckResult(passed=report.ok and not duplicates, description=report.describe(),
-                            metadata={"n_in": report.n_in, "n_kept": report.n_kept, "n_dropped": report.n_dropped,
-                                      "n_unaccounted": report.n_unaccounted, "duplicate_uids": duplicates})
+    kept = pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])
+    return _ledger_completeness(paths, "deduped_pool", _raw_pool_rows(paths), kept.height,
+                                {"duplicate_uids": kept.height - kept["uid"].n_unique()})

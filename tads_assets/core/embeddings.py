@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 from PIL import Image
 
-from tads_assets.core.encoder import FrozenTowers, l2_normalize, load_heads
+from tads_assets.core.encoder import FrozenTowers, load_heads
 from tads_assets.core.storage import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def decode_images(blobs: list[bytes]) -> list[Image.Image]:
 
 
 def _vectors(frame: pl.DataFrame, column: str) -> np.ndarray:
-    return np.asarray(frame[column].to_list(), dtype=np.float32) if frame.height else np.zeros((0, 0), np.float32)
+    """A fixed-size vector column as one (rows, dim) float32 array, without a detour through Python lists."""
+    return np.array(frame[column].to_numpy(), dtype=np.float32)  # a writable copy (polars hands out read-only views)
 
 
 def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, towers: FrozenTowers, batch_size: int = 64,
@@ -150,8 +151,8 @@ def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device:
     def embed(part: Path) -> PartVectors:
         frame = pl.read_parquet(Path(cache_dir) / part.name)
         img, flip, txt = arrays(frame, "image_feat", "flip_feat", "text_feat")
-        return (frame["uid"].to_list(), l2_normalize(enc.embed_image_features(img)),
-                l2_normalize(enc.embed_text_features(txt)), l2_normalize(enc.embed_image_features(flip)))
+        return (frame["uid"].to_list(), enc.embed_image_features(img), enc.embed_text_features(txt),
+                enc.embed_image_features(flip))
 
     return embed
 
@@ -196,9 +197,10 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
         progress(f"pool_embeddings: part {i + 1}/{len(parts)} ({part.stem}, {n} rows) written "
                  f"({time.perf_counter() - t0:.1f}s)")
     # rows of parts that no longer exist in raw_pool (a re-ingested pool) must not linger
-    stale = sorted({p for p in table.to_arrow().column("part").unique().to_pylist()} - names)
-    for p in stale:
-        table.delete(f"part = '{p}'")
+    stale_filter = "part NOT IN (" + ", ".join(f"'{p}'" for p in sorted(names)) + ")"
+    n_stale = table.count_rows(stale_filter)
+    if n_stale:
+        table.delete(stale_filter)
     if done and not computed:
         dim = table.schema.field("image_vec").type.list_size
     if not pair_cos:  # everything resumed: summarise from the table itself
@@ -206,7 +208,7 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
         img, txt, flip = arrays(frame, "image_vec", "text_vec", "flipped_image_vec")
         pair_cos, flip_cos = [np.sum(img * txt, axis=1)], [np.sum(img * flip, axis=1)]
     return {"rows": table.count_rows(), "dim": dim, "parts_computed": computed, "parts_skipped": done,
-            "stale_parts_removed": len(stale), "seconds": round(time.perf_counter() - t0, 2),
+            "stale_rows_removed": n_stale, "seconds": round(time.perf_counter() - t0, 2),
             "pair_cosine": np.concatenate(pair_cos), "flip_cosine": np.concatenate(flip_cos)}
 
 

@@ -232,6 +232,7 @@ class BuiltinEncoder:
 
     @torch.inference_mode()
     def embed_image_features(self, feats: np.ndarray) -> np.ndarray:
+        """Cached frozen image features -> L2-normalised embeddings (the heads normalise)."""
         dev = next(self.heads.parameters()).device
         return self.heads.embed_images(torch.from_numpy(np.asarray(feats, np.float32)).to(dev)).cpu().numpy()
 
@@ -244,10 +245,10 @@ class BuiltinEncoder:
         chunks = [self.towers.image_features(images[i : i + self.batch_size], flip=flip)
                   for i in range(0, len(images), self.batch_size)]
         feats = np.concatenate(chunks) if chunks else np.zeros((0, IMAGE_FEATURE_DIM), np.float32)
-        return l2_normalize(self.embed_image_features(feats))
+        return self.embed_image_features(feats)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return l2_normalize(self.embed_text_features(self.towers.text_features(texts)))
+        return self.embed_text_features(self.towers.text_features(texts))
 
 
 class OpenClipEncoder:
@@ -322,11 +323,9 @@ def fit_builtin_encoder(image_feats: np.ndarray, text_feats: np.ndarray, config:
     heads, history = train_projection_heads(image_feats[train], text_feats[train], config, device, progress)
     i2t = t2i = float("nan")
     if n_val:
-        with torch.inference_mode():
-            dev = next(heads.parameters()).device
-            zi = heads.embed_images(torch.from_numpy(image_feats[val]).to(dev)).cpu().numpy()
-            zt = heads.embed_texts(torch.from_numpy(text_feats[val]).to(dev)).cpu().numpy()
-        i2t, t2i = retrieval_recall_at(zi, zt, 1)
+        enc = BuiltinEncoder(heads)
+        i2t, t2i = retrieval_recall_at(enc.embed_image_features(image_feats[val]),
+                                       enc.embed_text_features(text_feats[val]), 1)
     report = BuiltinFitReport(len(train), n_val, history, i2t, t2i, 1.0 / n_val if n_val else float("nan"),
                               time.perf_counter() - t0)
     return heads, report
