@@ -94,10 +94,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     tads_home = home(args.home)
     pool, image, text = load_demo_pool_with_vectors(tads_home)
+    tiny = dedup.tiny_image_vectors(pool["tiny"].to_list())
     params = dedup.DedupParams()
     t0 = time.perf_counter()
     outcome = dedup.deduplicate(pool["sha256"].to_numpy(), pool["url"].to_numpy(), pool["caption"].to_list(),
-                                pool["width"].to_numpy(), pool["height"].to_numpy(), image, text, params,
+                                pool["width"].to_numpy(), pool["height"].to_numpy(), image, text, params, tiny_vec=tiny,
                                 progress=lambda m: None)
     seconds = time.perf_counter() - t0
     f = dedup_figures(pool, outcome)

@@ -8,8 +8,8 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
 from tads_assets.core import dedup, embeddings, formats, ingest
 from tads_assets.core.dedup import DedupParams
-from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, read_encoder_info, save_heads,
-                                      write_encoder_info)
+from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
+                                      save_heads, write_encoder_info)
 from tads_assets.core.storage import write_stage_output
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
 
@@ -98,13 +98,18 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     stats = embeddings.cache_frozen_features(paths.parquet_dir("raw_pool"), paths.frozen_cache_dir,
                                              encoder.towers(dev), encoder.batch_size, progress=context.log.info)
     context.log.info(f"clip_encoder: frozen features {stats}")
-    img, txt = embeddings.arrays(embeddings.load_frozen_features(paths.frozen_cache_dir), "image_feat", "text_feat")
+    frozen = embeddings.load_frozen_features(paths.frozen_cache_dir)
+    img, txt = embeddings.arrays(frozen, "image_feat", "text_feat")
     heads_config = HeadsConfig(config.embed_dim, config.hidden_dim, config.epochs, config.batch_size, config.lr,
                                seed=config.seed)
     heads, report = fit_builtin_encoder(img, txt, heads_config, config.val_fraction, dev, progress=context.log.info)
     save_heads(heads, out / "heads.safetensors")
-    info = write_encoder_info(out, {"kind": "builtin", "embed_dim": config.embed_dim,
-                                          "heads": "heads.safetensors", "image_size": encoder.image_size})
+    heldout = fit_heldout_heads(img, txt, fold_of(frozen["uid"].to_list()), heads_config, dev, context.log.info)
+    heldout_files = [f"heads-heldout-{f}.safetensors" for f in range(len(heldout))]
+    for h, name in zip(heldout, heldout_files):
+        save_heads(h, out / name)
+    info = write_encoder_info(out, {"kind": "builtin", "embed_dim": config.embed_dim, "heads": "heads.safetensors",
+                                    "heldout_heads": heldout_files, "image_size": encoder.image_size})
     return MaterializeResult(metadata={
         "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
         "encoder_id": MetadataValue.text(info["encoder_id"]),
@@ -126,15 +131,17 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     group_name="pool",
     deps=[raw_pool, clip_encoder],
     kinds={"lancedb"},
-    description="LanceDB table `embeddings`: uid, image_vec, text_vec, flipped_image_vec (L2-normalised), "
-    "written per raw_pool part so an interrupted run resumes where it stopped.",
+    description="LanceDB table `embeddings`: uid, image_vec, text_vec, flipped_image_vec (L2-normalised) and "
+    "heldout_pair_cos (each pair scored by a cross-fitted head that never trained on it), written per "
+    "raw_pool part so an interrupted run resumes where it stopped.",
 )
 def pool_embeddings(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder, device: TorchDevice,
                     lance: LanceStore) -> MaterializeResult:
     dev = device.resolve()
     models = paths.models_dir / "clip_encoder"
     info = read_encoder_info(models)
-    embed_part = (embeddings.builtin_part_embedder(models / info["heads"], paths.frozen_cache_dir, dev)
+    embed_part = (embeddings.builtin_part_embedder(models / info["heads"], paths.frozen_cache_dir, dev,
+                                                   [models / f for f in info.get("heldout_heads", [])])
                   if info["kind"] == "builtin" else embeddings.model_part_embedder(encoder.open_clip(dev)))
     result = embeddings.embed_pool(paths.parquet_dir("raw_pool"), lance.connect(), info["encoder_id"], embed_part,
                                    progress=context.log.info)
@@ -159,6 +166,7 @@ class DedupConfig(Config):
     gamma: float = DedupParams.gamma
     tau_edit: float = DedupParams.tau_edit
     tau_sem: float = DedupParams.tau_sem
+    tau_vis: float = DedupParams.tau_vis
     k_neighbours: int = DedupParams.k_neighbours
     min_joint_cos: float = DedupParams.min_joint_cos
     seed: int = DedupParams.seed
@@ -169,7 +177,8 @@ class DedupConfig(Config):
     deps=[raw_pool, pool_embeddings],
     kinds={"parquet", "lancedb"},
     description="§3.1 three-layer deduplication: metadata (sha256/url, eq. 1), semantic (MiniBatch K-Means, "
-    "eq. 2), quality-guided (edit distance or text cosine within a cluster, LanceDB neighbours, eq. 3-6).",
+    "eq. 2), quality-guided (edit distance, text cosine or tiny-image cosine within a cluster, LanceDB "
+    "neighbours, eq. 3-6).",
 )
 def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: TadsPaths,
                  lance: LanceStore) -> MaterializeResult:
@@ -178,7 +187,8 @@ def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: Tad
     captions = pool["caption"].to_list()
     params = DedupParams(**config.model_dump())
     outcome = dedup.deduplicate(pool["sha256"].to_numpy(), pool["url"].to_numpy(), captions, pool["width"].to_numpy(),
-                                pool["height"].to_numpy(), image_vec, text_vec, params, progress=context.log.info)
+                                pool["height"].to_numpy(), image_vec, text_vec, params, progress=context.log.info,
+                                tiny_vec=dedup.tiny_image_vectors(pool["tiny"].to_list()))
     alignment = np.sum(image_vec * text_vec, axis=1)
     kept, drops = dedup.outcome_tables(pool["uid"].to_numpy(), captions, outcome, alignment)
     result = write_stage_output(paths.parquet_dir("deduped_pool"), paths.ledger(), "deduped_pool", kept, drops)

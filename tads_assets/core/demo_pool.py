@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Bump when the generator's output changes, so an existing demo pool is regenerated rather than reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 4
 
 CLEAN = "clean"
 NOISE_KINDS = (
@@ -325,11 +325,40 @@ def _glyph_array(src: ImageSources, spec: GlyphSpec) -> np.ndarray:
 
 
 def _canvas(width: int, height: int, rgb: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A backdrop of the named colour with what product photos have: a lighting gradient in a random
+    direction, a faint pattern (fabric, paper, tiles) of its own scale and angle, sensor noise."""
     base = np.empty((height, width, 3), np.float32)
     base[:] = rgb
-    ramp = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None, None] * rng.uniform(-12, 12)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = ((np.cos(angle) * xx / max(width, 1) + np.sin(angle) * yy / max(height, 1)) * rng.uniform(-24, 24))[..., None]
+    texture = (_pattern(height, width, rng) - 0.5)[..., None] * rng.uniform(6, 22)
     noise = rng.normal(0.0, 3.0, size=(height, width, 1)).astype(np.float32)
-    return base + ramp + noise
+    return base + ramp + texture + noise
+
+
+PATTERNS = ("plain", "stripes", "checks", "dots", "waves")
+
+
+def _pattern(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A periodic pattern in [0, 1] with a random kind, period, angle and phase (plain: all 0.5)."""
+    kind = str(rng.choice(PATTERNS))
+    if kind == "plain":
+        return np.full((height, width), 0.5, np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    period = rng.uniform(4.0, 14.0)
+    a = rng.uniform(0, np.pi)
+    u = (np.cos(a) * xx + np.sin(a) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
+    v = (-np.sin(a) * xx + np.cos(a) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
+    if kind == "stripes":
+        out = (np.sin(u) > 0).astype(np.float32)
+    elif kind == "checks":
+        out = ((np.sin(u) > 0) ^ (np.sin(v) > 0)).astype(np.float32)
+    elif kind == "dots":
+        out = ((np.cos(u) + np.cos(v)) > 1.2).astype(np.float32)
+    else:
+        out = 0.5 + 0.5 * np.sin(u + 1.5 * np.sin(v / 2))
+    return out.astype(np.float32)
 
 
 def render_glyph(src: ImageSources, spec: GlyphSpec, rng: np.random.Generator) -> Image.Image:
@@ -346,7 +375,9 @@ def render_glyph(src: ImageSources, spec: GlyphSpec, rng: np.random.Generator) -
     h = min(side - gy0, spec.height - cy0)
     if w > 0 and h > 0:
         a = alpha[gy0 : gy0 + h, gx0 : gx0 + w, None]
-        fg = np.asarray(COLORS[spec.color], np.float32)
+        # the named colour, shaded by the item's own print (stripes, checks ...) as real garments are
+        shade = 1.0 + (_pattern(h, w, rng)[..., None] - 0.5) * rng.uniform(0.15, 0.45)
+        fg = np.asarray(COLORS[spec.color], np.float32) * shade
         region = canvas[cy0 : cy0 + h, cx0 : cx0 + w]
         canvas[cy0 : cy0 + h, cx0 : cx0 + w] = region * (1.0 - a) + fg * a
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
@@ -418,6 +449,55 @@ def english_caption(spec: GlyphSpec, rng: np.random.Generator, avoid: str | None
         if text != avoid:
             return text
     return text
+
+
+REPOST_TAGS = (" #ootd", " | repin", " (repost)", " - via shop", "!!", " #sale", " | saved from web")
+REPOST_PREFIXES = ("Sale: ", "SOLD - ", "Repost: ", "NEW ")
+PARAPHRASED_REPOSTS = 0.35  # share of near duplicates whose caption is rewritten rather than lightly edited
+
+
+def repost_caption(caption: str, spec: GlyphSpec, rng: np.random.Generator) -> str:
+    """The caption a re-post of a listing carries: usually the original lightly edited (case, separator,
+    a detail dropped, a tag or prefix added, as mirrors and re-pins do); otherwise a paraphrase that keeps
+    the listing details. Never the original caption itself."""
+    if rng.random() < PARAPHRASED_REPOSTS:
+        return english_caption(spec, rng, avoid=caption)
+    text = caption
+    details = ", ".join(spec.details)
+    edits = ["case", "separator", "tag", "prefix", "period"] + (["drop"] if len(spec.details) > 1 else [])
+    for edit in rng.choice(edits, size=int(rng.integers(1, 3)), replace=False):
+        if edit == "case":
+            text = text[0].swapcase() + text[1:] if rng.random() < 0.6 else text.lower()
+        elif edit == "separator" and details and text.endswith(details):
+            head = text[: -len(details)].rstrip(" -,|;")
+            text = head + str(rng.choice((" - ", ", ", " | ", "; ", " / "))) + details
+        elif edit == "drop" and text.endswith(details):
+            keep = [d for i, d in enumerate(spec.details) if i != int(rng.integers(len(spec.details)))]
+            text = text[: -len(details)] + ", ".join(keep)
+        elif edit == "tag":
+            text += str(rng.choice(REPOST_TAGS))
+        elif edit == "prefix":
+            text = str(rng.choice(REPOST_PREFIXES)) + text
+        elif edit == "period":
+            text = text.rstrip(".!") + "."
+    return text if text != caption else caption + "."
+
+
+def repost_image(data: bytes, rng: np.random.Generator) -> Image.Image:
+    """A re-posted copy of an image: trimmed by up to 5 % per side, often rescaled, brightness and contrast
+    nudged, then re-encoded by the caller (new bytes, new hash, the same picture)."""
+    with Image.open(io.BytesIO(data)) as im:
+        img = im.convert("RGB")
+    w, h = img.size
+    box = (int(w * rng.uniform(0, 0.05)), int(h * rng.uniform(0, 0.05)),
+           w - int(w * rng.uniform(0, 0.05)), h - int(h * rng.uniform(0, 0.05)))
+    img = img.crop(box)
+    if rng.random() < 0.6:
+        f = float(rng.uniform(0.75, 1.0))
+        img = img.resize((max(16, int(img.width * f)), max(16, int(img.height * f))), Image.BILINEAR)
+    arr = np.asarray(img, np.float32)
+    arr = (arr - arr.mean()) * rng.uniform(0.94, 1.06) + arr.mean() + rng.uniform(-8, 8)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def foreign_caption(spec: GlyphSpec, lang: str, rng: np.random.Generator) -> str:
@@ -575,19 +655,10 @@ def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPo
         orig = samples[pos]
         if kind == "exact_duplicate":
             return dataclasses.replace(orig, kind=kind, duplicate_of=str(pos))
-        near = dataclasses.replace(
-            spec,
-            cx=spec.cx + float(rng.uniform(-0.04, 0.04)),
-            cy=spec.cy + float(rng.uniform(-0.04, 0.04)),
-            scale=spec.scale * float(rng.uniform(0.93, 1.0)),
-        )
-        img = render_glyph(src, near, rng)
-        if rng.random() < 0.5:  # re-scaled copy, as mirrors and thumbnails do
-            f = float(rng.uniform(0.8, 0.95))
-            img = img.resize((max(16, int(near.width * f)), max(16, int(near.height * f))), Image.BILINEAR)
-        data, ext = _encode(img, rng, fmt="jpg", quality=int(rng.integers(55, 80)))
+        img = repost_image(orig.image, rng)
+        data, ext = _encode(img, rng, fmt="jpg", quality=int(rng.integers(55, 86)))
         return _Sample("", kind, spec.source, spec.label, spec.color, spec.background, "en",
-                       english_caption(spec, rng, avoid=orig.caption), data, ext, _url(rng, ext),
+                       repost_caption(orig.caption, spec, rng), data, ext, _url(rng, ext),
                        duplicate_of=str(pos), source_split=spec.split, source_index=spec.index)
 
     if kind == "rare":

@@ -19,6 +19,7 @@ import pyarrow as pa
 from PIL import Image
 
 from tads_assets.core.encoder import FrozenTowers, load_heads
+from tads_assets.core.ingest import part_fingerprint
 from tads_assets.core.storage import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, tower
         target = cache_dir / part.name
         n = pl.scan_parquet(part).select(pl.len()).collect().item()
         stats["rows"] += n
-        if target.exists() and pl.scan_parquet(target).select(pl.len()).collect().item() == n:
+        fingerprint = part_fingerprint(part)
+        if target.exists() and _cached_fingerprint(target) == fingerprint:
             stats["parts_cached"] += 1
             continue
         frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
@@ -73,11 +75,20 @@ def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, tower
             "image_feat": np.concatenate(img),
             "flip_feat": np.concatenate(flip),
             "text_feat": txt,
+            "part_fingerprint": [fingerprint] * frame.height,
         })
         write_parquet_atomic(out, target)
         stats["parts_computed"] += 1
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return stats
+
+
+def _cached_fingerprint(path: Path) -> str | None:
+    try:
+        frame = pl.read_parquet(path, columns=["part_fingerprint"], n_rows=1)
+    except Exception:  # an old cache without the column, or a damaged file: recompute
+        return None
+    return frame["part_fingerprint"][0] if frame.height else None
 
 
 def load_frozen_features(cache_dir: str | Path, part_names: list[str] | None = None) -> pl.DataFrame:
@@ -95,23 +106,27 @@ def arrays(frame: pl.DataFrame, *columns: str) -> list[np.ndarray]:
 def embeddings_schema(dim: int) -> pa.Schema:
     vec = pa.list_(pa.float32(), dim)
     return pa.schema([("uid", pa.string()), ("part", pa.string()), ("encoder_id", pa.string()),
-                      ("image_vec", vec), ("text_vec", vec), ("flipped_image_vec", vec)])
+                      ("part_fingerprint", pa.string()), ("heldout_pair_cos", pa.float32()), ("image_vec", vec), ("text_vec", vec), ("flipped_image_vec", vec)])
 
 
-def part_is_done(table, part: str, encoder_id: str, n_rows: int) -> bool:
+def part_is_done(table, part: str, encoder_id: str, n_rows: int, fingerprint: str) -> bool:
+    """A part is done when this encoder wrote all its rows for this exact part content."""
     if table is None:
         return False
-    return table.count_rows(f"part = '{part}' AND encoder_id = '{encoder_id}'") == n_rows
+    return table.count_rows(f"part = '{part}' AND encoder_id = '{encoder_id}' "
+                            f"AND part_fingerprint = '{fingerprint}'") == n_rows
 
 
 def write_part(db, table, part: str, encoder_id: str, uids: list[str], image: np.ndarray, text: np.ndarray,
-               flipped: np.ndarray):
+               flipped: np.ndarray, fingerprint: str = "", heldout: np.ndarray | None = None):
     """Replace one part's rows (idempotent: delete, then one atomic add). Returns the table."""
     dim = image.shape[1]
     data = pa.table({
         "uid": pa.array(uids, pa.string()),
         "part": pa.array([part] * len(uids), pa.string()),
         "encoder_id": pa.array([encoder_id] * len(uids), pa.string()),
+        "part_fingerprint": pa.array([fingerprint] * len(uids), pa.string()),
+        "heldout_pair_cos": pa.array(np.sum(image * text, axis=1) if heldout is None else heldout, pa.float32()),
         "image_vec": pa.FixedSizeListArray.from_arrays(pa.array(image.astype(np.float32).ravel()), dim),
         "text_vec": pa.FixedSizeListArray.from_arrays(pa.array(text.astype(np.float32).ravel()), dim),
         "flipped_image_vec": pa.FixedSizeListArray.from_arrays(pa.array(flipped.astype(np.float32).ravel()), dim),
@@ -139,20 +154,31 @@ def read_embeddings(db, columns: tuple[str, ...] = ("uid", "image_vec", "text_ve
     return pl.from_arrow(table.to_arrow().select(list(columns)))
 
 
-PartVectors = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # uids, image, text, flipped image
+# uids, image, text, flipped image vectors, and each pair's cosine from an encoder that never trained on it
+PartVectors = tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device: str = "cpu") -> Callable[[Path], PartVectors]:
-    """Embed a raw_pool part from its cached frozen features with the trained heads (no towers needed)."""
-    from tads_assets.core.encoder import BuiltinEncoder
+def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device: str = "cpu",
+                          heldout_heads: list[str | Path] = ()) -> Callable[[Path], PartVectors]:
+    """Embed a raw_pool part from its cached frozen features with the trained heads (no towers needed);
+    the held-out pair cosine comes from the cross-fitted heads (`encoder.fit_heldout_heads`)."""
+    from tads_assets.core.encoder import BuiltinEncoder, fold_of, heldout_pair_cosine
 
-    enc = BuiltinEncoder(load_heads(heads_path, device))
+    enc = BuiltinEncoder(load_heads(heads_path, device), towers=False)
+    folds_heads = [load_heads(p, device) for p in heldout_heads]
 
     def embed(part: Path) -> PartVectors:
-        frame = pl.read_parquet(Path(cache_dir) / part.name)
+        cached = Path(cache_dir) / part.name
+        if not cached.exists() or _cached_fingerprint(cached) != part_fingerprint(part):
+            raise RuntimeError(f"the frozen-feature cache of {part.name} does not match raw_pool's current content: "
+                               "materialize clip_encoder again (it refreshes the cache and retrains the heads)")
+        frame = pl.read_parquet(cached)
         img, flip, txt = arrays(frame, "image_feat", "flip_feat", "text_feat")
-        return (frame["uid"].to_list(), enc.embed_image_features(img), enc.embed_text_features(txt),
-                enc.embed_image_features(flip))
+        image, text = enc.embed_image_features(img), enc.embed_text_features(txt)
+        uids = frame["uid"].to_list()
+        heldout = (heldout_pair_cosine(img, txt, fold_of(uids, len(folds_heads)), folds_heads) if folds_heads
+                   else np.sum(image * text, axis=1))
+        return uids, image, text, enc.embed_image_features(flip), heldout
 
     return embed
 
@@ -163,8 +189,9 @@ def model_part_embedder(encoder) -> Callable[[Path], PartVectors]:
     def embed(part: Path) -> PartVectors:
         frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
         images = decode_images(frame["bytes"].to_list())
-        return (frame["uid"].to_list(), encoder.encode_images(images), encoder.encode_texts(frame["caption"].to_list()),
-                encoder.encode_images(images, flip=True))
+        image, text = encoder.encode_images(images), encoder.encode_texts(frame["caption"].to_list())
+        # the user's model never trained on this pool: its own cosine is already held out
+        return frame["uid"].to_list(), image, text, encoder.encode_images(images, flip=True), np.sum(image * text, 1)
 
     return embed
 
@@ -174,6 +201,9 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
     """Write every raw_pool part's vectors to LanceDB, skipping parts already done for this encoder."""
     parts = raw_pool_parts(raw_pool_dir)
     table = open_embeddings(db)
+    if table is not None and set(table.schema.names) != set(embeddings_schema(1).names):
+        progress("pool_embeddings: table written by an older TADS version; rebuilding it")
+        table = None  # write_part re-creates it
     if table is not None and table.count_rows(f"encoder_id != '{encoder_id}'"):
         progress("pool_embeddings: the encoder changed since the table was written; recomputing every part")
     t0 = time.perf_counter()
@@ -183,13 +213,15 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
     names = {p.stem for p in parts}
     for i, part in enumerate(parts):
         n = pl.scan_parquet(part).select(pl.len()).collect().item()
-        if part_is_done(table, part.stem, encoder_id, n):
+        fingerprint = part_fingerprint(part)
+        if part_is_done(table, part.stem, encoder_id, n, fingerprint):
             done += 1
             continue
-        uids, image, text, flipped = embed_part(part)
-        if not (np.isfinite(image).all() and np.isfinite(text).all() and np.isfinite(flipped).all()):
+        uids, image, text, flipped, heldout = embed_part(part)
+        if not (np.isfinite(image).all() and np.isfinite(text).all() and np.isfinite(flipped).all()
+                and np.isfinite(heldout).all()):
             raise ValueError(f"non-finite embedding in {part.name}: refusing to write it")
-        table = write_part(db, table, part.stem, encoder_id, uids, image, text, flipped)
+        table = write_part(db, table, part.stem, encoder_id, uids, image, text, flipped, fingerprint, heldout)
         dim = image.shape[1]
         pair_cos.append(np.sum(image * text, axis=1))
         flip_cos.append(np.sum(image * flipped, axis=1))
@@ -216,7 +248,7 @@ def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple
     """raw_pool's metadata (no image bytes) joined with its image and text vectors, in one row order."""
     from tads_assets.core.ingest import scan_raw_pool
 
-    pool = scan_raw_pool(raw_pool_dir).select("uid", "url", "caption", "width", "height", "sha256").collect()
+    pool = scan_raw_pool(raw_pool_dir).select("uid", "url", "caption", "width", "height", "sha256", "tiny").collect()
     vecs = read_embeddings(db, ("uid", "image_vec", "text_vec"))
     joined = pool.join(vecs, on="uid", how="left", maintain_order="left")
     missing = joined.filter(pl.col("image_vec").is_null())

@@ -225,9 +225,11 @@ def load_heads(path: str | Path, device: str = "cpu") -> ProjectionHeads:
 class BuiltinEncoder:
     """Frozen towers + trained heads. `embed_*_features` maps cached frozen features without the towers."""
 
-    def __init__(self, heads: ProjectionHeads, towers: FrozenTowers | None = None, batch_size: int = 64):
+    def __init__(self, heads: ProjectionHeads, towers: FrozenTowers | None | bool = None, batch_size: int = 64):
+        """`towers=False`: only `embed_*_features` (cached features) will be used; nothing is loaded."""
         self.heads = heads
-        self.towers = towers or FrozenTowers(device=next(heads.parameters()).device.type)
+        self.towers = (FrozenTowers(device=next(heads.parameters()).device.type) if towers is None
+                       else towers if towers is not False else None)
         self.batch_size = batch_size
 
     @torch.inference_mode()
@@ -329,6 +331,50 @@ def fit_builtin_encoder(image_feats: np.ndarray, text_feats: np.ndarray, config:
     report = BuiltinFitReport(len(train), n_val, history, i2t, t2i, 1.0 / n_val if n_val else float("nan"),
                               time.perf_counter() - t0)
     return heads, report
+
+
+HELDOUT_FOLDS = 2
+
+
+def fold_of(uids: Sequence[str], k: int = HELDOUT_FOLDS) -> np.ndarray:
+    """A stable fold per uid (from its hash, so it does not depend on row order or pool size)."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.sha1(u.encode()).digest()[:4], "little") % k for u in uids], np.int64)
+
+
+def fit_heldout_heads(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
+                      config: HeadsConfig | None = None, device: str = "cpu",
+                      progress: Callable[[str], None] = log.info) -> list[ProjectionHeads]:
+    """Cross-fitting: head f is trained on every pair outside fold f, so it scores fold f's pairs without
+    having seen them. The builtin encoder learns from the noisy pool itself and partly memorises its
+    misaligned pairs; held-out scores keep the alignment operator honest."""
+    heads = []
+    for f in range(int(folds.max()) + 1 if len(folds) else 0):
+        train = folds != f
+        progress(f"held-out heads: fold {f + 1}, trained on {int(train.sum())} pairs")
+        heads.append(train_projection_heads(image_feats[train], text_feats[train], config, device, progress)[0])
+    return heads
+
+
+def heldout_pair_cosine(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
+                        heads: list[ProjectionHeads]) -> np.ndarray:
+    """cos(z_I, z_T) of each pair from the head that did not train on it."""
+    out = np.zeros(len(folds), np.float32)
+    for f, h in enumerate(heads):
+        rows = folds == f
+        if rows.any():
+            enc = BuiltinEncoder(h, towers=False)
+            out[rows] = np.sum(enc.embed_image_features(image_feats[rows]) * enc.embed_text_features(text_feats[rows]), 1)
+    return out
+
+
+def heldout_cosine_for_new_captions(uids: Sequence[str], image_feats: np.ndarray, captions: Sequence[str],
+                                    heads: list[ProjectionHeads], towers: FrozenTowers) -> np.ndarray:
+    """Held-out cos(z_I, z_T) of pool images paired with new captions: each image is scored by the head
+    of its uid's fold, as `heldout_pair_cosine` scores the pool's own pairs (same scale)."""
+    return heldout_pair_cosine(np.asarray(image_feats, np.float32), towers.text_features(list(captions)),
+                               fold_of(uids, len(heads)), heads)
 
 
 ENCODER_INFO = "encoder.json"

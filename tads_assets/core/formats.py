@@ -354,8 +354,20 @@ def clean_caption(raw: bytes | None, limits: IngestLimits) -> str | Rejection:
     return text
 
 
-def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, str] | Rejection:
-    """Decode fully (so truncation is caught) and return (width, height, format), or why not."""
+TINY_SIDE = 8  # the tiny-image descriptor is TINY_SIDE x TINY_SIDE grey levels
+
+
+def tiny_image(im: Image.Image) -> bytes:
+    """The tiny-image descriptor of a decoded image: its grey levels averaged down to 8 x 8 (64 bytes).
+    Rescaling, re-encoding and small crops barely move it; the dedup layer compares it to find the same
+    picture posted twice (`dedup.tiny_image_vectors`)."""
+    grey = im.convert("L").resize((TINY_SIDE, TINY_SIDE), Image.BOX, reducing_gap=3.0)
+    return grey.tobytes()
+
+
+def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, str, bytes] | Rejection:
+    """Decode fully (so truncation is caught) and return (width, height, format, tiny-image descriptor),
+    or why not."""
     if data is None:
         return Rejection(MISSING_IMAGE, "no image")
     if len(data) == 0:
@@ -368,7 +380,7 @@ def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, s
             if w * h > limits.max_image_pixels:
                 return Rejection(DECOMPRESSION_BOMB, f"{w}x{h} = {w * h} pixels exceeds {limits.max_image_pixels}", float(w * h))
             im.load()
-            return w, h, (im.format or "unknown").lower()
+            return w, h, (im.format or "unknown").lower(), tiny_image(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Rejection(DECOMPRESSION_BOMB, str(exc))
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all mean "corrupt"

@@ -37,6 +37,7 @@ RAW_POOL_SCHEMA: dict[str, pl.DataType] = {
     "bytes": pl.Binary,  # the encoded image itself
     "format": pl.Utf8,
     "shard": pl.Utf8,
+    "tiny": pl.Binary,  # 8 x 8 grey tiny-image descriptor (formats.tiny_image), for near-duplicate search
 }
 
 
@@ -94,6 +95,20 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 def scan_raw_pool(out_dir: str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(str(Path(out_dir) / "part-*.parquet"), schema=RAW_POOL_SCHEMA)
+
+
+def part_fingerprint(part: str | Path) -> str:
+    """Content fingerprint of one raw_pool part (its uids, image hashes and captions, in order). Caches
+    derived from a part are valid only while this matches: a re-ingested pool can reuse a part's file name
+    and row count with different samples in it."""
+    import hashlib
+
+    frame = pl.read_parquet(part, columns=["uid", "sha256", "caption"])
+    h = hashlib.sha256()
+    for col in ("uid", "sha256", "caption"):
+        h.update("\x1f".join(frame[col].fill_null("").to_list()).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()[:24]
 
 
 def ingest_pool(
@@ -189,7 +204,7 @@ def _validate(rec: formats.RawRecord, limits: formats.IngestLimits, seen_uids: s
     image = formats.inspect_image(rec.image, limits)
     if isinstance(image, formats.Rejection):
         return image
-    width, height, fmt = image
+    width, height, fmt, tiny = image
     seen_uids.add(rec.uid)
     return {
         "uid": rec.uid,
@@ -202,4 +217,5 @@ def _validate(rec: formats.RawRecord, limits: formats.IngestLimits, seen_uids: s
         "bytes": rec.image,
         "format": fmt,
         "shard": rec.shard,
+        "tiny": tiny,
     }

@@ -68,3 +68,26 @@ def test_rerun_resumes_finished_parts_and_recomputes_a_lost_one(built):
     meta = result.asset_materializations_for_node("pool_embeddings")[0].metadata
     assert meta["parts_computed"].value == 1 and meta["parts_resumed"].value == 3
     assert embeddings.open_embeddings(db).count_rows() == before
+
+
+def test_a_part_rewritten_with_the_same_name_and_size_is_recomputed_not_served_from_cache(built):
+    """A re-ingested pool can reuse a part's file name and row count with other samples in it."""
+    resources, _ = built
+    paths = resources["paths"]
+    part = sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet"))[2]
+    frame = pl.read_parquet(part)
+    uid = frame["uid"][0]
+    new_caption = "a bright yellow umbrella on a sandy beach"
+    frame = frame.with_columns(caption=pl.when(pl.col("uid") == uid).then(pl.lit(new_caption)).otherwise(pl.col("caption")))
+    frame.write_parquet(part)
+    # pool_embeddings alone refuses the stale cache with the fix in the message
+    stale = materialize([pool_embeddings, clip_encoder, raw_pool], resources=resources,
+                        selection=AssetSelection.assets(pool_embeddings), raise_on_error=False)
+    assert not stale.success
+    result = materialize([pool_embeddings, clip_encoder, raw_pool], resources=resources,
+                         selection=AssetSelection.assets(clip_encoder, pool_embeddings))
+    meta = result.asset_materializations_for_node("clip_encoder")[0].metadata
+    assert meta["frozen_parts_computed"].value == 1 and meta["frozen_parts_cached"].value == 3
+    cached = embeddings.load_frozen_features(paths.frozen_cache_dir).filter(pl.col("uid") == uid)
+    expected = resources["encoder"].towers("cpu").text_features([new_caption])
+    assert np.allclose(embeddings.arrays(cached, "text_feat")[0], expected, atol=1e-5)

@@ -53,6 +53,19 @@ def test_quality_layer_flags_structural_or_semantic_pairs_and_keeps_best_aligned
     assert res.extra["structural_pairs"] == 1 and res.extra["semantic_pairs"] == 1
 
 
+def test_quality_layer_visual_test_catches_a_reposted_picture_only_when_switched_on():
+    captions = ["a red sneaker, size 42", "Sale: crimson trainers for running", "a red sneaker, size 9"]
+    text = unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])  # captions unrelated by both text tests
+    tiny = unit([[1, 0, 0], [0.99, 0.1, 0], [0.9, 0.43, 0]])  # 0/1 cos 0.995, 0/2 cos 0.90
+    pairs = np.array([[0, 1], [0, 2]])
+    align = np.array([0.5, 0.4, 0.3])
+    off = dedup.quality_dedup(pairs, captions, text, align, tau_edit=0.0, tau_sem=1.01)
+    assert not off.removed.any()  # the paper's text-only rule: nothing redundant
+    on = dedup.quality_dedup(pairs, captions, text, align, tau_edit=0.0, tau_sem=1.01, tiny_vec=tiny, tau_vis=0.95)
+    assert on.removed.tolist() == [False, True, False] and on.duplicate_of[1] == 0
+    assert on.extra["visual_pairs"] == 1
+
+
 def test_candidate_pairs_stay_within_a_cluster_and_are_unique():
     labels = np.array([0, 0, 1, 1])
     idx = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])
@@ -96,3 +109,21 @@ def test_deduplicate_removes_planted_duplicates_and_nothing_else():
         assert out.kept[a] != out.kept[b]
     assert (~out.kept).sum() == 20
     assert set(out.layer[400:410]) | set(out.layer[exact]) >= {dedup.METADATA}
+
+
+def test_tiny_image_vectors_match_a_reposted_picture_and_not_another_one():
+    from PIL import Image, ImageDraw
+
+    from tads_assets.core.formats import tiny_image
+
+    def picture(box):
+        img = Image.new("RGB", (160, 120), (236, 222, 196))
+        ImageDraw.Draw(img).ellipse(box, fill=(180, 30, 30))
+        return img
+
+    a = picture((40, 20, 100, 100))
+    repost = a.crop((4, 3, 156, 117)).resize((120, 90)).point(lambda v: min(255, int(v * 1.05) + 6))
+    other = picture((80, 40, 150, 110))
+    vec = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(64)])
+    assert vec[0] @ vec[1] > 0.97 > vec[0] @ vec[2]
+    assert not vec[3].any() and not vec[4].any()  # missing and flat descriptors match nothing
