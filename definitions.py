@@ -2,10 +2,10 @@
 
 from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
-from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
-from tads_assets import checks, pool
+from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from tads_assets import characterize, checks, pool
 
-ASSET_MODULES = [pool]
+ASSET_MODULES = [pool, characterize]
 
 all_assets = load_assets_from_modules(ASSET_MODULES)
 all_checks = load_asset_checks_from_modules([checks])
@@ -21,5 +21,7 @@ defs = Definitions(
         "device": TorchDevice.from_env(),
         "lance": LanceStore.from_env(),
         "encoder": ClipEncoder.from_env(),
+        "ocr": Ocr.from_env(),
+        "langid": LangId.from_env(),
     },
 )

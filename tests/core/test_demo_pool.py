@@ -77,7 +77,7 @@ def test_exact_duplicates_share_bytes_url_and_caption_with_a_clean_original(trut
         assert img(a) == img(b) and a["json"] == b["json"] and a["txt"] == b["txt"]
 
 
-def test_near_duplicates_rerender_the_same_glyph_with_new_bytes_and_caption(truth, pool_members):
+def test_near_duplicates_repost_a_clean_sample_with_new_bytes_and_caption(truth, pool_members):
     by_uid = {r["uid"]: r for r in truth.iter_rows(named=True)}
     near = truth.filter(pl.col("kind") == "near_duplicate")
     assert near.height > 0

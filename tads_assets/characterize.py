@@ -1,0 +1,231 @@
+"""characterize group (DESIGN.md), §3.2.1 intrinsic quality: feature_table, weak_labels, quality_scores.
+Assets load, call core, write, report."""
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from tads_assets.core import embeddings, operators, quality_model, weak_supervision
+from tads_assets.core.feature_table import build_feature_table, reference_images
+from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
+from tads_assets.core.quality_model import QualityParams
+from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
+from tads_assets.core.storage import write_parquet_atomic
+from tads_assets.core.weak_supervision import WeakParams
+from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings
+
+FEATURE_FILE = "feature_table.parquet"
+RATER_FILE = "concreteness.safetensors"
+
+
+class FeatureTableConfig(Config):
+    """Operator settings; defaults from `tads_assets.core.operators.OperatorParams`."""
+
+    ocr_min_text_likelihood: float = OperatorParams.ocr_min_text_likelihood
+    max_phrases: int = OperatorParams.max_phrases
+    grounding_percentile: float = OperatorParams.grounding_percentile
+    reference_images: int = OperatorParams.reference_images
+    seed: int = OperatorParams.seed
+
+
+def _kept_uids(paths: TadsPaths) -> list[str]:
+    return pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])["uid"].to_list()
+
+
+def _read_features(paths: TadsPaths) -> pl.DataFrame:
+    return pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
+
+
+@asset(
+    group_name="characterize",
+    deps=[deduped_pool, pool_embeddings, clip_encoder],
+    kinds={"parquet", "tesseract", "fasttext"},
+    description="§3.2.1 operators over the deduplicated pool, one column each: resolution, aspect ratio, "
+    "Laplacian blur, OCR text-region ratio and text (Tesseract, behind a cheap text pre-filter), fastText "
+    "language, caption length and concreteness, CLIP similarity, flipped-image consistency, grounding, "
+    "caption information gain over the OCR text. Computed per raw_pool part, resumable.",
+)
+def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
+                  encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
+    context.log.info(f"feature_table: Tesseract {ocr.version()}, fastText model {langid.load().path}")
+    params = OperatorParams(**config.model_dump(), ocr_min_confidence=ocr.min_confidence, ocr_workers=ocr.workers,
+                            ocr_batch=ocr.batch)
+    enc, info = encoder.load(paths.models_dir, device.resolve())
+    vectors = embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec", "flipped_image_vec",
+                                                          "heldout_pair_cos"))
+    run = build_feature_table(paths.parquet_dir("raw_pool"), _kept_uids(paths), vectors,
+                              paths.root / "cache" / "feature_parts", info["encoder_id"], langid.load(),
+                              enc.encode_texts, params, progress=context.log.info)
+    out = paths.parquet_dir("feature_table")
+    write_parquet_atomic(run.table, out / FEATURE_FILE)
+    from safetensors.numpy import save_file
+
+    (paths.models_dir / "feature_table").mkdir(parents=True, exist_ok=True)
+    save_file(run.rater.to_tensors(), str(paths.models_dir / "feature_table" / RATER_FILE))
+    t = run.table
+    langs = t.group_by("lang").len("samples").sort("samples", descending=True).head(10)
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(out / FEATURE_FILE)),
+        "n_in": len(_kept_uids(paths)), "n_rows": t.height, "n_dropped": 0, "n_features": len(FEATURE_COLUMNS),
+        "parts_computed": run.parts_computed, "parts_resumed": run.parts_cached,
+        "ocr_run": run.ocr_run, "ocr_skipped_by_prefilter": run.ocr_skipped,
+        "seconds_by_operator_group": MetadataValue.md(markdown_table([{"group": k, "seconds": v} for k, v in run.seconds.items()])),
+        "samples_per_s": MetadataValue.float(round(t.height / max(run.seconds["total"], 1e-9), 1)),
+        "languages": MetadataValue.md(markdown_table(langs.to_dicts())),
+        "feature_summary": MetadataValue.md(markdown_table([
+            {"feature": c, "p5": float(t[c].cast(float).quantile(0.05)), "median": float(t[c].cast(float).median()),
+             "p95": float(t[c].cast(float).quantile(0.95))} for c in FEATURE_COLUMNS])),
+        "distributions": MetadataValue.md(histogram_markdown(
+            {c: t[c].cast(float).to_numpy() for c in ("clip_similarity", "concreteness", "flip_consistency",
+                                                      "grounding_confidence")}, "cross-modal and text features", "value")),
+        "blur_and_text": MetadataValue.md(histogram_markdown(
+            {"log1p Laplacian variance": np.log1p(t["laplacian_var"].to_numpy()),
+             "OCR pre-filter text likelihood": t["text_likelihood"].to_numpy()}, "image features", "value")),
+    })
+
+
+class WeakLabelsConfig(Config):
+    """Labelling-function and LabelModel settings; defaults from `weak_supervision.WeakParams`."""
+
+    outlier_sigmas: float = WeakParams.outlier_sigmas
+    n_epochs: int = WeakParams.n_epochs
+    min_epochs: int = WeakParams.min_epochs
+    lr: float = WeakParams.lr
+    l2: float = WeakParams.l2
+    prec_init: float = WeakParams.prec_init
+    seed: int = WeakParams.seed
+
+
+@asset(
+    group_name="characterize",
+    deps=[feature_table],
+    kinds={"parquet", "snorkel"},
+    description="Labelling functions on feature thresholds read off the pool's distributions, combined by a "
+    "Snorkel LabelModel into weak labels ŷ_weak = P(good).",
+)
+def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths: TadsPaths) -> MaterializeResult:
+    features = _read_features(paths)
+    params = WeakParams(**config.model_dump())
+    lfs = weak_supervision.labelling_functions(features, params)
+    L = weak_supervision.apply_lfs(features, lfs)
+    fit = weak_supervision.fit_label_model(L, lfs, params)
+    context.log.info(f"weak_labels: {len(lfs)} LFs over {features.height} samples, mean ŷ_weak {fit.probs.mean():.3f}")
+    out = pl.DataFrame({"uid": features["uid"], "y_weak": fit.probs}).hstack(
+        pl.DataFrame({lf.name: L[:, j].astype(np.int8) for j, lf in enumerate(lfs)}))
+    write_parquet_atomic(out, paths.parquet_dir("weak_labels") / "weak_labels.parquet")
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(paths.parquet_dir("weak_labels") / "weak_labels.parquet")),
+        "n_in": features.height, "n_rows": out.height, "n_dropped": 0, "n_lfs": len(lfs),
+        "label_model_epochs": fit.epochs,
+        "lf_summary": MetadataValue.md(markdown_table(fit.lf_summary.to_dicts())),
+        "abstain_all_share": MetadataValue.float(round(float((L == weak_supervision.ABSTAIN).all(axis=1).mean()), 4)),
+        "y_weak": MetadataValue.md(histogram_markdown({"ŷ_weak": fit.probs}, "weak label distribution", "P(good)")),
+    })
+
+
+class QualityScoresConfig(Config):
+    """q_φ and D_true settings; defaults from `quality_model.QualityParams`."""
+
+    hidden_dim: int = QualityParams.hidden_dim
+    epochs: int = QualityParams.epochs
+    batch_size: int = QualityParams.batch_size
+    lr: float = QualityParams.lr
+    lambda_sup: float = QualityParams.lambda_sup
+    lambda_weak: float = QualityParams.lambda_weak
+    true_positives: int = QualityParams.true_positives
+    positive_quantile: float = QualityParams.positive_quantile
+    shuffle_share: float = QualityParams.shuffle_share
+    seed: int = QualityParams.seed
+
+
+@asset(
+    group_name="characterize",
+    deps=[feature_table, weak_labels],
+    kinds={"parquet", "pytorch"},
+    description="MLP quality predictor q_φ ∈ [0, 1] trained with eq. 7-9: BCE on D_true (high-ŷ_weak pairs and "
+    "synthetic negatives by caption shuffling and mismatch injection) plus λ-weighted MSE to ŷ_weak.",
+)
+def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, paths: TadsPaths, lance: LanceStore,
+                   encoder: ClipEncoder, device: TorchDevice, langid: LangId) -> MaterializeResult:
+    dev = device.resolve()
+    features = _read_features(paths)
+    weak = pl.read_parquet(paths.parquet_dir("weak_labels") / "weak_labels.parquet", columns=["uid", "y_weak"])
+    features = features.join(weak, on="uid", how="left", maintain_order="left")
+    if features["y_weak"].null_count():
+        raise ValueError("weak_labels does not cover the feature table: materialize weak_labels again")
+    clusters = features.join(pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet",
+                                             columns=["uid", "cluster"]), on="uid", how="left", maintain_order="left")
+    vecs = features.select("uid").join(embeddings.read_embeddings(lance.connect()), on="uid", how="left",
+                                       maintain_order="left")
+    img, flip = embeddings.arrays(vecs, "image_vec", "flipped_image_vec")
+    params = QualityParams(**config.model_dump())
+    op_params = OperatorParams()
+    captions = _captions(paths, features)
+    true_set = quality_model.build_true_set(features["y_weak"].to_numpy(), captions,
+                                            clusters["cluster"].fill_null(-1).to_numpy(), params)
+    enc, _ = encoder.load(paths.models_dir, dev)
+    from safetensors.numpy import load_file
+
+    rater = operators.ConcretenessRater.from_tensors(load_file(str(paths.models_dir / "feature_table" / RATER_FILE)))
+    dominant = operators.dominant_language(features["lang"].to_list())
+    neg = true_set.labels == 0
+    neg_rows = true_set.rows[neg]
+    neg_captions = [c for c, n in zip(true_set.captions, neg) if n]
+    neg_feats = operators.recombined_features(
+        features, neg_rows, neg_captions, img, flip,
+        reference_images(img, op_params.reference_images, op_params.seed), langid.load(), enc.encode_texts, rater,
+        dominant, op_params, _heldout_cos(paths, dev, features["uid"].gather(neg_rows).to_list(), neg_captions, enc))
+    x_pool = feature_matrix(features)
+    x_true = np.concatenate([x_pool[true_set.rows[~neg]], feature_matrix(neg_feats)])
+    y_true = np.concatenate([true_set.labels[~neg], true_set.labels[neg]])
+    fit = quality_model.train_quality_model(x_pool, features["y_weak"].to_numpy(), x_true, y_true, params, dev,
+                                            progress=context.log.info)
+    q = quality_model.predict_quality(fit.model, x_pool)
+    ckpt = paths.models_dir / "quality_scores" / "q_phi.safetensors"
+    quality_model.save_quality_model(fit.model, ckpt, FEATURE_COLUMNS)
+    out = pl.DataFrame({"uid": features["uid"], "quality": q.astype(np.float32)})
+    write_parquet_atomic(out, paths.parquet_dir("quality_scores") / "quality_scores.parquet")
+    q_true = quality_model.predict_quality(fit.model, x_true)
+    ranked = out.with_columns(caption=pl.Series(captions)).sort("quality")
+    how = np.array(true_set.how)[np.r_[np.flatnonzero(~neg), np.flatnonzero(neg)]]
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(paths.parquet_dir("quality_scores") / "quality_scores.parquet")),
+        "checkpoint": MetadataValue.path(str(ckpt)),
+        "n_in": features.height, "n_rows": out.height, "n_dropped": 0,
+        "d_true": MetadataValue.md(markdown_table([
+            {"examples": k, "count": int((how == k).sum()), "mean q_phi": float(q_true[how == k].mean())}
+            for k in ("positive", "shuffled", "mismatch_injected") if (how == k).any()])),
+        "loss_curve": MetadataValue.md(line_plot_markdown(fit.loss_per_epoch, "eq. 9 loss per epoch", "epoch", "loss")),
+        "final_bce_d_true": MetadataValue.float(round(fit.sup_per_epoch[-1], 4)),
+        "final_mse_weak": MetadataValue.float(round(fit.weak_per_epoch[-1], 4)),
+        "quality": MetadataValue.md(histogram_markdown({"q_phi": q}, "quality score distribution", "q")),
+        "lowest_scored": MetadataValue.md(markdown_table(ranked.head(8).select("uid", "quality", "caption").to_dicts())),
+        "highest_scored": MetadataValue.md(markdown_table(ranked.tail(8).select("uid", "quality", "caption").to_dicts())),
+        "training_seconds": MetadataValue.float(round(fit.seconds, 2)),
+        "params": MetadataValue.json(dataclasses.asdict(params)),
+    })
+
+
+def _heldout_cos(paths: TadsPaths, device: str, uids: list[str], captions: list[str], enc) -> np.ndarray | None:
+    """The new pairs' CLIP similarity on the feature table's scale: the builtin encoder's cross-fitted heads
+    (None for an open_clip encoder, whose own cosine is already held out)."""
+    from tads_assets.core.encoder import heldout_cosine_for_new_captions, load_heads, read_encoder_info
+
+    info = read_encoder_info(paths.models_dir / "clip_encoder")
+    if info["kind"] != "builtin" or not info.get("heldout_heads"):
+        return None
+    heads = [load_heads(paths.models_dir / "clip_encoder" / f, device) for f in info["heldout_heads"]]
+    frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(paths.frozen_cache_dir), on="uid",
+                                             how="left", maintain_order="left")
+    (image_feats,) = embeddings.arrays(frozen, "image_feat")
+    return heldout_cosine_for_new_captions(uids, image_feats, captions, heads, enc.towers)
+
+
+def _captions(paths: TadsPaths, features: pl.DataFrame) -> list[str]:
+    from tads_assets.core.ingest import scan_raw_pool
+
+    caps = scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption").collect()
+    return features.select("uid").join(caps, on="uid", how="left", maintain_order="left")["caption"].to_list()

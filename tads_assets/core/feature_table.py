@@ -1,0 +1,124 @@
+"""The feature table of §3.2.1: every operator of `operators.py` over the deduplicated pool, one raw_pool
+part at a time. Finished parts are cached under a key of everything they depend on (the part's content,
+which of its samples survived dedup, the encoder, the operator settings), so an interrupted run resumes
+and a re-run with nothing changed recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tads_assets.core import operators as op
+from tads_assets.core.embeddings import raw_pool_parts
+from tads_assets.core.ingest import part_fingerprint
+from tads_assets.core.storage import write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureRun:
+    table: pl.DataFrame
+    rater: op.ConcretenessRater
+    parts_computed: int = 0
+    parts_cached: int = 0
+    seconds: dict = field(default_factory=dict)  # operator group -> seconds spent (computed parts only)
+    ocr_run: int = 0
+    ocr_skipped: int = 0
+
+
+def _part_key(part: Path, uids: list[str], encoder_id: str, params: op.OperatorParams) -> str:
+    h = hashlib.sha256()
+    h.update(part_fingerprint(part).encode())
+    h.update("\x1f".join(uids).encode())
+    h.update(encoder_id.encode())
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "ocr_workers"}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def _cached(path: Path, key: str) -> pl.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        frame = pl.read_parquet(path)
+    except Exception:  # damaged or half-written by an older version: recompute
+        return None
+    if frame.height and frame["part_key"][0] == key:
+        return frame.drop("part_key")
+    return None
+
+
+def reference_images(image_vec: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The pool images that calibrate grounding and caption specificity (a fixed random sample)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(image_vec), size=min(n, len(image_vec)), replace=False)
+    return np.asarray(image_vec[np.sort(idx)], np.float32)
+
+
+def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
+                        encoder_id: str, lang_id: op.LanguageId, encode_texts: Callable[[list[str]], np.ndarray],
+                        params: op.OperatorParams, ocr: Callable | None = None,
+                        progress: Callable[[str], None] = log.info) -> FeatureRun:
+    """Features of every kept sample. `vectors` holds uid, image_vec, text_vec, flipped_image_vec and
+    heldout_pair_cos (the CLIP-similarity operator's value)."""
+    from tads_assets.core.embeddings import arrays
+
+    kept = set(kept_uids)
+    vectors = vectors.filter(pl.col("uid").is_in(kept_uids))
+    if vectors.height != len(kept):
+        missing = kept - set(vectors["uid"].to_list())
+        raise ValueError(f"{len(missing)} kept samples have no embedding (e.g. {sorted(missing)[0]}): "
+                         "materialize pool_embeddings again")
+    all_img, = arrays(vectors, "image_vec")
+    ref = reference_images(all_img, params.reference_images, params.seed)
+    row_of = {u: i for i, u in enumerate(vectors["uid"].to_list())}
+    img_all, txt_all, flip_all = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
+    heldout_all = vectors["heldout_pair_cos"].to_numpy().astype(np.float32)
+    run = FeatureRun(pl.DataFrame(), None)  # type: ignore[arg-type]
+    secs = {"cheap_image": 0.0, "ocr": 0.0, "text": 0.0, "cross_modal": 0.0}
+    frames = []
+    parts = raw_pool_parts(raw_pool_dir)
+    t0 = time.perf_counter()
+    for i, part in enumerate(parts):
+        uids = [u for u in pl.read_parquet(part, columns=["uid"])["uid"].to_list() if u in kept]
+        key = _part_key(part, uids, encoder_id, params)
+        target = cache_dir / part.name
+        cached = _cached(target, key)
+        if cached is not None:
+            frames.append(cached)
+            run.parts_cached += 1
+            run.ocr_run += int(cached["ocr_run"].sum())
+            continue
+        frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"]).filter(pl.col("uid").is_in(uids))
+        rows = np.array([row_of[u] for u in frame["uid"].to_list()], np.int64)
+        out, stats = op.part_features(frame["uid"].to_list(), frame["caption"].to_list(), frame["bytes"].to_list(),
+                                      img_all[rows], flip_all[rows], txt_all[rows], ref, lang_id, encode_texts,
+                                      params, ocr, progress, heldout_all[rows])
+        write_parquet_atomic(out.with_columns(pl.lit(key).alias("part_key")), target)
+        frames.append(out)
+        run.parts_computed += 1
+        run.ocr_run += stats["ocr_run"]
+        for k, s in (("cheap_image", "cheap_seconds"), ("ocr", "ocr_seconds"), ("text", "text_seconds"),
+                     ("cross_modal", "cross_modal_seconds")):
+            secs[k] += stats[s]
+        progress(f"feature_table: part {i + 1}/{len(parts)} ({part.stem}): {out.height} samples, OCR on "
+                 f"{stats['ocr_run']} ({stats['ocr_seconds']:.1f}s), {time.perf_counter() - t0:.0f}s so far")
+    table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    order = np.array([row_of[u] for u in table["uid"].to_list()], np.int64)
+    table, rater = op.finish_features(table, txt_all[order])
+    run.table, run.rater = table, rater
+    run.ocr_skipped = table.height - run.ocr_run
+    run.seconds = {k: round(v, 2) for k, v in secs.items()}
+    run.seconds["total"] = round(time.perf_counter() - t0, 2)
+    return run

@@ -1,0 +1,111 @@
+import numpy as np
+import polars as pl
+
+from tads_assets.core import weak_supervision as ws
+from tads_assets.core.weak_supervision import ABSTAIN, BAD, GOOD
+
+
+def test_robust_bounds_ignore_outliers():
+    x = np.r_[np.random.default_rng(0).normal(10, 1, 1000), [1e6, -1e6]]
+    lo, hi = ws.robust_bounds(x, 3.0)
+    assert 6.5 < lo < 7.5 and 12.5 < hi < 13.5
+
+
+def test_otsu_splits_a_bimodal_sample_between_its_modes():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0.2, 0.03, 500), rng.normal(0.7, 0.03, 200)]
+    assert 0.3 < ws.otsu_threshold(x) < 0.6
+
+
+def test_lower_mode_split_finds_a_minority_mode_and_refuses_a_unimodal_sample():
+    rng = np.random.default_rng(0)
+    mixed = np.r_[rng.normal(0.55, 0.06, 900), rng.normal(0.25, 0.06, 100)]
+    t = ws.lower_mode_split(mixed)
+    assert t is not None and 0.33 < t < 0.47
+    assert ws.lower_mode_split(rng.normal(0.5, 0.05, 1000)) is None
+
+
+def pool_features(n=300, seed=0):
+    """A pool of ordinary samples; rows 0-5 are each bad in one known way."""
+    rng = np.random.default_rng(seed)
+    f = {
+        "resolution": rng.uniform(90, 200, n) ** 2,
+        "aspect_ratio": rng.uniform(1.0, 1.4, n),
+        "laplacian_var": rng.uniform(50, 300, n),
+        "ocr_text_ratio": np.where(rng.random(n) < 0.1, rng.uniform(0.0, 0.02, n), 0.0),
+        "lang_is_dominant": np.ones(n),
+        "lang_confidence": rng.uniform(0.6, 0.99, n),
+        "concreteness": rng.normal(3.0, 0.3, n),
+        "clip_similarity": rng.normal(0.5, 0.05, n),
+        "grounding_count": rng.integers(1, 3, n).astype(float),
+        "n_phrases": np.full(n, 3.0),
+        "flip_consistency": rng.normal(0.9, 0.02, n),
+        "caption_info_gain": np.ones(n),
+    }
+    f["resolution"][0] = 12 * 12  # tiny
+    f["aspect_ratio"][1] = 9.0  # extreme aspect
+    f["laplacian_var"][2] = 0.5  # blurred
+    f["ocr_text_ratio"][3], f["caption_info_gain"][3] = 0.45, 0.2  # text banner
+    f["lang_is_dominant"][4], f["lang_confidence"][4] = 0.0, 0.99  # foreign language
+    f["lang_is_dominant"][7], f["lang_confidence"][7] = 0.0, 0.7
+    f["concreteness"][5] = 0.5  # vague caption
+    f["clip_similarity"][6], f["grounding_count"][6] = 0.05, 0.0  # misaligned
+    f["n_phrases"][8] = 0.0  # a caption without phrases: the grounding LF abstains
+    return pl.DataFrame(f)
+
+
+def test_each_labelling_function_flags_its_known_bad_row_and_abstains_on_ordinary_ones():
+    feats = pool_features()
+    lfs = ws.labelling_functions(feats, ws.WeakParams())
+    assert len(lfs) >= 8
+    L = ws.apply_lfs(feats, lfs)
+    col = {lf.name: j for j, lf in enumerate(lfs)}
+    expected_bad = {"lf_tiny_image": 0, "lf_extreme_aspect": 1, "lf_blurred": 2, "lf_text_dominated": 3,
+                    "lf_caption_repeats_image_text": 3, "lf_foreign_language": 4, "lf_vague_caption": 5,
+                    "lf_misaligned": 6, "lf_ungrounded": 6}
+    for name, row in expected_bad.items():
+        assert L[row, col[name]] == BAD, name
+        ordinary = L[10:, col[name]]
+        assert (ordinary == ABSTAIN).mean() > 0.95, name  # thresholds come from the pool, not magic numbers
+    assert L[7, col["lf_foreign_language"]] == ABSTAIN  # foreign but unsure: no vote
+    assert L[8, col["lf_ungrounded"]] == ABSTAIN  # no phrase to ground: no vote
+
+
+def test_label_model_scores_flagged_samples_below_unflagged_ones():
+    feats = pool_features()
+    lfs = ws.labelling_functions(feats, ws.WeakParams())
+    L = ws.apply_lfs(feats, lfs)
+    fit = ws.fit_label_model(L, lfs, ws.WeakParams())
+    flagged = (L == BAD).any(axis=1)
+    assert flagged[:7].all()
+    assert fit.probs[flagged].max() < fit.probs[~flagged].min()
+    assert fit.lf_summary.height == len(lfs) and fit.lf_summary["learned_accuracy"].is_finite().all()
+
+
+def test_thresholds_follow_the_pool_distribution():
+    a = ws.labelling_functions(pool_features(), ws.WeakParams())
+    shifted = pool_features().with_columns(pl.col("laplacian_var") * 100)
+    b = ws.labelling_functions(shifted, ws.WeakParams())
+    ta = {lf.name: lf.threshold for lf in a}["lf_blurred"]
+    tb = {lf.name: lf.threshold for lf in b}["lf_blurred"]
+    assert tb > 50 * ta
+
+
+def test_label_model_recovers_a_latent_label_from_noisy_votes():
+    """Five LFs, each right 85 % of the time where it votes and abstaining half the time."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n, m = 2000, 5
+    truth = (rng.random(n) < 0.7).astype(int)
+    correct = rng.random((n, m)) < 0.85
+    votes = np.where(correct, truth[:, None], 1 - truth[:, None])
+    L = np.where(rng.random((n, m)) < 0.5, votes, ABSTAIN)
+    lfs = [ws.LabellingFunction(f"lf{j}", "", lambda d: None, 0.0) for j in range(m)]
+    fit = ws.fit_label_model(L, lfs, ws.WeakParams())
+    assert roc_auc_score(truth, fit.probs) > 0.9
+    majority = np.where(L == GOOD, 1, np.where(L == BAD, -1, 0)).sum(1)
+    assert fit.probs[majority >= 2].mean() > 0.8 > 0.2 > fit.probs[majority <= -2].mean()
+    summary = fit.lf_summary
+    assert summary.height == m and np.allclose(summary["coverage"].to_numpy(), 0.5, atol=0.05)
+    assert (summary["learned_accuracy"].to_numpy() > 0.55).all()  # shrunk towards the prior by l2
