@@ -2,6 +2,7 @@
 Assets load, call core, write, report."""
 
 import dataclasses
+import json
 
 import numpy as np
 import polars as pl
@@ -13,12 +14,13 @@ from tads_assets.core.feature_table import build_feature_table, reference_images
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
-from tads_assets.core.storage import write_parquet_atomic
+from tads_assets.core.storage import write_json_atomic, write_parquet_atomic
 from tads_assets.core.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings
 
 FEATURE_FILE = "feature_table.parquet"
 RATER_FILE = "concreteness.safetensors"
+PARAMS_FILE = "operator_params.json"
 
 
 class FeatureTableConfig(Config):
@@ -56,7 +58,8 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
     enc, info = encoder.load(paths.models_dir, device.resolve())
     vectors = embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec", "flipped_image_vec",
                                                           "heldout_pair_cos"))
-    run = build_feature_table(paths.parquet_dir("raw_pool"), _kept_uids(paths), vectors,
+    kept = _kept_uids(paths)
+    run = build_feature_table(paths.parquet_dir("raw_pool"), kept, vectors,
                               paths.root / "cache" / "feature_parts", info["encoder_id"], langid.load(),
                               enc.encode_texts, params, progress=context.log.info)
     out = paths.parquet_dir("feature_table")
@@ -65,11 +68,13 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
 
     (paths.models_dir / "feature_table").mkdir(parents=True, exist_ok=True)
     save_file(run.rater.to_tensors(), str(paths.models_dir / "feature_table" / RATER_FILE))
+    # quality_scores recomputes operators for its synthetic pairs with exactly these settings
+    write_json_atomic(dataclasses.asdict(params), paths.models_dir / "feature_table" / PARAMS_FILE)
     t = run.table
     langs = t.group_by("lang").len("samples").sort("samples", descending=True).head(10)
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(out / FEATURE_FILE)),
-        "n_in": len(_kept_uids(paths)), "n_rows": t.height, "n_dropped": 0, "n_features": len(FEATURE_COLUMNS),
+        "n_in": len(kept), "n_rows": t.height, "n_dropped": 0, "n_features": len(FEATURE_COLUMNS),
         "parts_computed": run.parts_computed, "parts_resumed": run.parts_cached,
         "ocr_run": run.ocr_run, "ocr_skipped_by_prefilter": run.ocr_skipped,
         "seconds_by_operator_group": MetadataValue.md(markdown_table([{"group": k, "seconds": v} for k, v in run.seconds.items()])),
@@ -162,7 +167,7 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
                                        maintain_order="left")
     img, flip = embeddings.arrays(vecs, "image_vec", "flipped_image_vec")
     params = QualityParams(**config.model_dump())
-    op_params = OperatorParams()
+    op_params = OperatorParams(**json.loads((paths.models_dir / "feature_table" / PARAMS_FILE).read_text()))
     captions = _captions(paths, features)
     true_set = quality_model.build_true_set(features["y_weak"].to_numpy(), captions,
                                             clusters["cluster"].fill_null(-1).to_numpy(), params)

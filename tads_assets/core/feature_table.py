@@ -80,10 +80,9 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
         missing = kept - set(vectors["uid"].to_list())
         raise ValueError(f"{len(missing)} kept samples have no embedding (e.g. {sorted(missing)[0]}): "
                          "materialize pool_embeddings again")
-    all_img, = arrays(vectors, "image_vec")
-    ref = reference_images(all_img, params.reference_images, params.seed)
-    row_of = {u: i for i, u in enumerate(vectors["uid"].to_list())}
     img_all, txt_all, flip_all = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
+    ref = reference_images(img_all, params.reference_images, params.seed)
+    row_of = {u: i for i, u in enumerate(vectors["uid"].to_list())}
     heldout_all = vectors["heldout_pair_cos"].to_numpy().astype(np.float32)
     run = FeatureRun(pl.DataFrame(), None)  # type: ignore[arg-type]
     secs = {"cheap_image": 0.0, "ocr": 0.0, "text": 0.0, "cross_modal": 0.0}
