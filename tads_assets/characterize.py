@@ -167,7 +167,10 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
                                        maintain_order="left")
     img, flip = embeddings.arrays(vecs, "image_vec", "flipped_image_vec")
     params = QualityParams(**config.model_dump())
-    op_params = OperatorParams(**json.loads((paths.models_dir / "feature_table" / PARAMS_FILE).read_text()))
+    params_path = paths.models_dir / "feature_table" / PARAMS_FILE
+    if not params_path.exists():
+        raise FileNotFoundError(f"{params_path} missing (written by an older feature_table): materialize feature_table again")
+    op_params = OperatorParams(**json.loads(params_path.read_text()))
     captions = _captions(paths, features)
     true_set = quality_model.build_true_set(features["y_weak"].to_numpy(), captions,
                                             clusters["cluster"].fill_null(-1).to_numpy(), params)
