@@ -52,7 +52,8 @@ def _read_features(paths: TadsPaths) -> pl.DataFrame:
 )
 def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
                   encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
-    context.log.info(f"feature_table: Tesseract {ocr.version()}, fastText model {langid.load().path}")
+    lang_id = langid.load()
+    context.log.info(f"feature_table: Tesseract {ocr.version()}, fastText model {lang_id.path}")
     params = OperatorParams(**config.model_dump(), ocr_min_confidence=ocr.min_confidence, ocr_workers=ocr.workers,
                             ocr_batch=ocr.batch)
     enc, info = encoder.load(paths.models_dir, device.resolve())
@@ -60,7 +61,7 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
                                                           "heldout_pair_cos"))
     kept = _kept_uids(paths)
     run = build_feature_table(paths.parquet_dir("raw_pool"), kept, vectors,
-                              paths.root / "cache" / "feature_parts", info["encoder_id"], langid.load(),
+                              paths.root / "cache" / "feature_parts", info["encoder_id"], lang_id,
                               enc.encode_texts, params, progress=context.log.info)
     out = paths.parquet_dir("feature_table")
     write_parquet_atomic(run.table, out / FEATURE_FILE)

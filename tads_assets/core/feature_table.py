@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 class FeatureRun:
     table: pl.DataFrame
     rater: op.ConcretenessRater
-    parts_computed: int = 0
-    parts_cached: int = 0
-    seconds: dict = field(default_factory=dict)  # operator group -> seconds spent (computed parts only)
-    ocr_run: int = 0
-    ocr_skipped: int = 0
+    parts_computed: int
+    parts_cached: int
+    seconds: dict  # operator group -> seconds spent (computed parts only), plus the total
+    ocr_run: int
+
+    @property
+    def ocr_skipped(self) -> int:
+        return self.table.height - self.ocr_run
 
 
 def _part_key(part: Path, uids: list[str], encoder_id: str, params: op.OperatorParams) -> str:
@@ -84,7 +87,7 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
     ref = reference_images(img_all, params.reference_images, params.seed)
     row_of = {u: i for i, u in enumerate(vectors["uid"].to_list())}
     heldout_all = vectors["heldout_pair_cos"].to_numpy().astype(np.float32)
-    run = FeatureRun(pl.DataFrame(), None)  # type: ignore[arg-type]
+    computed = cached_parts = ocr_run = 0
     secs = {"cheap_image": 0.0, "ocr": 0.0, "text": 0.0, "cross_modal": 0.0}
     frames = []
     parts = raw_pool_parts(raw_pool_dir)
@@ -96,8 +99,8 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
         cached = _cached(target, key)
         if cached is not None:
             frames.append(cached)
-            run.parts_cached += 1
-            run.ocr_run += int(cached["ocr_run"].sum())
+            cached_parts += 1
+            ocr_run += int(cached["ocr_run"].sum())
             continue
         frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"]).filter(pl.col("uid").is_in(uids))
         rows = np.array([row_of[u] for u in frame["uid"].to_list()], np.int64)
@@ -106,8 +109,8 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
                                       params, ocr, progress, heldout_all[rows])
         write_parquet_atomic(out.with_columns(pl.lit(key).alias("part_key")), target)
         frames.append(out)
-        run.parts_computed += 1
-        run.ocr_run += stats["ocr_run"]
+        computed += 1
+        ocr_run += stats["ocr_run"]
         for k, s in (("cheap_image", "cheap_seconds"), ("ocr", "ocr_seconds"), ("text", "text_seconds"),
                      ("cross_modal", "cross_modal_seconds")):
             secs[k] += stats[s]
@@ -116,8 +119,5 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     order = np.array([row_of[u] for u in table["uid"].to_list()], np.int64)
     table, rater = op.finish_features(table, txt_all[order])
-    run.table, run.rater = table, rater
-    run.ocr_skipped = table.height - run.ocr_run
-    run.seconds = {k: round(v, 2) for k, v in secs.items()}
-    run.seconds["total"] = round(time.perf_counter() - t0, 2)
-    return run
+    seconds = {**{k: round(v, 2) for k, v in secs.items()}, "total": round(time.perf_counter() - t0, 2)}
+    return FeatureRun(table, rater, computed, cached_parts, seconds, ocr_run)

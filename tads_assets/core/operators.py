@@ -388,6 +388,34 @@ def text_part_features(captions: Sequence[str], lang_id: LanguageId) -> list[dic
     return [{**caption_features(c), "lang": lang, "lang_confidence": float(p)} for c, lang, p in zip(captions, langs, conf)]
 
 
+def caption_pair_features(captions: Sequence[str], ocr_texts: Sequence[str], image_vec: np.ndarray,
+                          flipped_vec: np.ndarray, text_vec: np.ndarray, reference_images: np.ndarray,
+                          lang_id: LanguageId, encode_texts: Callable[[list[str]], np.ndarray], params: OperatorParams,
+                          pair_cos: np.ndarray | None = None, timings: dict | None = None):
+    """The text operators of each caption and the cross-modal operators of each (image, caption) pair, rows
+    aligned across the arguments. `timings`, if given, receives text_seconds and cross_modal_seconds."""
+    import time
+
+    import polars as pl
+
+    t0 = time.perf_counter()
+    text = pl.DataFrame(text_part_features(captions, lang_id))
+    t1 = time.perf_counter()
+    cm = cross_modal_features(image_vec, flipped_vec, text_vec, pair_cos)
+    phrase_vecs, owner = encode_phrases(captions, encode_texts, params.max_phrases)
+    count, conf = grounding(image_vec, phrase_vecs, owner, reference_images, params.grounding_percentile)
+    gain = [caption_info_gain(c, o) for c, o in zip(captions, ocr_texts)]
+    if timings is not None:
+        timings.update(text_seconds=t1 - t0, cross_modal_seconds=time.perf_counter() - t1)
+    return text.with_columns(
+        pl.Series("n_phrases", np.bincount(owner, minlength=len(captions)).astype(np.int32)),
+        pl.Series("grounding_count", count), pl.Series("grounding_confidence", conf),
+        pl.Series("caption_info_gain", np.asarray(gain, np.float32)),
+        pl.Series("specificity", caption_specificity(text_vec, reference_images)),
+        *[pl.Series(k, v) for k, v in cm.items()],
+    )
+
+
 def part_features(uids: Sequence[str], captions: Sequence[str], blobs: Sequence[bytes], image_vec: np.ndarray,
                   flipped_vec: np.ndarray, text_vec: np.ndarray, reference_images: np.ndarray, lang_id: LanguageId,
                   encode_texts: Callable[[list[str]], np.ndarray], params: OperatorParams,
@@ -395,28 +423,12 @@ def part_features(uids: Sequence[str], captions: Sequence[str], blobs: Sequence[
                   progress: Callable[[str], None] = log.info, pair_cos: np.ndarray | None = None):
     """Every per-sample operator on one part of the pool (rows aligned across the arguments). The pool-level
     steps (concreteness rater, dominant language) come after all parts, in `finish_features`."""
-    import time
-
     import polars as pl
 
     img_rows, stats = image_part_features(blobs, params, ocr, progress)
-    t0 = time.perf_counter()
-    txt_rows = text_part_features(captions, lang_id)
-    stats["text_seconds"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cm = cross_modal_features(image_vec, flipped_vec, text_vec, pair_cos)
-    phrase_vecs, owner = encode_phrases(captions, encode_texts, params.max_phrases)
-    count, conf = grounding(image_vec, phrase_vecs, owner, reference_images, params.grounding_percentile)
-    gain = [caption_info_gain(c, r["ocr_text"]) for c, r in zip(captions, img_rows)]
-    stats["cross_modal_seconds"] = time.perf_counter() - t0
-    frame = pl.DataFrame(img_rows).hstack(pl.DataFrame(txt_rows)).with_columns(
-        pl.Series("uid", list(uids), pl.String),
-        pl.Series("n_phrases", np.bincount(owner, minlength=len(uids)).astype(np.int32)),
-        pl.Series("grounding_count", count), pl.Series("grounding_confidence", conf),
-        pl.Series("caption_info_gain", np.asarray(gain, np.float32)),
-        pl.Series("specificity", caption_specificity(text_vec, reference_images)),
-        *[pl.Series(k, v) for k, v in cm.items()],
-    )
+    pair = caption_pair_features(captions, [r["ocr_text"] for r in img_rows], image_vec, flipped_vec, text_vec,
+                                 reference_images, lang_id, encode_texts, params, pair_cos, stats)
+    frame = pl.DataFrame(img_rows).hstack(pair).with_columns(pl.Series("uid", list(uids), pl.String))
     return frame.select("uid", pl.exclude("uid")), stats
 
 
@@ -425,13 +437,13 @@ def dominant_language(langs: Sequence[str]) -> str:
     return str(values[np.argmax(counts)]) if len(values) else ""
 
 
-def finish_features(frame, text_vec: np.ndarray, rater: ConcretenessRater | None = None):
+def finish_features(frame, text_vec: np.ndarray, rater: ConcretenessRater | None = None, dominant: str | None = None):
     """Pool-level operators: fit the concreteness rater on the pool's captions (unless one is given) and
-    score every caption; flag the pool's dominant language. Returns (feature table, rater)."""
+    score every caption; flag the pool's dominant language (unless given). Returns (feature table, rater)."""
     import polars as pl
 
     rater = rater or ConcretenessRater.fit(text_vec, frame["specificity"].to_numpy())
-    dominant = dominant_language(frame["lang"].to_list())
+    dominant = dominant_language(frame["lang"].to_list()) if dominant is None else dominant
     out = frame.with_columns(pl.Series("concreteness", rater(text_vec)),
                              (pl.col("lang") == dominant).cast(pl.Float32).alias("lang_is_dominant"))
     return out, rater
@@ -460,23 +472,9 @@ def recombined_features(features, rows: np.ndarray, captions: Sequence[str], ima
     side is the row's own; text and cross-modal operators run again on the new caption. Used to make the
     synthetic negatives of D_true (shuffled or mismatch-injected captions). `pair_cos`: the new pairs'
     CLIP similarity from the same (held-out) scorer the pool's feature table used, where there is one."""
-    import polars as pl
-
     captions = list(captions)
     text_vec = np.asarray(encode_texts(captions), np.float32)
-    img, flip = image_vec[rows], flipped_vec[rows]
     image_side = features.select(list(IMAGE_SIDE_COLUMNS))[rows.tolist()]
-    txt = pl.DataFrame(text_part_features(captions, lang_id))
-    cm = cross_modal_features(img, flip, text_vec, pair_cos)
-    phrase_vecs, owner = encode_phrases(captions, encode_texts, params.max_phrases)
-    count, conf = grounding(img, phrase_vecs, owner, reference_images, params.grounding_percentile)
-    gain = [caption_info_gain(c, o) for c, o in zip(captions, image_side["ocr_text"].to_list())]
-    return image_side.hstack(txt).with_columns(
-        pl.Series("n_phrases", np.bincount(owner, minlength=len(captions)).astype(np.int32)),
-        pl.Series("grounding_count", count), pl.Series("grounding_confidence", conf),
-        pl.Series("caption_info_gain", np.asarray(gain, np.float32)),
-        pl.Series("specificity", caption_specificity(text_vec, reference_images)),
-        pl.Series("concreteness", rater(text_vec)),
-        (pl.col("lang") == dominant).cast(pl.Float32).alias("lang_is_dominant"),
-        *[pl.Series(k, v) for k, v in cm.items()],
-    )
+    pair = caption_pair_features(captions, image_side["ocr_text"].to_list(), image_vec[rows], flipped_vec[rows],
+                                 text_vec, reference_images, lang_id, encode_texts, params, pair_cos)
+    return finish_features(image_side.hstack(pair), text_vec, rater, dominant)[0]
