@@ -1,0 +1,56 @@
+"""The task-set parser: the demo file parses; each wrong field fails with a message naming it."""
+
+import copy
+
+import pytest
+import yaml
+
+from tads_assets.core.tasks import TaskSetError, load_task_set, parse_task_set, task_set_hash
+
+
+def _doc(tmp_path):
+    (tmp_path / "v.tar").write_bytes(b"")
+    (tmp_path / "t.tar").write_bytes(b"")
+    return {"tasks": [
+        {"name": "shapes", "kind": "classification", "classes": ["circle", "square"], "templates": ["a photo of a {}."],
+         "weight": 2, "validation": "webdataset:v.tar", "test": "webdataset:t.tar"},
+        {"name": "caps", "kind": "retrieval", "validation": "webdataset:v.tar", "test": f"webdataset:{tmp_path / 't.tar'}"},
+    ]}
+
+
+def test_a_valid_file_parses_with_relative_paths_resolved(tmp_path):
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump(_doc(tmp_path)))
+    shapes, caps = load_task_set(path)
+    assert shapes.classes == ("circle", "square") and shapes.weight == 2.0
+    assert shapes.sets["validation"] == tmp_path / "v.tar"
+    assert caps.templates == ("{}",) and caps.kind == "retrieval"
+    before = task_set_hash(path)
+    path.write_text(path.read_text() + "\n# comment\n")
+    assert task_set_hash(path) != before
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["tasks"][0].pop("name"), r"tasks\[0\]\.name"),
+    (lambda d: d["tasks"][0].update(kind="detection"), r"'shapes'\.kind"),
+    (lambda d: d["tasks"][0].update(templates=["a photo"]), r"'shapes'\.templates.*placeholder"),
+    (lambda d: d["tasks"][0].update(classes=["circle"]), r"'shapes'\.classes"),
+    (lambda d: d["tasks"][0].update(weight="heavy"), r"'shapes'\.weight"),
+    (lambda d: d["tasks"][0].pop("test"), r"'shapes'\.test: missing"),
+    (lambda d: d["tasks"][0].update(validation="webdataset:missing.tar"), r"'shapes'\.validation.*does not exist"),
+    (lambda d: d["tasks"][0].update(validation="/data/v.tar"), r"'shapes'\.validation.*webdataset:PATH"),
+    (lambda d: d["tasks"][1].update(name="shapes"), r"'shapes'\.name: used by more than one"),
+    (lambda d: d.update(tasks=[]), "non-empty list"),
+])
+def test_each_wrong_field_is_named(tmp_path, edit, message):
+    doc = copy.deepcopy(_doc(tmp_path))
+    edit(doc)
+    with pytest.raises(TaskSetError, match=message):
+        parse_task_set(yaml.safe_dump(doc), tmp_path)
+
+
+def test_unreadable_yaml_and_missing_file(tmp_path):
+    with pytest.raises(TaskSetError, match="not valid YAML"):
+        parse_task_set("tasks: [", tmp_path)
+    with pytest.raises(TaskSetError, match="TADS_TASKS"):
+        load_task_set(tmp_path / "nope.yaml")
