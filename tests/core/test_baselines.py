@@ -1,0 +1,78 @@
+"""Each baseline selection on tiny inputs whose right answer is known."""
+
+import numpy as np
+import pytest
+
+from tads_assets.core import baselines
+
+
+def _blobs(centres: np.ndarray, per: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vecs = np.concatenate([c + spread * rng.standard_normal((per, len(c))) for c in centres])
+    return vecs.astype(np.float32), np.repeat(np.arange(len(centres)), per)
+
+
+def test_random_selection_has_the_size_and_depends_on_the_seed():
+    a = baselines.random_selection(100, 30, seed=1)
+    b = baselines.random_selection(100, 30, seed=1)
+    c = baselines.random_selection(100, 30, seed=2)
+    assert a.keep.sum() == 30 and (a.keep == b.keep).all() and not (a.keep == c.keep).all()
+    with pytest.raises(ValueError, match="subset size"):
+        baselines.random_selection(10, 11, seed=0)
+
+
+def test_clip_score_keeps_the_best_aligned_pairs():
+    alignment = np.array([0.1, 0.9, 0.5, 0.7, 0.2])
+    sel = baselines.clip_score_selection(alignment, 2)
+    assert sel.keep.tolist() == [False, True, False, True, False]
+    assert sel.info["cutoff"] == pytest.approx(0.7)
+
+
+def test_semdedup_drops_planted_duplicates_first():
+    rng = np.random.default_rng(0)
+    unique = rng.standard_normal((40, 16)).astype(np.float32)
+    copies = unique[:10] + 0.01 * rng.standard_normal((10, 16)).astype(np.float32)  # near-identical twins
+    vectors = np.concatenate([unique, copies])
+    sel = baselines.semdedup_selection(vectors, size=40, n_clusters=3, seed=0)
+    assert sel.keep.sum() == 40
+    # from each twin pair exactly one survives, and every unique vector without a twin survives
+    twins = sel.keep[:10].astype(int) + sel.keep[40:].astype(int)
+    assert (twins == 1).all() and sel.keep[10:40].all()
+    assert sel.info["epsilon"] > 0.01
+
+
+def test_semdedup_keeps_the_member_farthest_from_the_centroid():
+    # one cluster: a far point and its near-copy; the near-copy sits closer to the centroid, so it goes
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0], [0.7, 0.7]], np.float32)
+    labels = np.zeros(4, np.int64)
+    red = baselines.semdedup_redundancy(vectors, labels)
+    assert red.argmax() == 2  # row 2 (closer to the centroid) is the one marked redundant
+    assert red[2] > 0.99 and red[1] < red[2]
+
+
+def test_dbp_quotas_sum_to_size_and_respect_cluster_sizes():
+    quota = baselines.dbp_quotas(np.array([5.0, 1.0, 1.0]), np.array([3, 50, 50]), size=40, temperature=1.0)
+    assert quota.sum() == 40 and quota[0] == 3  # the complex small cluster is kept whole
+    assert abs(int(quota[1]) - int(quota[2])) <= 1  # the excess is shared evenly
+    with pytest.raises(ValueError):
+        baselines.dbp_quotas(np.ones(2), np.array([1, 1]), size=3, temperature=1.0)
+
+
+def test_dbp_keeps_more_of_the_spread_out_cluster_and_prunes_prototypes():
+    centres = np.eye(4, dtype=np.float32)[:2] * 3
+    tight, _ = _blobs(centres[:1], 100, 0.05, seed=1)
+    loose, _ = _blobs(centres[1:], 100, 0.6, seed=2)
+    vectors = np.concatenate([tight, loose])
+    sel = baselines.dbp_selection(vectors, size=80, n_clusters=2, neighbours=1, temperature=0.05, seed=0)
+    assert sel.keep.sum() == 80
+    assert sel.keep[100:].sum() > sel.keep[:100].sum()  # the complex (spread) concept keeps more
+    # inside the tight cluster the kept members are the least prototypical (farthest from its centroid)
+    kept_d, dropped_d = sel.score[:100][sel.keep[:100]], sel.score[:100][~sel.keep[:100]]
+    if len(kept_d) and len(dropped_d):
+        assert kept_d.min() >= dropped_d.max()
+
+
+def test_quality_selection_is_a_threshold():
+    sel = baselines.quality_selection(np.array([0.2, 0.5, 0.8]), 0.5)
+    assert sel.keep.tolist() == [False, True, True]
+    assert baselines.no_filter_selection(3).keep.all()
