@@ -125,3 +125,30 @@ def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode
             raise ValueError(f"task {task['name']}: retrieval samples need a caption (KEY.txt)")
         return score_retrieval(task["name"], image_emb, encode_texts(eval_set.captions))
     raise ValueError(f"task {task['name']}: unknown kind {task['kind']!r} (classification or retrieval)")
+
+
+# The Table 1 columns per task kind (the paper reports top-1/top-5 and image→text / text→image R@1).
+HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", "t2i_r1")}
+
+
+def load_eval_sets(tasks: Sequence, split: str) -> dict[str, EvalSet]:
+    """Each task's held-out set of one split ("validation" or "test"), read once."""
+    return {t.name: read_eval_set(t.sets[split], t.classes) for t in tasks}
+
+
+def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images: Callable,
+                   encode_texts: Callable) -> list[TaskScores]:
+    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts) for t in tasks]
+
+
+def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
+    """Table 1 columns of one model, in percent: `task/metric` for each headline metric, and `average`."""
+    row = {f"{s.task}/{m}": 100.0 * s.metrics[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
+    row["average"] = float(np.mean(list(row.values()))) if row else float("nan")
+    return row
+
+
+def chance_row(scores: Sequence[TaskScores]) -> dict[str, float]:
+    row = {f"{s.task}/{m}": 100.0 * s.chance[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
+    row["average"] = float(np.mean(list(row.values()))) if row else float("nan")
+    return row

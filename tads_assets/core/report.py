@@ -30,14 +30,18 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join(lines)
 
 
-def _figure_markdown(fig, title: str) -> str:
+def _figure_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return buf.getvalue()
+
+
+def _figure_markdown(fig, title: str) -> str:
+    return png_markdown(_figure_png(fig), title)
 
 
 def _axes():
@@ -72,3 +76,21 @@ def histogram_markdown(series: Mapping[str, np.ndarray], title: str, xlabel: str
     if len(series) > 1:
         ax.legend()
     return _figure_markdown(fig, title)
+
+
+def bar_plot_png(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str,
+                 errors: Sequence[float] | None = None, reference: float | None = None) -> bytes:
+    """A bar chart as PNG bytes (optionally with error bars and a dashed reference line, e.g. chance)."""
+    fig, ax = _axes()
+    ax.bar(range(len(values)), values, yerr=errors, capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(values)), labels, rotation=20, ha="right")
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.legend()
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    return _figure_png(fig)
+
+
+def png_markdown(png: bytes, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"

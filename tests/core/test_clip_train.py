@@ -50,7 +50,9 @@ def test_training_learns_the_pairing():
     blobs, caps = pairs(64)
     params = clip_train.TrainParams(budget_samples_seen=64 * 40, batch_size=32, lr=2e-3, warmup_steps=5)
     res = clip_train.train_clip(blobs, caps, params, progress=lambda m: None)
-    assert np.mean(res.loss_per_step[-5:]) < 0.7 * np.mean(res.loss_per_step[:5])
+    # 8 captions per colour in a batch of 32 are identical, so ln 8 is the lowest loss there is
+    floor = np.log(32 / 4)
+    assert res.loss_per_step[0] > 1.3 * floor and np.mean(res.loss_per_step[-5:]) < 1.05 * floor
     model, preprocess, tokenizer = clip_train.create_model()
     enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
     images = [Image.open(io.BytesIO(b)) for b in blobs[:8]]
@@ -70,3 +72,32 @@ def test_export_writes_webdataset_shards_and_an_open_clip_csv(tmp_path):
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["title"] for r in rows] == caps
     assert all(open(r["filepath"], "rb").read() == b for r, b in zip(rows, blobs))
+
+
+def test_samples_seen_is_the_budget_whatever_the_subset_size():
+    blobs, caps = pairs(48)
+    params = clip_train.TrainParams(budget_samples_seen=96, batch_size=16, warmup_steps=1)
+    seen = {n: clip_train.train_clip(blobs[:n], caps[:n], params, progress=lambda m: None).samples_seen
+            for n in (16, 30, 48)}
+    assert set(seen.values()) == {96}
+
+
+def test_a_saved_model_loads_back_to_the_same_embeddings(tmp_path):
+    blobs, caps = pairs(16)
+    params = clip_train.TrainParams(budget_samples_seen=32, batch_size=16, warmup_steps=1)
+    res = clip_train.train_clip(blobs, caps, params, progress=lambda m: None)
+    info = clip_train.save_trained(res, params, tmp_path / "m", {"method": "random"})
+    assert info["samples_seen"] == 32 and (tmp_path / "m" / "model_config" / "TADS-Tiny-RN.json").exists()
+    loaded, stored = clip_train.load_trained(tmp_path / "m")
+    _, preprocess, tokenizer = clip_train.create_model()
+    original = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
+    images = [Image.open(io.BytesIO(b)) for b in blobs[:4]]
+    assert np.allclose(loaded.encode_images(images), original.encode_images(images), atol=1e-6)
+    assert np.allclose(loaded.encode_texts(caps[:4]), original.encode_texts(caps[:4]), atol=1e-6)
+    assert stored["method"] == "random" and stored["params"]["model"] == "TADS-Tiny-RN"
+    assert not list((tmp_path / "m").glob("*.pt")) and not list((tmp_path / "m").glob("*.bin"))
+
+
+def test_an_unknown_model_config_is_named_in_the_error():
+    with pytest.raises(ValueError, match="unknown CLIP model config 'TADS-Huge'.*TADS-Tiny-RN"):
+        clip_train.create_model("TADS-Huge")
