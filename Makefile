@@ -14,10 +14,16 @@ dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'python_logs:\n  managed_python_loggers:\n    - tads_assets\n  python_log_level: INFO\ntelemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
-# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME).
+# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool and
+# quality stages, then one run per selection method (its subset and a CLIP trained on it), then the benchmark.
 demo: setup dagster-home
-	$(VENV)/bin/dagster asset materialize -m definitions --select '*'
+	$(VENV)/bin/dagster asset materialize -m definitions --select '*quality_scores'
+	for method in $$($(VENV)/bin/python -c 'from tads_assets.core.baselines import METHODS; print(*METHODS)'); do \
+	  $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets,trained_clip --partition $$method || exit 1; \
+	done
+	$(VENV)/bin/dagster asset materialize -m definitions --select benchmark_scores
 	$(VENV)/bin/tads ledger
+	@cat $(TADS_HOME)/reports/benchmark.md
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

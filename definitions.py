@@ -3,9 +3,9 @@
 from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
-from tads_assets import characterize, checks, pool
+from tads_assets import characterize, checks, pool, select, train_eval
 
-ASSET_MODULES = [pool, characterize]
+ASSET_MODULES = [pool, characterize, select, train_eval]
 
 all_assets = load_assets_from_modules(ASSET_MODULES)
 all_checks = load_asset_checks_from_modules([checks])

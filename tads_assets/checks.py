@@ -8,7 +8,9 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 from resources import LanceStore, TadsPaths
 from tads_assets.core import embeddings, ingest
 from tads_assets.characterize import FEATURE_FILE, feature_table, quality_scores, weak_labels
+from tads_assets.core.report import markdown_table
 from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
+from tads_assets.select import SUBSET_FILE, baseline_partitions, baseline_subsets, subset_dir
 
 
 def _raw_pool_rows(paths: TadsPaths) -> int:
@@ -122,3 +124,27 @@ def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
     q = frame["quality"]
     return AssetCheckResult(passed=not any(problems.values()),
                             metadata={"rows": frame.height, "median": float(q.median() or 0.0), **problems})
+
+
+@asset_check(asset=baseline_subsets, blocking=True,
+             description="For every materialized method: its candidates (raw_pool rows; quality_scores rows for "
+             "quality_only) = subset rows + ledgered drops of that method's latest run; no uid both kept and dropped.")
+def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
+    per_method, ok = [], True
+    n_quality = pl.scan_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet").select(pl.len()).collect().item()
+    for method in baseline_partitions.get_partition_keys():
+        out = subset_dir(paths, method)
+        if not (out / "_manifest.json").exists():
+            continue
+        manifest = ingest.read_manifest(out)
+        kept = pl.read_parquet(out / SUBSET_FILE, columns=["uid"])
+        drops = paths.ledger().read(f"baseline_{method}", run_id=manifest["run_id"])
+        overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
+        n_in = n_quality if method == "quality_only" else _raw_pool_rows(paths)
+        report = paths.ledger().completeness(f"baseline_{method}", manifest["run_id"], n_in, kept.height)
+        ok &= report.ok and not overlap
+        per_method.append({"method": method, "in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
+                           "unaccounted": report.n_unaccounted, "kept_and_dropped": overlap})
+    return AssetCheckResult(passed=ok and bool(per_method), severity=AssetCheckSeverity.ERROR,
+                            description="no method materialized yet" if not per_method else None,
+                            metadata={"methods": MetadataValue.md(markdown_table(per_method)) if per_method else "none"})

@@ -42,17 +42,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     home = _home(args)
     history = Ledger(home / "ledger").history(args.uid, all_runs=args.all_runs)
     kept_in = []
-    for parquet in sorted((home / "parquet").glob("*")):
-        files = sorted(parquet.glob("*.parquet"))
-        if files and pl.scan_parquet([str(f) for f in files]).filter(pl.col("uid") == args.uid).select(pl.len()).collect().item():
-            kept_in.append(parquet.name)
+    outputs = sorted({f.parent for f in (home / "parquet").rglob("*.parquet") if not f.name.startswith(".")})
+    for folder in outputs:  # an asset's folder, or one partition's (baseline_subsets/<method>)
+        files = sorted(str(f) for f in folder.glob("*.parquet") if not f.name.startswith("."))
+        if pl.scan_parquet(files).filter(pl.col("uid") == args.uid).select(pl.len()).collect().item():
+            rel = folder.relative_to(home / "parquet").parts
+            kept_in.append(rel[0] if len(rel) == 1 else f"{rel[0]}[{'/'.join(rel[1:])}]")
     if history.is_empty() and not kept_in:
         print(f"{args.uid}: never seen under {home} (no ledger row, in no stage output)")
         return 1
     print(f"sample {args.uid}")
     for row in history.iter_rows(named=True):
         value = "" if row["value"] is None else f" value={row['value']:.4g}"
-        print(f"  {row['ts']:%Y-%m-%d %H:%M:%S}  {row['stage']:<16} {row['decision']:<6} {row['reason']}{value}")
+        print(f"  {row['ts']:%Y-%m-%d %H:%M:%S}  {row['stage']:<22} {row['decision']:<6} {row['reason']}{value}")
         if row["detail"]:
             print(f"      {row['detail']}")
     if kept_in:
@@ -67,9 +69,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if summary.is_empty():
         print("ledger is empty: nothing has been dropped yet (or nothing has run)")
         return 0
-    print(f"{'stage':<16} {'decision':<8} {'reason':<22} samples")
+    print(f"{'stage':<22} {'decision':<8} {'reason':<24} samples")
     for row in summary.iter_rows(named=True):
-        print(f"{row['stage']:<16} {row['decision']:<8} {row['reason']:<22} {row['n']}")
+        print(f"{row['stage']:<22} {row['decision']:<8} {row['reason']:<24} {row['n']}")
     return 0
 
 

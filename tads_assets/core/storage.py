@@ -51,9 +51,10 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.DataFrame, drops: pl.DataFrame) -> dict:
-    """A filtering stage's result: kept rows as Parquet, drops as one ledger run, and a manifest tying the two
-    together (`n_seen` = kept + dropped), all replaced atomically."""
+def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.DataFrame, drops: pl.DataFrame,
+                       file_name: str | None = None) -> dict:
+    """A filtering stage's result: kept rows as Parquet (`<stage>.parquet` unless `file_name`), drops as one
+    ledger run, and a manifest tying the two together (`n_seen` = kept + dropped), all replaced atomically."""
     from tads_assets.core.ledger import new_run_id
 
     out_dir = Path(out_dir)
@@ -61,7 +62,7 @@ def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.
     ledger.write_run(stage, run_id, drops)
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    write_parquet_atomic(kept, staging / f"{stage}.parquet")
+    write_parquet_atomic(kept, staging / (file_name or f"{stage}.parquet"))
     manifest = {"stage": stage, "run_id": run_id, "n_seen": kept.height + drops.height, "n_kept": kept.height,
                 "n_dropped": drops.height,
                 "reasons": dict(drops.group_by("reason").len().iter_rows()) if drops.height else {}}
