@@ -17,7 +17,7 @@ dagster-home:
 # Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool and
 # quality stages, then one run per selection method (its subset and a CLIP trained on it), then the benchmark.
 demo: setup dagster-home
-	$(VENV)/bin/dagster asset materialize -m definitions --select '*quality_scores'
+	$(VENV)/bin/dagster asset materialize -m definitions --select '*quality_scores,*relevance_vectors,*cluster_diversity'
 	for method in $$($(VENV)/bin/python -c 'from tads_assets.core.baselines import METHODS; print(*METHODS)'); do \
 	  $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets,trained_clip --partition $$method || exit 1; \
 	done

@@ -3,24 +3,30 @@ Assets load, call core, write, report."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, asset
 
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
-from tads_assets.core import embeddings, operators, quality_model, weak_supervision
+from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
+from tads_assets.core.benchmark import read_eval_set
+from tads_assets.core.dedup import kmeans_clusters
 from tads_assets.core.feature_table import build_feature_table, reference_images
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.storage import write_json_atomic, write_parquet_atomic
+from tads_assets.core.tasks import load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings
 
 FEATURE_FILE = "feature_table.parquet"
 RATER_FILE = "concreteness.safetensors"
 PARAMS_FILE = "operator_params.json"
+TASK_SET_FILE = "task_set.json"
+DIVERSITY_FILE = "cluster_diversity.parquet"
 
 
 class FeatureTableConfig(Config):
@@ -238,3 +244,126 @@ def _captions(paths: TadsPaths, features: pl.DataFrame) -> list[str]:
 
     caps = scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption").collect()
     return features.select("uid").join(caps, on="uid", how="left", maintain_order="left")["caption"].to_list()
+
+
+# ------------------------------------------------------------------------- §3.2.2-3.2.3: tasks, relevance, diversity
+
+
+@asset(
+    group_name="characterize",
+    kinds={"yaml"},
+    description="The downstream task set (TADS_TASKS, default the demo's), parsed and validated: a bad file fails "
+    "naming the task and field. Its data version is the file's sha256, so a changed task set makes every "
+    "asset downstream of it stale (and only those).",
+)
+def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeResult:
+    path = paths.tasks_path()
+    tasks = load_task_set(path)
+    digest = task_set_hash(path)
+    write_json_atomic({"path": str(path), "sha256": digest, "tasks": [t.as_dict() for t in tasks]},
+                      paths.parquet_dir("task_set") / TASK_SET_FILE)
+    context.log.info(f"task_set: {len(tasks)} tasks from {path} (sha256 {digest[:12]})")
+    return MaterializeResult(data_version=DataVersion(digest), metadata={
+        "path": MetadataValue.path(str(path)), "sha256": MetadataValue.text(digest), "n_tasks": len(tasks),
+        "tasks": MetadataValue.md(markdown_table([{"name": t.name, "kind": t.kind, "classes": len(t.classes),
+                                                   "templates": len(t.templates), "weight": t.weight,
+                                                   "validation": t.sets["validation"].name, "test": t.sets["test"].name}
+                                                  for t in tasks])),
+    })
+
+
+def read_task_set(paths: TadsPaths) -> tuple[list, str]:
+    """The tasks `task_set` materialized, and their sha256."""
+    from tads_assets.core.tasks import Task
+
+    path = paths.parquet_dir("task_set") / TASK_SET_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: materialize task_set first")
+    doc = json.loads(path.read_text())
+    tasks = [Task(t["name"], t["kind"], tuple(t["templates"]), t["weight"],
+                  {s: Path(t[s]) for s in ("validation", "test")}, tuple(t["classes"])) for t in doc["tasks"]]
+    return tasks, doc["sha256"]
+
+
+class RelevanceConfig(Config):
+    """Eq. 10-11 settings: which embedding of a sample meets the prototypes, and the retrieval support size."""
+
+    modality: str = "both"  # image, text or both (mean of the two cosines)
+    max_support_captions: int = 256
+    seed: int = 0
+
+
+@asset(
+    group_name="characterize",
+    deps=[task_set, deduped_pool, pool_embeddings, clip_encoder],
+    kinds={"lancedb"},
+    description="Eq. 10-11: r_k(x), the mean cosine of a sample to task k's textual prototypes (templates × "
+    "class names; a sample of validation captions for retrieval), and h_r = r/(‖r‖+ε); LanceDB table "
+    "`relevance_vectors` beside the embeddings, over the deduplicated pool.",
+)
+def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, paths: TadsPaths, lance: LanceStore,
+                      encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
+    tasks, digest = read_task_set(paths)
+    enc, _ = encoder.load(paths.models_dir, device.resolve())
+    protos, sizes = [], {}
+    for t in tasks:
+        captions = read_eval_set(t.sets["validation"]).captions if t.kind == "retrieval" else ()
+        texts = relevance.support_texts(t.kind, t.templates, t.classes, captions, config.max_support_captions,
+                                        config.seed)
+        protos.append(enc.encode_texts(texts))
+        sizes[t.name] = len(texts)
+    uids = _kept_uids(paths)
+    vecs = pl.DataFrame({"uid": uids}).join(embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")),
+                                            on="uid", how="left", maintain_order="left")
+    image, text = embeddings.arrays(vecs, "image_vec", "text_vec")
+    r = relevance.relevance_scores(image, text, protos, config.modality)
+    h = relevance.relevance_vector(r)
+    relevance.write_relevance_table(lance.connect(), uids, r, h, [t.name for t in tasks], digest)
+    top = np.argmax(r, axis=1)
+    return MaterializeResult(metadata={
+        "table": MetadataValue.text(f"{lance.uri}::{relevance.RELEVANCE_TABLE}"), "rows": len(uids),
+        "tasks": MetadataValue.md(markdown_table([
+            {"task": t.name, "prototypes": sizes[t.name], "r mean": float(r[:, k].mean()),
+             "r p5": float(np.percentile(r[:, k], 5)), "r p95": float(np.percentile(r[:, k], 95)),
+             "closest task for": int((top == k).sum())} for k, t in enumerate(tasks)])),
+        "relevance": MetadataValue.md(histogram_markdown({t.name: r[:, k] for k, t in enumerate(tasks)},
+                                                         "r_k(x) per task", "mean cosine to the task's prototypes")),
+        "tasks_sha256": MetadataValue.text(digest), "modality": MetadataValue.text(config.modality),
+    })
+
+
+class ClusterDiversityConfig(Config):
+    """Eq. 12 settings: δ (density sensitivity; 0 switches diversity off) and the number of clusters."""
+
+    delta: float = 0.5
+    n_clusters: int = 100
+    seed: int = 0
+
+
+@asset(
+    group_name="characterize",
+    deps=[deduped_pool, pool_embeddings],
+    kinds={"parquet"},
+    description="Eq. 12: MiniBatch K-Means over the deduplicated pool's joint embeddings [z_I; z_T]; each "
+    "sample's cluster, cluster size and diversity factor d(x) = (1/(|C_x|+ε))^δ.",
+)
+def cluster_diversity(context: AssetExecutionContext, config: ClusterDiversityConfig, paths: TadsPaths,
+                      lance: LanceStore) -> MaterializeResult:
+    uids = _kept_uids(paths)
+    vecs = pl.DataFrame({"uid": uids}).join(embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")),
+                                            on="uid", how="left", maintain_order="left")
+    image, text = embeddings.arrays(vecs, "image_vec", "text_vec")
+    labels = kmeans_clusters(np.hstack([image, text]) / np.sqrt(2.0), config.n_clusters, seed=config.seed)
+    d = diversity.diversity_factor(labels, config.delta)
+    sizes = diversity.cluster_sizes(labels)
+    out = pl.DataFrame({"uid": uids, "cluster": labels, "cluster_size": sizes, "diversity": d})
+    write_parquet_atomic(out, paths.parquet_dir("cluster_diversity") / DIVERSITY_FILE)
+    counts = np.bincount(labels)
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(paths.parquet_dir("cluster_diversity") / DIVERSITY_FILE)),
+        "rows": out.height, "clusters": int((counts > 0).sum()), "delta": MetadataValue.float(config.delta),
+        "largest_cluster": int(counts.max()), "smallest_cluster": int(counts[counts > 0].min()),
+        "cluster_sizes": MetadataValue.md(histogram_markdown({"samples per cluster": counts[counts > 0]},
+                                                             "cluster sizes", "samples")),
+        "diversity": MetadataValue.md(histogram_markdown({"d(x)": d}, "diversity factor", "d(x)")),
+    })

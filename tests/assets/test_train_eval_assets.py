@@ -1,4 +1,5 @@
-"""baseline_subsets, trained_clip and benchmark_scores materialized on the small demo pool."""
+"""task_set, relevance_vectors, cluster_diversity, baseline_subsets, trained_clip and benchmark_scores
+materialized on the small demo pool."""
 
 import json
 
@@ -8,15 +9,18 @@ import pytest
 from dagster import materialize
 
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
-from tads_assets.characterize import feature_table, quality_scores, weak_labels
+from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
+                                      weak_labels)
 from tads_assets.checks import baseline_subsets_ledger_complete
-from tads_assets.core import baselines
+from tads_assets.core import baselines, relevance
+from tads_assets.core.tasks import task_set_hash
 from tads_assets.core.ledger import Ledger
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 from tads_assets.select import baseline_subsets
 from tads_assets.train_eval import benchmark_scores, trained_clip
 
-UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores]
+UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
+            task_set, relevance_vectors, cluster_diversity]
 TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
 
 
@@ -26,8 +30,8 @@ def built(tmp_path_factory, demo_spec, demo_dir):
     resources = {"paths": TadsPaths(home=str(home), pool=demo_spec, tasks=str(demo_dir / "tasks.yaml")),
                  "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
                  "ocr": Ocr(), "langid": LangId()}
-    assert materialize(UPSTREAM, resources=resources).success
-    runs = {}
+    runs = {"upstream": materialize(UPSTREAM, resources=resources)}
+    assert runs["upstream"].success
     for method in baselines.METHODS:
         runs[method] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
                                    selection=[baseline_subsets.key], resources=resources, partition_key=method)
@@ -36,7 +40,7 @@ def built(tmp_path_factory, demo_spec, demo_dir):
                                               resources=resources, partition_key=method, run_config=TRAIN)
     runs["benchmark"] = materialize([*UPSTREAM, baseline_subsets, trained_clip, benchmark_scores],
                                     selection=[benchmark_scores.key], resources=resources)
-    truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind")
+    truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")
     return resources["paths"], runs, truth
 
 
@@ -95,3 +99,41 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     assert chance["fashion/top1"] == pytest.approx(10.0) and chance["fashion/top5"] == pytest.approx(50.0)
     assert (paths.reports_dir / "benchmark.md").read_text().startswith("# Zero-shot benchmark")
     assert (paths.reports_dir / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_task_set_versions_by_content_and_relevance_points_digits_at_the_digit_task(built):
+    paths, runs, truth = built
+    mat = runs["upstream"].asset_materializations_for_node("task_set")[0]
+    assert mat.tags["dagster/data_version"] == task_set_hash(paths.tasks_path())
+    import lancedb
+
+    uids, r, h, names = relevance.read_relevance_table(lancedb.connect(str(paths.lance_dir)))
+    assert names == ["fashion", "digits", "captions"] and r.shape == (len(uids), 3)
+    assert np.allclose(np.linalg.norm(h, axis=1), 1.0, atol=1e-4)
+    frame = pl.DataFrame({"uid": uids, "r_fashion": r[:, 0], "r_digits": r[:, 1]}).join(truth, on="uid")
+    clean = frame.filter(pl.col("kind") == "clean")
+    digits, fashion = clean.filter(pl.col("source") == "digits"), clean.filter(pl.col("source") == "fashion")
+    # a digit is closer to the digit task than garments are, and a garment closer to the fashion task than digits are
+    assert digits["r_digits"].mean() > fashion["r_digits"].mean() + 0.05
+    assert fashion["r_fashion"].mean() > digits["r_fashion"].mean() + 0.05
+
+
+def test_cluster_diversity_weights_small_clusters_up(built):
+    paths, _, _ = built
+    d = pl.read_parquet(paths.parquet_dir("cluster_diversity") / "cluster_diversity.parquet")
+    kept = pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])
+    assert set(d["uid"]) == set(kept["uid"])
+    sizes = d.group_by("cluster").agg(pl.len().alias("n"), pl.col("cluster_size").first(), pl.col("diversity").first())
+    assert (sizes["n"] == sizes["cluster_size"]).all()
+    ordered = sizes.sort("cluster_size")
+    assert ordered["diversity"][0] >= ordered["diversity"][-1]
+    assert np.allclose(d["diversity"], (1.0 / (d["cluster_size"].to_numpy() + 1e-6)) ** 0.5, rtol=1e-5)
+
+
+def test_a_bad_task_file_fails_task_set_naming_the_field(tmp_path, demo_dir):
+    bad = tmp_path / "tasks.yaml"
+    text = (demo_dir / "tasks.yaml").read_text().replace("webdataset:", f"webdataset:{demo_dir}/")
+    bad.write_text(text.replace("kind: retrieval", "kind: captioning"))
+    resources = {"paths": TadsPaths(home=str(tmp_path / "home"), tasks=str(bad))}
+    with pytest.raises(Exception, match=r"task 'captions'\.kind: 'captioning' is not one of"):
+        materialize([task_set], resources=resources)

@@ -35,7 +35,7 @@ def test_definitions_load_with_every_asset_and_check():
     graph = definitions.defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {
         "raw_pool", "clip_encoder", "pool_embeddings", "deduped_pool", "feature_table", "weak_labels", "quality_scores",
-        "baseline_subsets", "trained_clip", "benchmark_scores"}
+        "task_set", "relevance_vectors", "cluster_diversity", "baseline_subsets", "trained_clip", "benchmark_scores"}
     checks = {k.name for k in graph.asset_check_keys}
     assert {"raw_pool_ledger_complete", "raw_pool_rows_valid", "pool_embeddings_normalised",
             "deduped_pool_ledger_complete", "feature_table_valid", "weak_labels_valid", "quality_scores_in_range",
