@@ -22,6 +22,7 @@ data size and equal training budget:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -218,7 +219,7 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
     import polars as pl
 
     from tads_assets.core import embeddings
-    from tads_assets.core.ingest import scan_raw_pool
+    from tads_assets.core.ingest import part_fingerprint, scan_raw_pool
 
     uids = scan_raw_pool(raw_pool_dir).select("uid").collect()
     vecs = uids.join(embeddings.read_embeddings(db, ("uid", "image_vec", "heldout_pair_cos")), on="uid", how="left",
@@ -229,8 +230,13 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
                          "rematerialize pool_embeddings")
     image = embeddings.arrays(vecs, "image_vec")[0]
     if frozen_cache_dir is not None:
-        frozen = uids.join(embeddings.load_frozen_features(frozen_cache_dir).select("uid", "image_feat"), on="uid",
-                           how="left", maintain_order="left")
+        parts = embeddings.raw_pool_parts(raw_pool_dir)
+        stale = [p.name for p in parts if embeddings.cached_fingerprint(Path(frozen_cache_dir) / p.name) != part_fingerprint(p)]
+        if stale:
+            raise ValueError(f"frozen image features of raw_pool part(s) {', '.join(stale[:3])} are missing or belong to "
+                             f"another version of the pool: rematerialize clip_encoder")
+        frozen = uids.join(embeddings.load_frozen_features(frozen_cache_dir, [p.name for p in parts])
+                           .select("uid", "image_feat"), on="uid", how="left", maintain_order="left")
         if frozen["image_feat"].null_count():
             raise ValueError(f"{frozen['image_feat'].null_count()} raw_pool samples have no frozen image features in "
                              f"{frozen_cache_dir}: rematerialize clip_encoder")
@@ -244,7 +250,6 @@ def matched_size(final_subset_path, keep_fraction: float, n_pool: int) -> tuple[
     """(size, where it came from) of the size-matched methods: TADS's final_subset size once it exists, so
     baselines are compared with TADS at equal size, else `keep_fraction` of the pool."""
     import polars as pl
-    from pathlib import Path
 
     if Path(final_subset_path).exists():
         return pl.scan_parquet(final_subset_path).select(pl.len()).collect().item(), "TADS final_subset size"

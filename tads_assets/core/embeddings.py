@@ -56,7 +56,7 @@ def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, tower
         n = pl.scan_parquet(part).select(pl.len()).collect().item()
         stats["rows"] += n
         fingerprint = part_fingerprint(part)
-        if target.exists() and _cached_fingerprint(target) == fingerprint:
+        if target.exists() and cached_fingerprint(target) == fingerprint:
             stats["parts_cached"] += 1
             continue
         frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
@@ -83,7 +83,7 @@ def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, tower
     return stats
 
 
-def _cached_fingerprint(path: Path) -> str | None:
+def cached_fingerprint(path: Path) -> str | None:
     try:
         frame = pl.read_parquet(path, columns=["part_fingerprint"], n_rows=1)
     except Exception:  # an old cache without the column, or a damaged file: recompute
@@ -169,7 +169,7 @@ def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device:
 
     def embed(part: Path) -> PartVectors:
         cached = Path(cache_dir) / part.name
-        if not cached.exists() or _cached_fingerprint(cached) != part_fingerprint(part):
+        if not cached.exists() or cached_fingerprint(cached) != part_fingerprint(part):
             raise RuntimeError(f"the frozen-feature cache of {part.name} does not match raw_pool's current content: "
                                "materialize clip_encoder again (it refreshes the cache and retrains the heads)")
         frame = pl.read_parquet(cached)

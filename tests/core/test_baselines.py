@@ -76,3 +76,26 @@ def test_quality_selection_is_a_threshold():
     sel = baselines.quality_selection(np.array([0.2, 0.5, 0.8]), 0.5)
     assert sel.keep.tolist() == [False, True, True]
     assert baselines.no_filter_selection(3).keep.all()
+
+
+def test_candidates_refuse_frozen_features_of_another_pool_version(tmp_path):
+    import lancedb
+    import polars as pl
+
+    from tads_assets.core import embeddings
+
+    raw = tmp_path / "raw_pool"
+    raw.mkdir()
+    pl.DataFrame({"uid": ["a", "b"], "sha256": ["0" * 64, "1" * 64], "caption": ["x", "y"]}).write_parquet(
+        raw / "part-00000-000.parquet")
+    db = lancedb.connect(str(tmp_path / "lance"))
+    vec = np.eye(2, dtype=np.float32)
+    embeddings.write_part(db, None, "part-00000-000.parquet", "enc", ["a", "b"], vec, vec, vec, "fp", np.ones(2))
+    pl.DataFrame({"uid": ["a", "b"], "quality": [0.1, 0.9]}).write_parquet(tmp_path / "q.parquet")
+    cache = tmp_path / "frozen"
+    cache.mkdir()
+    pl.DataFrame({"uid": ["a", "b"], "image_feat": [[1.0, 0.0], [0.0, 1.0]], "part_fingerprint": ["old", "old"]}
+                 ).write_parquet(cache / "part-00000-000.parquet")
+    with pytest.raises(ValueError, match="another version of the pool: rematerialize clip_encoder"):
+        baselines.load_candidates(raw, db, tmp_path / "q.parquet", cache)
+    assert baselines.load_candidates(raw, db, tmp_path / "q.parquet").image_vec.shape == (2, 2)
