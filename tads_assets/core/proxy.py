@@ -1,0 +1,132 @@
+"""The proxy learner of Algorithm 1 in `head` mode (the CPU default): frozen image and text features with
+trainable projection heads, adapted on a selected subset S(θ) by InfoNCE (eq. 14) and scored on the tasks'
+*validation* sets (eq. 15).
+
+One adaptation is a fixed number of steps from a fixed, seeded initialisation, so the reward depends
+only on which samples were selected (equal subsets give equal rewards). Batches are common random
+numbers too: every pool sample holds a fixed random key per step, and a step's batch is the selected
+samples with the smallest keys. Adding a few samples to S(θ) therefore changes only the batch slots
+they win, instead of reshuffling every batch — without that, the finite differences of eq. 16 measure
+the luck of a new shuffle, not the effect of a cluster. `full` mode (open_clip fine-tuning, the paper's setting)
+belongs on a GPU and uses `clip_train` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tads_assets.core.benchmark import class_prototypes, recall_at_k, topk_accuracy
+from tads_assets.core.encoder import HeadsConfig, ProjectionHeads, info_nce
+
+
+@dataclass
+class ProxyParams:
+    """Defaults of the head proxy (the Dagster Config class takes its defaults from here)."""
+
+    embed_dim: int = 128
+    hidden_dim: int = 0  # 0: linear heads
+    steps: int = 60  # InfoNCE steps per adaptation, whatever the subset size (a fixed budget)
+    batch_size: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass
+class ValTask:
+    """A task's validation set as frozen features: images, and either class labels with the prompt features
+    (class-major: class 0's templates first) or the paired caption features."""
+
+    name: str
+    kind: str
+    weight: float
+    image_feats: np.ndarray
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    prompt_feats: np.ndarray | None = None
+    n_classes: int = 0
+    caption_feats: np.ndarray | None = None
+
+
+class HeadProxy:
+    """adapt(mask) → heads; reward(mask) → J and the per-task metrics."""
+
+    def __init__(self, image_feats: np.ndarray, text_feats: np.ndarray, val_tasks: list[ValTask],
+                 params: ProxyParams | None = None, device: str = "cpu"):
+        if len(image_feats) != len(text_feats):
+            raise ValueError(f"{len(image_feats)} image features but {len(text_feats)} text features")
+        self.params = params or ProxyParams()
+        self.device = device
+        self.xi = torch.as_tensor(np.asarray(image_feats, np.float32), device=device)
+        self.xt = torch.as_tensor(np.asarray(text_feats, np.float32), device=device)
+        self.val = val_tasks
+        self.n_adaptations = 0
+        gen = torch.Generator().manual_seed(self.params.seed)
+        self.keys = torch.rand(self.params.steps, len(self.xi), generator=gen).to(device)  # batch priority per step
+
+    def adapt(self, mask: np.ndarray) -> ProjectionHeads:
+        """Eq. 14: ω*(θ) = argmin_ω E_{x∈S(θ)} L_InfoNCE(x; ω), approximated by `steps` Adam steps."""
+        p = self.params
+        selected = torch.as_tensor(np.asarray(mask, bool), device=self.device)
+        n_sel = int(selected.sum())
+        if n_sel < 2:
+            raise ValueError(f"the selected subset has {n_sel} samples; the proxy needs at least 2")
+        torch.manual_seed(p.seed)
+        heads = ProjectionHeads(HeadsConfig(p.embed_dim, p.hidden_dim), self.xi.shape[1], self.xt.shape[1]).to(self.device)
+        opt = torch.optim.Adam(heads.parameters(), lr=p.lr)
+        bs = min(p.batch_size, n_sel)
+        heads.train()
+        for step in range(p.steps):
+            idx = torch.topk(self.keys[step].masked_fill(~selected, 2.0), bs, largest=False).indices
+            loss = info_nce(heads.embed_images(self.xi[idx]), heads.embed_texts(self.xt[idx]), heads.logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.n_adaptations += 1
+        return heads.eval()
+
+    @torch.no_grad()
+    def evaluate(self, heads: ProjectionHeads) -> dict[str, float]:
+        """Eval_k on each validation set: top-1 accuracy (classification), mean of image→text and
+        text→image R@1 (retrieval)."""
+        def f32(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+
+        out = {}
+        for t in self.val:
+            img = heads.embed_images(f32(t.image_feats)).cpu().numpy()
+            if t.kind == "classification":
+                txt = heads.embed_texts(f32(t.prompt_feats)).cpu().numpy()
+                protos = class_prototypes(txt, t.n_classes, len(t.prompt_feats) // t.n_classes)
+                out[t.name] = topk_accuracy(img, protos, t.labels, 1)
+            else:
+                cap = heads.embed_texts(f32(t.caption_feats)).cpu().numpy()
+                out[t.name] = 0.5 * (recall_at_k(img, cap, 1) + recall_at_k(cap, img, 1))
+        return out
+
+    def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
+        """Eq. 15: J = Σ_k φ_k · Eval_k(ω*(S))."""
+        metrics = self.evaluate(self.adapt(mask))
+        return float(sum(t.weight * metrics[t.name] for t in self.val)), metrics
+
+
+def validation_tasks(tasks, towers, split: str = "validation", max_items: int = 1000, seed: int = 0) -> list[ValTask]:
+    """Each task's held-out set of `split` as frozen features (`towers`: the builtin encoder's FrozenTowers),
+    at most `max_items` per task (a seeded sample), read and encoded once per DVN training."""
+    from tads_assets.core.benchmark import read_eval_set
+
+    out = []
+    for t in tasks:
+        es = read_eval_set(t.sets[split], t.classes)
+        keep = np.sort(np.random.default_rng(seed).permutation(len(es.images))[:max_items])
+        images = [es.images[i] for i in keep]
+        image_feats = towers.image_features(images)
+        if t.kind == "classification":
+            prompts = [tpl.format(c) for c in t.classes for tpl in t.templates]
+            out.append(ValTask(t.name, t.kind, t.weight, image_feats, labels=es.labels[keep],
+                               prompt_feats=towers.text_features(prompts), n_classes=len(t.classes)))
+        else:
+            out.append(ValTask(t.name, t.kind, t.weight, image_feats,
+                               caption_feats=towers.text_features([es.captions[i] for i in keep])))
+    return out
