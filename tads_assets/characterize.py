@@ -3,7 +3,6 @@ Assets load, call core, write, report."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -18,7 +17,7 @@ from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.storage import write_json_atomic, write_parquet_atomic
-from tads_assets.core.tasks import load_task_set, task_set_hash
+from tads_assets.core.tasks import Task, load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings
 
@@ -272,17 +271,13 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
     })
 
 
-def read_task_set(paths: TadsPaths) -> tuple[list, str]:
+def read_task_set(paths: TadsPaths) -> tuple[list[Task], str]:
     """The tasks `task_set` materialized, and their sha256."""
-    from tads_assets.core.tasks import Task
-
     path = paths.parquet_dir("task_set") / TASK_SET_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: materialize task_set first")
     doc = json.loads(path.read_text())
-    tasks = [Task(t["name"], t["kind"], tuple(t["templates"]), t["weight"],
-                  {s: Path(t[s]) for s in ("validation", "test")}, tuple(t["classes"])) for t in doc["tasks"]]
-    return tasks, doc["sha256"]
+    return [Task.from_dict(t) for t in doc["tasks"]], doc["sha256"]
 
 
 class RelevanceConfig(Config):

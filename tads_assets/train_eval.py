@@ -12,7 +12,7 @@ from tads_assets.core.clip_train import TrainParams
 from tads_assets.core.ingest import scan_raw_pool
 from tads_assets.core.report import bar_plot_png, line_plot_markdown, markdown_table, png_markdown
 from tads_assets.core.storage import write_json_atomic
-from tads_assets.core.tasks import load_task_set, task_set_hash
+from tads_assets.characterize import read_task_set, task_set
 from tads_assets.select import baseline_partitions, baseline_subsets, read_subset_uids
 
 
@@ -85,7 +85,7 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
 
 @asset(
     group_name="train_eval",
-    deps=[trained_clip],
+    deps=[trained_clip, task_set],
     kinds={"pytorch"},
     description="Zero-shot benchmark of every trained_clip partition on the tasks' test sets: top-1/top-5 per "
     "classification task, image→text and text→image R@1 per retrieval task, their average, chance beside "
@@ -93,8 +93,7 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
 )
 def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: TorchDevice) -> MaterializeResult:
     dev = device.resolve()
-    tasks_path = paths.tasks_path()
-    tasks = load_task_set(tasks_path)
+    tasks, tasks_sha256 = read_task_set(paths)
     eval_sets = benchmark.load_eval_sets(tasks, "test")
     rows, missing, chance = [], [], None
     t0 = time.perf_counter()
@@ -113,7 +112,7 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
         raise FileNotFoundError("benchmark_scores: no trained_clip partition has a checkpoint yet; materialize "
                                 f"trained_clip for at least one of {', '.join(missing)}")
     table = [*rows, {"method": "chance", "samples": None, "samples_seen": None, **chance}]
-    report = {"tasks_file": str(tasks_path), "tasks_sha256": task_set_hash(tasks_path), "split": "test",
+    report = {"tasks_sha256": tasks_sha256, "split": "test",
               "metrics_in": "percent", "rows": table, "not_trained": missing}
     shown = [{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in r.items()} for r in table]
     md = "# Zero-shot benchmark (test sets, percent)\n\n" + markdown_table(shown)

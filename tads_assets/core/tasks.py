@@ -33,6 +33,12 @@ class Task:
         return {"name": self.name, "kind": self.kind, "classes": list(self.classes), "templates": list(self.templates),
                 "weight": self.weight, **{s: str(p) for s, p in self.sets.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Task:
+        """The inverse of `as_dict` (paths already resolved)."""
+        return cls(d["name"], d["kind"], tuple(d["templates"]), float(d["weight"]),
+                   {s: Path(d[s]) for s in SPLITS if s in d}, tuple(d.get("classes", ())))
+
 
 def _set_path(value: object, where: str, base: Path) -> Path:
     if not isinstance(value, str) or not value.startswith("webdataset:"):
