@@ -9,6 +9,7 @@ the effect of the perturbation, not the luck of a new draw. Eq. 16: g_C = (J(V +
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,3 +42,69 @@ def cluster_advantages(v: np.ndarray, clusters: np.ndarray, probe: Sequence[int]
     for c in probe:
         g[int(c)] = (reward(draw_subset(perturb(v, clusters, c, sigma), u)) - j0) / sigma
     return j0, g
+
+
+@dataclass
+class FdoParams:
+    """Defaults of Algorithm 1's outer loop (the Dagster Config class takes its defaults from here)."""
+
+    meta_iterations: int = 15
+    probe_clusters: int = 10  # clusters whose advantage is measured per iteration (a seeded sample)
+    sigma: float = 0.5  # perturbation of a cluster's scores (clipped to [0, 1])
+    antithetic: bool = True  # (J(V+δ) − J(V−δ)) / 2σ instead of eq. 16's forward difference
+    lr: float = 0.5  # η of Algorithm 1 line 27 (a plain gradient step)
+    beta: float = 1e-4  # L2 of eq. 17
+    surrogate: str = "v"  # "log_v": eq. 17 as printed; "v": g_C-weighted v_θ (see train_dvn)
+    seed: int = 0
+
+
+def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.ndarray], float], params: FdoParams,
+              progress: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Algorithm 1: per meta-iteration, V from the DVN; S(θ) by Bernoulli draws with common random numbers;
+    J(V); per probed cluster its advantage g_C from perturbed rewards on the same draws; the eq. 17 loss with
+    the advantages standardised across the probed clusters (centring is a baseline that removes the
+    common-mode push which would otherwise move every score together; scaling makes η independent of the
+    reward's units); one gradient step θ ← θ − η∇L. Returns the history."""
+    import torch
+
+    from tads_assets.core.dvn import policy_loss
+
+    if params.surrogate not in ("v", "log_v"):
+        raise ValueError(f"surrogate must be 'v' or 'log_v', got {params.surrogate!r}")
+    if params.sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {params.sigma}")
+    rng = np.random.default_rng(params.seed)
+    cluster_ids = np.unique(clusters)
+    clusters_t = torch.as_tensor(clusters)
+    opt = torch.optim.Adam(net.parameters(), lr=params.lr)
+    history = []
+    for it in range(params.meta_iterations):
+        with torch.no_grad():
+            v = net(*inputs).double().numpy()
+        u = uniforms(len(v), params.seed * 100_003 + it)
+        probe = rng.choice(cluster_ids, min(params.probe_clusters, len(cluster_ids)), replace=False)
+        j0 = reward(draw_subset(v, u))
+        g = {}
+        for c in probe:
+            up = reward(draw_subset(perturb(v, clusters, c, params.sigma), u))
+            if params.antithetic:
+                down = reward(draw_subset(perturb(v, clusters, c, -params.sigma), u))
+                g[int(c)] = (up - down) / (2 * params.sigma)
+            else:
+                g[int(c)] = (up - j0) / params.sigma
+        values = np.array(list(g.values()))
+        scale = float(values.std()) + 1e-12
+        centred = {c: (a - values.mean()) / scale for c, a in g.items()}
+        if params.surrogate == "log_v":  # eq. 17 as printed
+            score = torch.nn.functional.logsigmoid(net.logits(*inputs))  # log v without log(0) when v underflows
+        else:  # the chain rule through v itself: ∇θ Σ_C g_C Σ_{x∈C} v_θ(x) is the first-order ascent direction of J
+            score = net(*inputs)
+        loss = policy_loss(score, clusters_t, centred, list(net.parameters()), params.beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({"iteration": it + 1, "reward": j0, "selection_rate": float(v.mean()),
+                        "selected": int(draw_subset(v, u).sum()), "advantages": g})
+        progress(f"trained_dvn: iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}, "
+                 f"selection rate {v.mean():.3f}, advantages {min(g.values()):+.3f}..{max(g.values()):+.3f}")
+    return history
