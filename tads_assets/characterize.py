@@ -42,6 +42,14 @@ def _kept_uids(paths: TadsPaths) -> list[str]:
     return pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])["uid"].to_list()
 
 
+def _kept_vectors(paths: TadsPaths, lance: LanceStore) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """uids of the deduplicated pool with their image and text vectors, in deduped_pool's order."""
+    uids = _kept_uids(paths)
+    vecs = pl.DataFrame({"uid": uids}).join(embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")),
+                                            on="uid", how="left", maintain_order="left")
+    return uids, *embeddings.arrays(vecs, "image_vec", "text_vec")
+
+
 def _read_features(paths: TadsPaths) -> pl.DataFrame:
     return pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
 
@@ -307,10 +315,7 @@ def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, p
                                         config.seed)
         protos.append(enc.encode_texts(texts))
         sizes[t.name] = len(texts)
-    uids = _kept_uids(paths)
-    vecs = pl.DataFrame({"uid": uids}).join(embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")),
-                                            on="uid", how="left", maintain_order="left")
-    image, text = embeddings.arrays(vecs, "image_vec", "text_vec")
+    uids, image, text = _kept_vectors(paths, lance)
     r = relevance.relevance_scores(image, text, protos, config.modality)
     h = relevance.relevance_vector(r)
     relevance.write_relevance_table(lance.connect(), uids, r, h, [t.name for t in tasks], digest)
@@ -344,10 +349,7 @@ class ClusterDiversityConfig(Config):
 )
 def cluster_diversity(context: AssetExecutionContext, config: ClusterDiversityConfig, paths: TadsPaths,
                       lance: LanceStore) -> MaterializeResult:
-    uids = _kept_uids(paths)
-    vecs = pl.DataFrame({"uid": uids}).join(embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")),
-                                            on="uid", how="left", maintain_order="left")
-    image, text = embeddings.arrays(vecs, "image_vec", "text_vec")
+    uids, image, text = _kept_vectors(paths, lance)
     labels = kmeans_clusters(np.hstack([image, text]) / np.sqrt(2.0), config.n_clusters, seed=config.seed)
     d = diversity.diversity_factor(labels, config.delta)
     sizes = diversity.cluster_sizes(labels)

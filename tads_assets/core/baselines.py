@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tads_assets.core.dedup import kmeans_clusters
+from tads_assets.core.encoder import l2_normalize as _unit
 
 METHODS = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
 
@@ -49,11 +50,6 @@ class Selection:
     score: np.ndarray  # what the method ranks by (higher = kept first)
     reason: str  # ledger reason of every dropped row
     info: dict
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _check_size(size: int, n: int) -> int:
@@ -219,7 +215,7 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
     import polars as pl
 
     from tads_assets.core import embeddings
-    from tads_assets.core.ingest import part_fingerprint, scan_raw_pool
+    from tads_assets.core.ingest import scan_raw_pool
 
     uids = scan_raw_pool(raw_pool_dir).select("uid").collect()
     vecs = uids.join(embeddings.read_embeddings(db, ("uid", "image_vec", "heldout_pair_cos")), on="uid", how="left",
@@ -231,7 +227,7 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
     image = embeddings.arrays(vecs, "image_vec")[0]
     if frozen_cache_dir is not None:
         parts = embeddings.raw_pool_parts(raw_pool_dir)
-        stale = [p.name for p in parts if embeddings.cached_fingerprint(Path(frozen_cache_dir) / p.name) != part_fingerprint(p)]
+        stale = [p.name for p in parts if not embeddings.frozen_part_is_current(frozen_cache_dir, p)]
         if stale:
             raise ValueError(f"frozen image features of raw_pool part(s) {', '.join(stale[:3])} are missing or belong to "
                              f"another version of the pool: rematerialize clip_encoder")

@@ -17,10 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from tads_assets.core.encoder import l2_normalize as _unit
 
 
 def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:

@@ -91,6 +91,12 @@ def cached_fingerprint(path: Path) -> str | None:
     return frame["part_fingerprint"][0] if frame.height else None
 
 
+def frozen_part_is_current(cache_dir: str | Path, part: Path) -> bool:
+    """Whether the cached frozen features of a raw_pool part belong to the part's current content."""
+    cached = Path(cache_dir) / part.name
+    return cached.exists() and cached_fingerprint(cached) == part_fingerprint(part)
+
+
 def load_frozen_features(cache_dir: str | Path, part_names: list[str] | None = None) -> pl.DataFrame:
     files = [Path(cache_dir) / n for n in part_names] if part_names else sorted(Path(cache_dir).glob("part-*.parquet"))
     return pl.concat([pl.read_parquet(f) for f in files])
@@ -141,10 +147,14 @@ def write_part(db, table, part: str, encoder_id: str, uids: list[str], image: np
     return table
 
 
-def open_embeddings(db):
+def table_names(db) -> list[str]:
+    """Names of a LanceDB database's tables (whichever shape this lancedb version's listing has)."""
     listing = db.list_tables()
-    names = list(getattr(listing, "tables", listing))
-    return db.open_table(EMBEDDINGS_TABLE) if EMBEDDINGS_TABLE in names else None
+    return list(getattr(listing, "tables", listing))
+
+
+def open_embeddings(db):
+    return db.open_table(EMBEDDINGS_TABLE) if EMBEDDINGS_TABLE in table_names(db) else None
 
 
 def read_embeddings(db, columns: tuple[str, ...] = ("uid", "image_vec", "text_vec", "flipped_image_vec")) -> pl.DataFrame:
@@ -169,7 +179,7 @@ def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device:
 
     def embed(part: Path) -> PartVectors:
         cached = Path(cache_dir) / part.name
-        if not cached.exists() or cached_fingerprint(cached) != part_fingerprint(part):
+        if not frozen_part_is_current(cache_dir, part):
             raise RuntimeError(f"the frozen-feature cache of {part.name} does not match raw_pool's current content: "
                                "materialize clip_encoder again (it refreshes the cache and retrains the heads)")
         frame = pl.read_parquet(cached)

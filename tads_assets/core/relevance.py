@@ -13,12 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tads_assets.core.encoder import l2_normalize as _unit
+
 MODALITIES = ("image", "text", "both")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def support_texts(kind: str, templates: Sequence[str], classes: Sequence[str] = (),
@@ -83,8 +80,9 @@ def write_relevance_table(db, uids: Sequence[str], scores: np.ndarray, h_r: np.n
 
 def read_relevance_table(db):
     """(uids, r, h_r, task names) from the LanceDB table."""
-    listing = db.list_tables()
-    if RELEVANCE_TABLE not in list(getattr(listing, "tables", listing)):
+    from tads_assets.core.embeddings import table_names
+
+    if RELEVANCE_TABLE not in table_names(db):
         raise FileNotFoundError(f"LanceDB table {RELEVANCE_TABLE} does not exist: materialize relevance_vectors first")
     t = db.open_table(RELEVANCE_TABLE).to_arrow()
     k = t.schema.field("r").type.list_size
