@@ -901,16 +901,25 @@ def _pool_digit_indices(config: DemoConfig, src: ImageSources) -> np.ndarray:
 
 
 def ensure_demo_pool(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
-    """Generate the demo pool into `out_dir` unless one made with the same config is already there."""
+    """Generate the demo pool into `out_dir` unless one made with the same config is already there. Safe
+    across processes: Dagster's multiprocess executor runs raw_pool and task_set at once on a fresh home,
+    and both ask for the pool; an exclusive lock beside `out_dir` lets one generate while the other waits
+    and then finds it made."""
+    import fcntl
+
     config = config or DemoConfig()
-    manifest_path = Path(out_dir) / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if (manifest.get("config") == json.loads(json.dumps(config.to_json()))
-                and manifest.get("generator_version") == GENERATOR_VERSION):
-            return manifest
-        log.info("demo pool at %s was made with another config or generator; regenerating", out_dir)
-    return generate_demo_pool(out_dir, config)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest_path = out_dir / "manifest.json"
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            if (manifest.get("config") == json.loads(json.dumps(config.to_json()))
+                    and manifest.get("generator_version") == GENERATOR_VERSION):
+                return manifest
+            log.info("demo pool at %s was made with another config or generator; regenerating", out_dir)
+        return generate_demo_pool(out_dir, config)
 
 
 def demo_shard_pattern(out_dir: str | Path, manifest: dict) -> str:

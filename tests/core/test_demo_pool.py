@@ -180,3 +180,24 @@ def test_ensure_demo_pool_reuses_a_matching_pool(tmp_path):
 def test_missing_fashion_mnist_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         dp.load_sources(tmp_path)
+
+
+def test_two_processes_asking_for_the_demo_pool_at_once_get_one_pool(tmp_path):
+    # raw_pool and task_set run at once on a fresh home (multiprocess executor): both call ensure_demo_pool
+    import multiprocessing
+
+    from tads_assets.core.demo_pool import DemoConfig
+
+    config = DemoConfig(n_samples=60, seed=1, shard_size=30, fashion_val=10, fashion_test=10, digits_val=10,
+                        digits_test=10, captions_val=10, captions_test=10)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        manifests = pool.starmap(_ensure, [(str(tmp_path / "demo"), config)] * 2)
+    assert manifests[0] == manifests[1]
+    assert sorted(p.name for p in (tmp_path / "demo" / "pool").iterdir()) == ["00000.tar", "00001.tar"]
+
+
+def _ensure(out_dir, config):
+    from tads_assets.core.demo_pool import ensure_demo_pool
+
+    return ensure_demo_pool(out_dir, config)
