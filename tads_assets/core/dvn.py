@@ -51,10 +51,12 @@ class DataValueNetwork(nn.Module):
         return torch.sigmoid(self.logits(q, h_r, d))
 
 
-def standardise_inputs(q: np.ndarray, h_r: np.ndarray, d: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Network inputs: q_φ as is (in [0, 1]), h_r as is (unit vectors), log d standardised over the pool."""
-    log_d = np.log(np.maximum(np.asarray(d, np.float64), 1e-30))
-    log_d = (log_d - log_d.mean()) / (log_d.std() + 1e-8)
+def standardise_inputs(q: np.ndarray, h_r: np.ndarray, d: np.ndarray, stats: tuple[float, float] | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network inputs: q_φ as is (in [0, 1]), h_r as is (unit vectors), log d standardised by `stats`
+    (default: this pool's, `log_d_stats`)."""
+    mean, std = stats or log_d_stats(d)
+    log_d = (np.log(np.maximum(np.asarray(d, np.float64), 1e-30)) - mean) / std
     return (torch.as_tensor(np.asarray(q, np.float32)), torch.as_tensor(np.asarray(h_r, np.float32)),
             torch.as_tensor(log_d.astype(np.float32)))
 
@@ -73,3 +75,69 @@ def policy_loss(score: torch.Tensor, clusters: torch.Tensor, advantages: dict[in
         if members.any():
             loss = loss - float(g) * score[members].mean()
     return loss + beta * sum((p ** 2).sum() for p in params)
+
+
+DVN_CHECKPOINT = "dvn.safetensors"
+DVN_INFO = "dvn_info.json"
+
+
+def log_d_stats(d: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of log d over a pool: what `standardise_inputs` uses; saved with a checkpoint so that
+    scoring another pool applies the same scale."""
+    log_d = np.log(np.maximum(np.asarray(d, np.float64), 1e-30))
+    return float(log_d.mean()), float(log_d.std() + 1e-8)
+
+
+def save_dvn(net: DataValueNetwork, out_dir, info: dict) -> dict:
+    """The checkpoint (safetensors, no pickle) and a JSON beside it with the config and `info`."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from tads_assets.core.storage import write_json_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{DVN_CHECKPOINT}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    tmp.replace(out_dir / DVN_CHECKPOINT)
+    full = {"config": asdict(net.config), **info}
+    write_json_atomic(json.loads(json.dumps(full, default=float)), out_dir / DVN_INFO)
+    return full
+
+
+def load_dvn(out_dir) -> tuple[DataValueNetwork, dict]:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    if not (out_dir / DVN_CHECKPOINT).exists():
+        raise FileNotFoundError(f"no DVN checkpoint at {out_dir / DVN_CHECKPOINT}: materialize trained_dvn first")
+    info = json.loads((out_dir / DVN_INFO).read_text())
+    net = DataValueNetwork(DvnConfig(**info["config"]))
+    net.load_state_dict(load_file(str(out_dir / DVN_CHECKPOINT)))
+    return net.eval(), info
+
+
+def fit_prior(net: DataValueNetwork, inputs: tuple, prior_score: np.ndarray, sharpness: float = 2.0, steps: int = 300,
+              lr: float = 1e-2,
+              seed: int = 0) -> float:
+    """θ₀ of Algorithm 1 from a static policy: regress v_θ onto σ(z(prior) + logit(init_rate)), i.e. the
+    equal-weight Q+R+D ranking at the DVN's initial selection rate, by binary cross-entropy. The feedback loop
+    then starts from Table 2's static row and has to improve on it. Returns the final loss."""
+    torch.manual_seed(seed)
+    rate = net.config.init_rate
+    z = sharpness * (np.asarray(prior_score, np.float64) - np.mean(prior_score)) / (np.std(prior_score) + 1e-12)
+    target = torch.sigmoid(torch.as_tensor(z + math.log(rate / (1 - rate)), dtype=torch.float32))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        loss = nn.functional.binary_cross_entropy_with_logits(net.logits(*inputs), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())

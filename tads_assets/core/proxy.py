@@ -111,9 +111,36 @@ class HeadProxy:
         return float(sum(t.weight * metrics[t.name] for t in self.val)), metrics
 
 
-def validation_tasks(tasks, towers, split: str = "validation", max_items: int = 1000, seed: int = 0) -> list[ValTask]:
-    """Each task's held-out set of `split` as frozen features (`towers`: the builtin encoder's FrozenTowers),
-    at most `max_items` per task (a seeded sample), read and encoded once per DVN training."""
+class ProxyEnsemble:
+    """J averaged over `repeats` head proxies that differ only in their seed (initialisation and batch keys).
+    One adaptation's J carries a few points of seed noise — as much as the effect of one cluster — so an
+    average over seeds is what makes the finite differences of eq. 16 readable; every proxy keeps its
+    common random numbers, so equal subsets still give equal rewards."""
+
+    def __init__(self, image_feats: np.ndarray, text_feats: np.ndarray, val_tasks: list[ValTask],
+                 params: ProxyParams | None = None, repeats: int = 1, device: str = "cpu"):
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        params = params or ProxyParams()
+        self.proxies = [HeadProxy(image_feats, text_feats, val_tasks,
+                                  ProxyParams(**{**params.__dict__, "seed": params.seed + k}), device)
+                        for k in range(repeats)]
+
+    @property
+    def n_adaptations(self) -> int:
+        return sum(p.n_adaptations for p in self.proxies)
+
+    def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
+        results = [p.reward(mask) for p in self.proxies]
+        metrics = {k: float(np.mean([m[k] for _, m in results])) for k in results[0][1]}
+        return float(np.mean([j for j, _ in results])), metrics
+
+
+def validation_tasks(tasks, encode_images, encode_texts, split: str = "validation", max_items: int = 1000,
+                     seed: int = 0) -> list[ValTask]:
+    """Each task's held-out set of `split` as the proxy's frozen features (`encode_images`/`encode_texts`: the
+    builtin encoder's FrozenTowers features, or the open_clip encoder's embeddings — whatever the pool's
+    proxy features are), at most `max_items` per task (a seeded sample), encoded once per DVN training."""
     from tads_assets.core.benchmark import read_eval_set
 
     out = []
@@ -121,12 +148,50 @@ def validation_tasks(tasks, towers, split: str = "validation", max_items: int = 
         es = read_eval_set(t.sets[split], t.classes)
         keep = np.sort(np.random.default_rng(seed).permutation(len(es.images))[:max_items])
         images = [es.images[i] for i in keep]
-        image_feats = towers.image_features(images)
+        image_feats = encode_images(images)
         if t.kind == "classification":
             prompts = [tpl.format(c) for c in t.classes for tpl in t.templates]
             out.append(ValTask(t.name, t.kind, t.weight, image_feats, labels=es.labels[keep],
-                               prompt_feats=towers.text_features(prompts), n_classes=len(t.classes)))
+                               prompt_feats=encode_texts(prompts), n_classes=len(t.classes)))
         else:
             out.append(ValTask(t.name, t.kind, t.weight, image_feats,
-                               caption_feats=towers.text_features([es.captions[i] for i in keep])))
+                               caption_feats=encode_texts([es.captions[i] for i in keep])))
     return out
+
+
+class ClipProxy:
+    """The proxy in `full` mode (the paper's setting, for a GPU): a whole CLIP — the user's open_clip model
+    or TADS-Tiny from a seeded initialisation — fine-tuned on S(θ) with the CLIP trainer for a fixed budget
+    of samples seen, then scored on the validation sets. `make_model()` must return the same starting
+    weights every call (equal subsets, equal rewards); `images`/`tokens` are the pool preprocessed once."""
+
+    def __init__(self, make_model, images: torch.Tensor, tokens: torch.Tensor, tasks, val_sets: dict,
+                 budget_samples_seen: int = 4096, batch_size: int = 128, lr: float = 1e-4, seed: int = 0,
+                 device: str = "cpu"):
+        self.make_model, self.images, self.tokens = make_model, images, tokens
+        self.tasks, self.val_sets, self.device = tasks, val_sets, device
+        self.budget, self.batch_size, self.lr, self.seed = budget_samples_seen, batch_size, lr, seed
+        self.n_adaptations = 0
+
+    def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
+        from tads_assets.core import benchmark, clip_train
+
+        idx = torch.as_tensor(np.flatnonzero(np.asarray(mask, bool)))
+        if len(idx) < 2:
+            raise ValueError(f"the selected subset has {len(idx)} samples; the proxy needs at least 2")
+        model, preprocess, tokenizer = self.make_model()
+        params = clip_train.TrainParams(budget_samples_seen=self.budget, batch_size=self.batch_size, lr=self.lr,
+                                        warmup_steps=0, seed=self.seed)
+        res = clip_train.train_on_tensors(model, self.images[idx], self.tokens[idx], params, self.device,
+                                          progress=lambda m: None)
+        enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer, self.device)
+        scores = benchmark.evaluate_model(self.tasks, self.val_sets, enc.encode_images, enc.encode_texts)
+        self.n_adaptations += 1
+        metrics = {s.task: eval_k(s) for s in scores}
+        return float(sum(t.weight * metrics[t.name] for t in self.tasks)), metrics
+
+
+def eval_k(scores) -> float:
+    """Eval_k of one task's benchmark scores: top-1 (classification), mean of the two R@1 (retrieval)."""
+    m = scores.metrics
+    return float(m["top1"]) if "top1" in m else 0.5 * float(m["i2t_r1"] + m["t2i_r1"])

@@ -89,8 +89,42 @@ def test_the_printed_log_v_surrogate_reaches_less_reward_than_the_chain_rule_one
         net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=2))
         history = fdo.train_dvn(net, inputs, clusters, lambda m: float((w[clusters] * m).sum() / len(clusters)),
                                 fdo.FdoParams(meta_iterations=40, probe_clusters=6, sigma=0.3, lr=0.01,
-                                              surrogate=surrogate))
+                                              surrogate=surrogate, rate=None))  # Bernoulli(v), as printed
         final[surrogate] = history[-1]["reward"]
     assert final["v"] > final["log_v"] + 0.1, final
     with pytest.raises(ValueError, match="surrogate"):
         fdo.train_dvn(net, inputs, clusters, lambda m: 0.0, fdo.FdoParams(surrogate="log"))
+
+
+def test_budget_probabilities_hold_the_expected_size_and_a_perturbation_moves_mass_between_clusters():
+    rng = np.random.default_rng(0)
+    v = rng.uniform(0.05, 0.95, 1000)
+    p = fdo.budget_probabilities(v, 0.3)
+    assert p.sum() == pytest.approx(300) and (p <= 1).all() and (p >= 0).all()
+    assert np.argsort(p, kind="stable").tolist() == np.argsort(v, kind="stable").tolist()  # order kept
+    capped = fdo.budget_probabilities(np.r_[np.full(10, 0.99), np.full(90, 0.01)], 0.5)
+    assert (capped[:10] == 1.0).all() and capped.sum() == pytest.approx(50)  # the excess goes to the rest
+    clusters = np.repeat([0, 1], 500)
+    up = fdo.budget_probabilities(fdo.perturb(v, clusters, 0, 0.3), 0.3)
+    assert up.sum() == pytest.approx(300)
+    assert up[clusters == 0].sum() > p[clusters == 0].sum() and up[clusters == 1].sum() < p[clusters == 1].sum()
+    assert fdo.budget_probabilities(v, None) is not None and np.allclose(fdo.budget_probabilities(v, None), v)
+    with pytest.raises(ValueError):
+        fdo.budget_probabilities(v, 0.0)
+
+
+def test_at_a_fixed_budget_the_reward_curve_rises_while_the_selected_count_stays_put():
+    import torch
+
+    from tads_assets.core import dvn
+
+    clusters, inputs = _cluster_world()
+    w = np.array([1.0, 0.5, 1.0, -1.0, -0.5, -1.0])
+    torch.manual_seed(0)
+    net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=2))
+    history = fdo.train_dvn(net, inputs, clusters, lambda m: float((w[clusters] * m).sum() / len(clusters)),
+                            fdo.FdoParams(meta_iterations=30, probe_clusters=6, sigma=0.3, lr=0.01, rate=0.25))
+    counts = [h["selected"] for h in history]
+    assert max(abs(c - 300) for c in counts) < 45, counts  # 25 % of 1200, within Bernoulli noise
+    rewards = [h["reward"] for h in history]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.05, rewards

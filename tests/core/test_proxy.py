@@ -66,3 +66,49 @@ def test_adding_a_few_samples_moves_the_reward_far_less_than_a_new_subset_does()
     other = rng.random(len(image)) < 0.3
     j, j_grown, j_other = proxy.reward(base)[0], proxy.reward(grown)[0], proxy.reward(other)[0]
     assert abs(j_grown - j) <= abs(j_other - j) + 1e-9
+
+
+def test_ensemble_averages_seeds_and_keeps_equal_subsets_equal():
+    from tads_assets.core.proxy import ProxyEnsemble
+
+    image, text, val, _ = _world(3)
+    params = ProxyParams(steps=3, batch_size=64)  # a short adaptation, so that the seeds leave a trace
+    ens = ProxyEnsemble(image, text, [val], params, repeats=3)
+    mask = np.random.default_rng(0).random(len(image)) < 0.3
+    a, metrics = ens.reward(mask)
+    assert a == ens.reward(mask.copy())[0] and ens.n_adaptations == 6
+    singles = [HeadProxy(image, text, [val], ProxyParams(steps=3, batch_size=64, seed=s)).reward(mask)[0]
+               for s in range(3)]
+    assert a == pytest.approx(np.mean(singles)) and metrics["shapes"] == pytest.approx(a)
+    assert len(set(singles)) > 1  # the seeds differ: that is the noise the average removes
+    with pytest.raises(ValueError):
+        ProxyEnsemble(image, text, [val], repeats=0)
+
+
+def test_full_mode_clip_proxy_fine_tunes_a_whole_clip_and_scores_the_validation_sets(demo_dir):
+    import torch
+
+    from tads_assets.core import benchmark, clip_train
+    from tads_assets.core.proxy import ClipProxy
+    from tads_assets.core.tasks import load_task_set
+
+    tasks = load_task_set(demo_dir / "tasks.yaml")
+    val_sets = benchmark.load_eval_sets(tasks, "validation")
+    # a tiny pool: the fashion validation images themselves with their class names as captions
+    fashion = val_sets["fashion"]
+    captions = [f"a photo of a {tasks[0].classes[label]}." for label in fashion.labels]
+
+    def make_model():
+        torch.manual_seed(0)
+        return clip_train.create_model()
+
+    _, preprocess, tokenizer = make_model()
+    images = torch.stack([preprocess(im.convert("RGB")) for im in fashion.images])
+    proxy = ClipProxy(make_model, images, tokenizer(captions), tasks, val_sets, budget_samples_seen=64, batch_size=16)
+    mask = np.arange(len(images)) % 2 == 0
+    a, metrics = proxy.reward(mask)
+    assert a == proxy.reward(mask.copy())[0] and proxy.n_adaptations == 2  # same start, same subset, same J
+    assert set(metrics) == {"fashion", "digits", "captions"} and all(0 <= m <= 1 for m in metrics.values())
+    assert a == pytest.approx(sum(t.weight * metrics[t.name] for t in tasks))
+    with pytest.raises(ValueError, match="at least 2"):
+        proxy.reward(np.zeros(len(images), bool))

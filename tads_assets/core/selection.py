@@ -1,0 +1,108 @@
+"""TADS's own selections from the per-sample signals of §3.2 (pure functions).
+
+- `static_score` — the static-weight rows of the paper's Table 2: `Q` ranks by q_φ, `Q+R` adds task
+  relevance, `Q+R+D` adds the diversity factor, each signal standardised over the pool and weighted
+  equally (no feedback). Relevance is a sample's standardised r_k for its most relevant task
+  (max_k z(r_k)): relevant to any one task is relevant; a mean over tasks would reward samples that are
+  vaguely like every task.
+- `threshold_selection` — the final subset {x : v(x) > τ} of §3.3, with the data budget as a bound: τ is
+  raised where needed so that at most `max_fraction` of the pool is kept; τ < 0 asks for τ at exactly
+  that budget (the τ that keeps `max_fraction` of the pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ABLATIONS = {"q": ("q",), "q_r": ("q", "r"), "q_r_d": ("q", "r", "d")}  # Table 2's static rows
+ABLATION_LABELS = {"q": "Q", "q_r": "Q+R", "q_r_d": "Q+R+D", "tads": "Q+R+D + FDO (TADS)"}
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return (x - x.mean()) / (x.std() + 1e-12)
+
+
+def relevance_signal(r: np.ndarray) -> np.ndarray:
+    """max_k z(r_k): each task's relevance standardised over the pool, the sample's best task."""
+    r = np.asarray(r, np.float64)
+    if r.ndim != 2 or r.shape[1] == 0:
+        raise ValueError(f"relevance must be (samples, tasks) with at least one task, got shape {r.shape}")
+    return np.max((r - r.mean(axis=0)) / (r.std(axis=0) + 1e-12), axis=1)
+
+
+def static_score(q: np.ndarray, r: np.ndarray, d: np.ndarray, signals: tuple[str, ...]) -> np.ndarray:
+    """Equal-weight sum of the standardised signals named in `signals` (a subset of q, r, d); d enters as
+    log d, which spans orders of magnitude."""
+    unknown = set(signals) - {"q", "r", "d"}
+    if unknown or not signals:
+        raise ValueError(f"signals must be a non-empty subset of q, r, d, got {signals}")
+    parts = {"q": lambda: _z(q), "r": lambda: _z(relevance_signal(r)),
+             "d": lambda: _z(np.log(np.maximum(np.asarray(d, np.float64), 1e-30)))}
+    return np.sum([parts[s]() for s in signals], axis=0)
+
+
+@dataclass
+class Threshold:
+    keep: np.ndarray
+    tau: float  # the threshold applied (v > tau)
+    requested_tau: float
+    budget_bound: bool  # whether the budget raised τ above the requested value
+
+
+def threshold_selection(v: np.ndarray, tau: float, max_fraction: float) -> Threshold:
+    """{x : v(x) > τ}, keeping at most ⌊max_fraction · n⌋ samples (ties at the cut broken by row order).
+    τ < 0: the τ that keeps exactly that many."""
+    v = np.asarray(v, np.float64)
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction}")
+    if tau >= 1:
+        raise ValueError(f"tau must be < 1 (v is a probability), got {tau}")
+    cap = max(1, int(np.floor(max_fraction * len(v))))
+    keep = v > tau if tau >= 0 else np.zeros(len(v), bool)
+    if tau >= 0 and keep.sum() <= cap:
+        return Threshold(keep, float(tau), float(tau), False)
+    order = np.lexsort((np.arange(len(v)), -v))
+    keep = np.zeros(len(v), bool)
+    keep[order[:cap]] = True
+    cut = float(v[order[cap]]) if cap < len(v) else float(v.min()) - 1e-12
+    return Threshold(keep, cut, float(tau), tau >= 0)
+
+
+@dataclass
+class Signals:
+    """The deduplicated pool's per-sample signals, row-aligned: q_φ, r (eq. 10), h_r (eq. 11), d (eq. 12) and
+    the diversity clusters."""
+
+    uids: np.ndarray
+    q: np.ndarray
+    r: np.ndarray
+    h_r: np.ndarray
+    d: np.ndarray
+    clusters: np.ndarray
+    task_names: list[str]
+
+
+def load_signals(quality_path, db, diversity_path) -> Signals:
+    """Join quality_scores, the relevance_vectors table and cluster_diversity on uid (quality_scores' order);
+    a sample missing from one of them means a stale upstream asset, named in the error."""
+    import polars as pl
+
+    from tads_assets.core.relevance import read_relevance_table
+
+    quality = pl.read_parquet(quality_path, columns=["uid", "quality"])
+    r_uids, r, h, names = read_relevance_table(db)
+    rel = pl.DataFrame({"uid": r_uids, "_row": np.arange(len(r_uids))})
+    div = pl.read_parquet(diversity_path, columns=["uid", "cluster", "diversity"])
+    frame = quality.join(rel, on="uid", how="left", maintain_order="left").join(div, on="uid", how="left",
+                                                                                maintain_order="left")
+    for column, asset in (("_row", "relevance_vectors"), ("diversity", "cluster_diversity")):
+        missing = frame.filter(pl.col(column).is_null())
+        if missing.height:
+            raise ValueError(f"{missing.height} quality_scores samples (e.g. uid {missing['uid'][0]}) have no "
+                             f"{asset} row: rematerialize {asset}")
+    rows = frame["_row"].to_numpy()
+    return Signals(frame["uid"].to_numpy(), frame["quality"].to_numpy().astype(np.float64), r[rows], h[rows],
+                   frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names)

@@ -1,0 +1,44 @@
+"""Table 2's static scores and the final {v > τ} under the data budget, on inputs whose answer is known."""
+
+import numpy as np
+import pytest
+
+from tads_assets.core import selection
+
+
+def test_relevance_signal_is_the_best_tasks_standardised_relevance():
+    # task 0 relevance spans 0.1..0.3, task 1 spans 0.5..0.9: a raw max would always pick task 1
+    r = np.array([[0.3, 0.5], [0.1, 0.9], [0.2, 0.7]])
+    z = selection.relevance_signal(r)
+    assert z == pytest.approx([np.sqrt(1.5), np.sqrt(1.5), 0.0])  # row 0 is best at task 0, row 1 at task 1
+    with pytest.raises(ValueError):
+        selection.relevance_signal(np.zeros(3))
+
+
+def test_static_score_adds_the_named_signals_only():
+    q = np.array([0.9, 0.1, 0.5, 0.5])
+    r = np.array([[0.1], [0.9], [0.5], [0.5]])
+    d = np.array([0.5, 0.5, 1.0, 0.01])
+    only_q = selection.static_score(q, r, d, ("q",))
+    assert np.argmax(only_q) == 0
+    q_r = selection.static_score(q, r, d, ("q", "r"))
+    assert q_r[0] == pytest.approx(q_r[1], abs=1e-9)  # equal and opposite standardised q and r
+    q_r_d = selection.static_score(q, r, d, ("q", "r", "d"))
+    assert np.argmax(q_r_d) == 2 and np.argmin(q_r_d) == 3  # the rare sample rises, the crowded one falls
+    with pytest.raises(ValueError, match="subset of q, r, d"):
+        selection.static_score(q, r, d, ("x",))
+
+
+def test_threshold_keeps_v_above_tau_within_the_budget():
+    v = np.array([0.9, 0.2, 0.7, 0.55, 0.4, 0.8, 0.1, 0.3, 0.6, 0.5])
+    th = selection.threshold_selection(v, 0.75, 0.4)
+    assert th.keep.tolist() == (v > 0.75).tolist() and not th.budget_bound and th.tau == 0.75
+    th = selection.threshold_selection(v, 0.5, 0.4)  # 5 above τ, the budget allows 4: τ is raised
+    assert th.keep.sum() == 4 and th.budget_bound and set(np.flatnonzero(th.keep)) == {0, 2, 5, 8}
+    assert (v[th.keep] > th.tau).all() and (v[~th.keep] <= th.tau).all()
+    auto = selection.threshold_selection(v, -1, 0.3)  # τ at exactly the budget
+    assert set(np.flatnonzero(auto.keep)) == {0, 2, 5} and not auto.budget_bound
+    with pytest.raises(ValueError):
+        selection.threshold_selection(v, 0.5, 0.0)
+    with pytest.raises(ValueError):
+        selection.threshold_selection(v, 1.0, 0.4)
