@@ -14,12 +14,15 @@ dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'python_logs:\n  managed_python_loggers:\n    - tads_assets\n  python_log_level: INFO\ntelemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
-# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool and
-# quality stages, then one run per selection method (its subset and a CLIP trained on it), then the benchmark.
+# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool, quality,
+# relevance and diversity stages, the DVN (Algorithm 1) and TADS's final subset, then one run per selection
+# method (its subset and a CLIP trained on it: tads, the baselines, the static ablations), then the benchmark.
 demo: setup dagster-home
-	$(VENV)/bin/dagster asset materialize -m definitions --select '*quality_scores,*relevance_vectors,*cluster_diversity'
-	for method in $$($(VENV)/bin/python -c 'from tads_assets.core.baselines import METHODS; print(*METHODS)'); do \
-	  $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets,trained_clip --partition $$method || exit 1; \
+	$(VENV)/bin/dagster asset materialize -m definitions --select '*quality_scores,*relevance_vectors,*cluster_diversity,trained_dvn,final_subset'
+	for method in $$($(VENV)/bin/python -c 'from tads_assets.train_eval import training_partitions as p; print(*p.get_partition_keys())'); do \
+	  if [ $$method != tads ]; then \
+	    $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets --partition $$method || exit 1; fi; \
+	  $(VENV)/bin/dagster asset materialize -m definitions --select trained_clip --partition $$method || exit 1; \
 	done
 	$(VENV)/bin/dagster asset materialize -m definitions --select benchmark_scores
 	$(VENV)/bin/tads ledger

@@ -10,7 +10,8 @@ from tads_assets.core import embeddings, ingest
 from tads_assets.characterize import FEATURE_FILE, feature_table, quality_scores, weak_labels
 from tads_assets.core.report import markdown_table
 from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
-from tads_assets.select import SUBSET_FILE, baseline_partitions, baseline_subsets, subset_dir
+from tads_assets.select import (DVN_SCORES_FILE, STATIC_ABLATIONS, SUBSET_FILE, baseline_partitions, baseline_subsets,
+                                final_subset, subset_dir, trained_dvn)
 
 
 def _raw_pool_rows(paths: TadsPaths) -> int:
@@ -140,7 +141,7 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
         kept = pl.read_parquet(out / SUBSET_FILE, columns=["uid"])
         drops = paths.ledger().read(f"baseline_{method}", run_id=manifest["run_id"])
         overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
-        n_in = n_quality if method == "quality_only" else _raw_pool_rows(paths)
+        n_in = n_quality if method in ("quality_only", *STATIC_ABLATIONS) else _raw_pool_rows(paths)
         report = paths.ledger().completeness(f"baseline_{method}", manifest["run_id"], n_in, kept.height)
         ok &= report.ok and not overlap
         per_method.append({"method": method, "in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
@@ -148,3 +149,33 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
     return AssetCheckResult(passed=ok and bool(per_method), severity=AssetCheckSeverity.ERROR,
                             description="no method materialized yet" if not per_method else None,
                             metadata={"methods": MetadataValue.md(markdown_table(per_method)) if per_method else "none"})
+
+
+@asset_check(asset=trained_dvn, blocking=True,
+             description="v(x) for every deduplicated sample, each in (0, 1) and finite; the checkpoint on disk.")
+def trained_dvn_scores_valid(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.core.dvn import DVN_CHECKPOINT
+
+    frame = pl.read_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE, columns=["uid", "v"])
+    quality = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet", columns=["uid"])
+    problems = _coverage_problems(frame["uid"], quality["uid"])
+    problems["out_of_range"] = frame.filter(~pl.col("v").is_between(0, 1) | pl.col("v").is_nan()).height
+    problems["checkpoint_missing"] = int(not (paths.models_dir / "trained_dvn" / DVN_CHECKPOINT).exists())
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"rows": frame.height, "mean_v": float(frame["v"].mean() or 0.0), **problems})
+
+
+@asset_check(asset=final_subset, blocking=True,
+             description="trained_dvn's samples = final_subset rows + ledgered drops of the latest run; no uid both "
+             "kept and dropped; the subset is not empty.")
+def final_subset_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
+    out = paths.parquet_dir("final_subset")
+    manifest = ingest.read_manifest(out)
+    kept = pl.read_parquet(out / "final_subset.parquet", columns=["uid"])
+    drops = paths.ledger().read("final_subset", run_id=manifest["run_id"])
+    n_in = pl.scan_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE).select(pl.len()).collect().item()
+    report = paths.ledger().completeness("final_subset", manifest["run_id"], n_in, kept.height)
+    overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
+    return AssetCheckResult(passed=report.ok and not overlap and kept.height > 0,
+                            metadata={"in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
+                                      "unaccounted": report.n_unaccounted, "kept_and_dropped": overlap})

@@ -4,16 +4,19 @@ samples seen, and the zero-shot benchmark table (paper Table 1). Assets load, ca
 import time
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import (AssetDep, AssetExecutionContext, Config, MaterializeResult, MetadataValue, StaticPartitionMapping,
+                     StaticPartitionsDefinition, asset)
 
 from resources import TadsPaths, TorchDevice
 from tads_assets.core import benchmark, clip_train
 from tads_assets.core.clip_train import TrainParams
-from tads_assets.core.ingest import scan_raw_pool
 from tads_assets.core.report import bar_plot_png, line_plot_markdown, markdown_table, png_markdown
 from tads_assets.core.storage import write_json_atomic
 from tads_assets.characterize import read_task_set, task_set
-from tads_assets.select import baseline_partitions, baseline_subsets, read_subset_uids
+from tads_assets.select import baseline_partitions, baseline_subsets, final_subset, read_subset_uids, subset_pairs
+
+# One CLIP per selection: TADS (final_subset) and every baseline_subsets partition.
+training_partitions = StaticPartitionsDefinition(["tads", *baseline_partitions.get_partition_keys()])
 
 
 class TrainedClipConfig(Config):
@@ -34,18 +37,11 @@ def model_dir(paths: TadsPaths, method: str):
     return paths.models_dir / "trained_clip" / method
 
 
-def subset_pairs(paths: TadsPaths, uids: list[str]) -> pl.DataFrame:
-    """uid, caption, bytes, format of the given samples, in the given order."""
-    want = pl.DataFrame({"uid": uids})
-    frame = scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "bytes", "format").join(
-        want.lazy(), on="uid", how="semi").collect()
-    return want.join(frame, on="uid", how="left", maintain_order="left")
-
-
 @asset(
     group_name="train_eval",
-    deps=[baseline_subsets],
-    partitions_def=baseline_partitions,
+    deps=[AssetDep(baseline_subsets, partition_mapping=StaticPartitionMapping(
+        {k: k for k in baseline_partitions.get_partition_keys()})), final_subset],
+    partitions_def=training_partitions,
     kinds={"pytorch", "safetensors"},
     description="An open_clip CLIP trained from scratch on one method's subset for a fixed budget of samples "
     "seen (a smaller subset gets more epochs), seeded; cuda with bf16 autocast when the device has a GPU.",
@@ -57,7 +53,7 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
     pairs = subset_pairs(paths, read_subset_uids(paths, method))
     if pairs["bytes"].null_count():
         raise ValueError(f"trained_clip[{method}]: {pairs['bytes'].null_count()} subset uids are not in raw_pool "
-                         f"(e.g. {pairs.filter(pl.col('bytes').is_null())['uid'][0]}); rematerialize baseline_subsets")
+                         f"(e.g. {pairs.filter(pl.col('bytes').is_null())['uid'][0]}); rematerialize its subset (baseline_subsets or final_subset)")
     params = TrainParams(**config.model_dump(exclude={"export"}))
     context.log.info(f"trained_clip[{method}]: {params.model} on {pairs.height} pairs, {params.budget_samples_seen} "
                      f"samples seen, batch {params.batch_size}, device {dev}")
@@ -97,7 +93,7 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
     eval_sets = benchmark.load_eval_sets(tasks, "test")
     rows, missing, chance = [], [], None
     t0 = time.perf_counter()
-    for method in baseline_partitions.get_partition_keys():
+    for method in training_partitions.get_partition_keys():
         ckpt = model_dir(paths, method)
         if not (ckpt / clip_train.CHECKPOINT).exists():
             missing.append(method)

@@ -1,7 +1,8 @@
-"""task_set, relevance_vectors, cluster_diversity, baseline_subsets, trained_clip and benchmark_scores
-materialized on the small demo pool."""
+"""task_set, relevance_vectors, cluster_diversity, trained_dvn, final_subset, baseline_subsets, trained_clip
+and benchmark_scores materialized on the small demo pool."""
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -11,17 +12,22 @@ from dagster import materialize
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
 from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
                                       weak_labels)
-from tads_assets.checks import baseline_subsets_ledger_complete
+from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
 from tads_assets.core import baselines, relevance
 from tads_assets.core.tasks import task_set_hash
 from tads_assets.core.ledger import Ledger
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
-from tads_assets.select import baseline_subsets
+from tads_assets.select import baseline_subsets, final_subset, trained_dvn
 from tads_assets.train_eval import benchmark_scores, trained_clip
 
 UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
             task_set, relevance_vectors, cluster_diversity]
 TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
+# A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward.
+DVN = {"ops": {"trained_dvn": {"config": {"meta_iterations": 3, "fdo_clusters": 6, "probe_clusters": 6,
+                                          "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100}},
+               "final_subset": {"config": {"export": True}}}}
+SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledger_complete]
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +38,15 @@ def built(tmp_path_factory, demo_spec, demo_dir):
                  "ocr": Ocr(), "langid": LangId()}
     runs = {"upstream": materialize(UPSTREAM, resources=resources)}
     assert runs["upstream"].success
-    for method in baselines.METHODS:
+    runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
+                                 resources=resources, run_config=DVN)
+    for method in (*baselines.METHODS, "q_r", "q_r_d"):
         runs[method] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
                                    selection=[baseline_subsets.key], resources=resources, partition_key=method)
-    for method in ("no_filter", "clip_score"):
-        runs[f"train_{method}"] = materialize([*UPSTREAM, baseline_subsets, trained_clip], selection=[trained_clip.key],
+    for method in ("tads", "no_filter", "clip_score"):
+        runs[f"train_{method}"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip], selection=[trained_clip.key],
                                               resources=resources, partition_key=method, run_config=TRAIN)
-    runs["benchmark"] = materialize([*UPSTREAM, baseline_subsets, trained_clip, benchmark_scores],
+    runs["benchmark"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip, benchmark_scores],
                                     selection=[benchmark_scores.key], resources=resources)
     truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")
     return resources["paths"], runs, truth
@@ -51,15 +59,15 @@ def _subset(paths, method):
 def test_every_baseline_partition_accounts_for_its_drops(built):
     paths, runs, _ = built
     n_pool = pl.scan_parquet(str(paths.parquet_dir("raw_pool") / "*.parquet")).select(pl.len()).collect().item()
-    size = round(baselines.BaselineParams.keep_fraction * n_pool)
-    for method in baselines.METHODS:
+    size = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet").height  # matched to TADS
+    for method in (*baselines.METHODS, "q_r", "q_r_d"):
         assert runs[method].success
         checks = {e.check_name: e.passed for e in runs[method].get_asset_check_evaluations()}
         assert checks == {"baseline_subsets_ledger_complete": True}, method
         kept = _subset(paths, method)
         drops = Ledger(paths.ledger_dir).read(f"baseline_{method}")
         assert not set(kept["uid"]) & set(drops["uid"])
-        if method in ("random", "clip_score", "semdedup", "dbp"):
+        if method in ("random", "clip_score", "semdedup", "dbp", "q_r", "q_r_d"):
             assert kept.height == size, method  # the size-matched methods are compared at equal size
     assert _subset(paths, "no_filter").height == n_pool
 
@@ -83,16 +91,16 @@ def test_clip_score_and_quality_only_drop_the_known_bad_pairs(built):
 def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained_method(built):
     paths, runs, _ = built
     seen = {}
-    for method in ("no_filter", "clip_score"):
+    for method in ("tads", "no_filter", "clip_score"):
         assert runs[f"train_{method}"].success
         info = json.loads((paths.models_dir / "trained_clip" / method / "train_info.json").read_text())
         seen[method] = info["samples_seen"]
-    assert seen["no_filter"] == seen["clip_score"] == 256
+    assert seen["tads"] == seen["no_filter"] == seen["clip_score"] == 256
     assert runs["benchmark"].success
     report = json.loads((paths.reports_dir / "benchmark.json").read_text())
     methods = [r["method"] for r in report["rows"]]
-    assert methods == ["no_filter", "clip_score", "chance"]
-    assert set(report["not_trained"]) == {"random", "semdedup", "dbp", "quality_only"}
+    assert methods == ["tads", "no_filter", "clip_score", "chance"]
+    assert set(report["not_trained"]) == {"random", "semdedup", "dbp", "quality_only", "q_r", "q_r_d"}
     for row in report["rows"]:
         assert np.isfinite(row["average"]) and 0 <= row["average"] <= 100
     chance = report["rows"][-1]
@@ -137,3 +145,52 @@ def test_a_bad_task_file_fails_task_set_naming_the_field(tmp_path, demo_dir):
     resources = {"paths": TadsPaths(home=str(tmp_path / "home"), tasks=str(bad))}
     with pytest.raises(Exception, match=r"task 'captions'\.kind: 'captioning' is not one of"):
         materialize([task_set], resources=resources)
+
+
+def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_the_rest(built):
+    paths, runs, truth = built
+    assert runs["select"].success
+    checks = {e.check_name: e.passed for e in runs["select"].get_asset_check_evaluations()}
+    assert checks == {"trained_dvn_scores_valid": True, "final_subset_ledger_complete": True}
+    info = json.loads((paths.models_dir / "trained_dvn" / "dvn_info.json").read_text())
+    assert len(info["history"]) == 3 and info["tasks"] == ["fashion", "digits", "captions"]
+    assert all(len(h["advantages"]) == 6 and np.isfinite(h["reward"]) for h in info["history"])
+    meta = runs["select"].asset_materializations_for_node("trained_dvn")[0].metadata
+    assert {"reward_curve", "cluster_advantages", "per_iteration", "selection_rate_curve"} <= set(meta)
+    scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / "dvn_scores.parquet")
+    kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet")
+    assert kept.height == int(0.4 * scores.height)  # the default: τ at 40 % of the deduplicated pool
+    dropped = scores.join(kept.select("uid"), on="uid", how="anti")
+    assert scores.join(kept.select("uid"), on="uid")["v"].min() >= dropped["v"].max()
+    drops = Ledger(paths.ledger_dir).read("final_subset")
+    assert set(drops["uid"]) == set(dropped["uid"])
+    assert (drops["reason"] == "dvn_value_at_or_below_tau").all()
+    # the export a user trains on: WebDataset shards and an open_clip CSV with one row per kept sample
+    csv = (paths.root / "exports" / "tads" / "subset.csv").read_text().strip().splitlines()
+    assert len(csv) == kept.height + 1
+    # the selection prefers clean pairs over the pool's known-bad ones
+    joined = scores.join(truth, on="uid")
+    assert joined.filter(pl.col("kind") == "clean")["v"].mean() > joined.filter(pl.col("kind") == "misaligned")["v"].mean()
+
+
+def test_dropping_the_digit_task_lowers_the_share_of_digits_in_tads_subset(built, demo_dir, tmp_path):
+    paths, _, truth = built
+    home = tmp_path / "home"
+    shutil.copytree(paths.root, home)
+    no_digits = demo_dir / "tasks_without_digits.yaml"  # beside tasks.yaml: its paths are relative to the folder
+    text = (demo_dir / "tasks.yaml").read_text()
+    start, end = text.index("- name: digits"), text.index("- name: captions")
+    no_digits.write_text(text[:start] + text[end:])
+    resources = {"paths": TadsPaths(home=str(home), pool=paths.pool, tasks=str(no_digits)),
+                 "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
+                 "ocr": Ocr(), "langid": LangId()}
+    run = materialize([*UPSTREAM, *SELECT], selection=[task_set.key, relevance_vectors.key, trained_dvn.key,
+                                                       final_subset.key], resources=resources, run_config=DVN)
+    assert run.success
+
+    def digit_share(root):
+        kept = pl.read_parquet(root / "parquet" / "final_subset" / "final_subset.parquet", columns=["uid"])
+        return kept.join(truth, on="uid")["source"].eq("digits").mean()
+
+    with_digits, without = digit_share(paths.root), digit_share(home)
+    assert without < 0.5 * with_digits, (with_digits, without)
