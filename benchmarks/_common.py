@@ -29,3 +29,89 @@ def load_demo_pool_with_vectors(tads_home: Path) -> tuple[pl.DataFrame, np.ndarr
     truth = pl.read_parquet(truth_path).select("uid", "kind", "duplicate_of", "source", "label")
     pool = pool.join(truth, on="uid", how="left", maintain_order="left")
     return pool, image, text
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+class SubsetTrainer:
+    """Trains a CLIP from scratch on a subset of the pool and scores it zero-shot on the tasks' test sets, the
+    way trained_clip + benchmark_scores do, with the pool's images decoded and preprocessed once for all runs."""
+
+    def __init__(self, tads_home: Path, model: str, budget: int, tasks_path: str | None = None):
+        import time
+
+        from tads_assets.core import benchmark, clip_train
+        from tads_assets.core.ingest import scan_raw_pool
+        from tads_assets.core.tasks import load_task_set
+
+        t0 = time.perf_counter()
+        self.model, self.budget = model, budget
+        pool = scan_raw_pool(tads_home / "parquet" / "raw_pool").select("uid", "caption", "bytes").collect()
+        self.row_of = {u: i for i, u in enumerate(pool["uid"].to_list())}
+        self.tasks = load_task_set(tasks_path or tads_home / "demo" / "tasks.yaml")
+        self.eval_sets = benchmark.load_eval_sets(self.tasks, "test")
+        _, preprocess, tokenizer = clip_train.create_model(model)
+        self.images = clip_train.preprocess_images(pool["bytes"].to_list(), preprocess, progress=lambda m: None)
+        self.tokens = tokenizer(pool["caption"].to_list())
+        self.chance = None
+        self.prepare_seconds = time.perf_counter() - t0
+
+    def run(self, uids, seed: int) -> dict:
+        """Table columns (percent) of a CLIP trained with `seed` on the given uids."""
+        import torch
+
+        from tads_assets.core import benchmark, clip_train
+
+        idx = torch.as_tensor([self.row_of[u] for u in uids])
+        params = clip_train.TrainParams(model=self.model, budget_samples_seen=self.budget, seed=seed)
+        torch.manual_seed(seed)
+        model, preprocess, tokenizer = clip_train.create_model(self.model)
+        res = clip_train.train_on_tensors(model, self.images[idx], self.tokens[idx], params, progress=lambda m: None)
+        enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
+        scores = benchmark.evaluate_model(self.tasks, self.eval_sets, enc.encode_images, enc.encode_texts)
+        self.chance = self.chance or benchmark.chance_row(scores)
+        return {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
+
+
+def summarise(results: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+    """(markdown rows 'mean ± std', summary {method: {column: {mean, std}}}) of per-seed rows."""
+    first = next(iter(results.values()))[0]
+    columns = [c for c in first if c not in ("samples", "samples_seen")]
+    table, summary = [], {}
+    for method, rows in results.items():
+        stats = {c: mean_std([r[c] for r in rows]) for c in columns}
+        summary[method] = {"samples": rows[0]["samples"], "samples_seen": rows[0]["samples_seen"],
+                           **{c: {"mean": m, "std": s} for c, (m, s) in stats.items()}}
+        table.append({"method": method, "samples": rows[0]["samples"],
+                      **{c: f"{m:.1f} ± {s:.1f}" for c, (m, s) in stats.items()}})
+    return table, summary
+
+
+def beats(summary: dict, a: str, b: str) -> dict:
+    """Whether a's mean average exceeds b's by more than the larger of their stds across seeds."""
+    x, y = summary[a]["average"], summary[b]["average"]
+    delta, one_std = x["mean"] - y["mean"], max(x["std"], y["std"])
+    return {"method": a, "versus": b, "delta": delta, "one_std": one_std, "beats": delta > one_std,
+            "at_least": delta >= 0}
+
+
+def write_report(tads_home: Path, name: str, md: str, payload: dict, t_start: float) -> None:
+    """Print the total time and write TADS_HOME/reports/<name>.md and .json (the JSON gets `minutes`)."""
+    import json
+    import time
+
+    minutes = (time.perf_counter() - t_start) / 60
+    print(f"\ntotal {minutes:.1f} min")
+    reports = tads_home / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"{name}.md").write_text(md + "\n")
+    (reports / f"{name}.json").write_text(json.dumps({**payload, "minutes": minutes}, indent=2))
+
+
+def uids_digest(uids) -> str:
+    """A fingerprint of a subset (order-free), so a later script can tell it is looking at the same one."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, uids))).encode()).hexdigest()
