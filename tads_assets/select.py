@@ -186,12 +186,7 @@ def _proxy_features(paths: TadsPaths, lance: LanceStore, uids: np.ndarray, built
     this pool, so their outputs would hand the proxy a finished answer), or the open_clip embeddings."""
     want = pl.DataFrame({"uid": uids})
     if builtin:
-        parts = embeddings.raw_pool_parts(paths.parquet_dir("raw_pool"))
-        stale = [p.name for p in parts if not embeddings.frozen_part_is_current(paths.frozen_cache_dir, p)]
-        if stale:
-            raise ValueError(f"frozen features of raw_pool part(s) {', '.join(stale[:3])} are stale: rematerialize "
-                             "clip_encoder")
-        frame = embeddings.load_frozen_features(paths.frozen_cache_dir, [p.name for p in parts])
+        frame = embeddings.load_current_frozen_features(paths.parquet_dir("raw_pool"), paths.frozen_cache_dir)
         frame, columns = frame.select("uid", "image_feat", "text_feat"), ("image_feat", "text_feat")
     else:
         frame, columns = embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec")), ("image_vec", "text_vec")
@@ -245,9 +240,7 @@ def _reward_fn(context, config: TrainedDvnConfig, paths, lance, encoder: ClipEnc
             return model, preprocess, open_clip.get_tokenizer(name)
 
         _, preprocess, tokenizer = make_model()
-        pairs = pl.DataFrame({"uid": uids}).join(
-            scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "bytes").collect(), on="uid",
-            how="left", maintain_order="left")
+        pairs = subset_pairs(paths, uids.tolist())
         images = preprocess_images(pairs["bytes"].to_list(), preprocess, context.log.info)
         val_sets = benchmark.load_eval_sets(tasks, "validation")
         return proxy.ClipProxy(make_model, images, tokenizer(pairs["caption"].to_list()), tasks, val_sets,

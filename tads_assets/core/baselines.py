@@ -226,12 +226,7 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
                          "rematerialize pool_embeddings")
     image = embeddings.arrays(vecs, "image_vec")[0]
     if frozen_cache_dir is not None:
-        parts = embeddings.raw_pool_parts(raw_pool_dir)
-        stale = [p.name for p in parts if not embeddings.frozen_part_is_current(frozen_cache_dir, p)]
-        if stale:
-            raise ValueError(f"frozen image features of raw_pool part(s) {', '.join(stale[:3])} are missing or belong to "
-                             f"another version of the pool: rematerialize clip_encoder")
-        frozen = uids.join(embeddings.load_frozen_features(frozen_cache_dir, [p.name for p in parts])
+        frozen = uids.join(embeddings.load_current_frozen_features(raw_pool_dir, frozen_cache_dir)
                            .select("uid", "image_feat"), on="uid", how="left", maintain_order="left")
         if frozen["image_feat"].null_count():
             raise ValueError(f"{frozen['image_feat'].null_count()} raw_pool samples have no frozen image features in "

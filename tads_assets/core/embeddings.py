@@ -102,6 +102,17 @@ def load_frozen_features(cache_dir: str | Path, part_names: list[str] | None = N
     return pl.concat([pl.read_parquet(f) for f in files])
 
 
+def load_current_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path) -> pl.DataFrame:
+    """The frozen features of every current raw_pool part; fails naming the parts whose cache is missing or
+    belongs to another version of the pool."""
+    parts = raw_pool_parts(raw_pool_dir)
+    stale = [p.name for p in parts if not frozen_part_is_current(cache_dir, p)]
+    if stale:
+        raise ValueError(f"frozen features of raw_pool part(s) {', '.join(stale[:3])} are missing or belong to "
+                         f"another version of the pool: rematerialize clip_encoder")
+    return load_frozen_features(cache_dir, [p.name for p in parts])
+
+
 def arrays(frame: pl.DataFrame, *columns: str) -> list[np.ndarray]:
     return [_vectors(frame, c) for c in columns]
 

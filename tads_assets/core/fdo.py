@@ -134,16 +134,17 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
         values = np.array(list(g.values()))
         scale = float(values.std()) + 1e-12
         centred = {c: (a - values.mean()) / scale for c, a in g.items()}
+        logits = net.logits(*inputs)  # one forward pass serves the surrogate and the anchor
         if params.surrogate == "log_v":  # eq. 17 as printed
-            score = torch.nn.functional.logsigmoid(net.logits(*inputs))  # log v without log(0) when v underflows
+            score = torch.nn.functional.logsigmoid(logits)  # log v without log(0) when v underflows
         else:  # the chain rule through v itself: ∇θ Σ_C g_C Σ_{x∈C} v_θ(x) is the first-order ascent direction of J
-            score = net(*inputs)
+            score = torch.sigmoid(logits)
         loss = policy_loss(score, clusters_t, centred, list(net.parameters()), params.beta)
         if params.rate is not None and params.rate_penalty > 0:
             # with budgeted draws a common shift of every v changes nothing, so without an anchor v drifts
             # into the sigmoid's flat ends (measured on the demo: mean v 0.78 after 12 iterations, the draws
             # then close to uniform); the anchor keeps mean v at the budget
-            loss = loss + params.rate_penalty * (net(*inputs).mean() - params.rate) ** 2
+            loss = loss + params.rate_penalty * (torch.sigmoid(logits).mean() - params.rate) ** 2
         opt.zero_grad()
         loss.backward()
         opt.step()
