@@ -171,6 +171,12 @@ class TrainedDvnConfig(Config):
     proxy_lr: float = ProxyParams.lr
     proxy_embed_dim: int = ProxyParams.embed_dim
     full_budget_samples_seen: int = 4096  # full mode: CLIP fine-tuning budget per reward
+    # head mode: weight eq. 15's tasks by how much of the proxy's skill the target model reaches on them
+    # (proxy.alignment_factors): one target CLIP trained from scratch on θ₀'s selection, as trained_clip
+    # would train it. "none": the task file's φ_k as they are.
+    task_alignment: str = "target"
+    target_model: str = clip_train.TrainParams.model  # keep equal to trained_clip's model and budget
+    target_budget_samples_seen: int = clip_train.TrainParams.budget_samples_seen
     embed_dim: int = DvnConfig.embed_dim
     hidden_dim: int = DvnConfig.hidden_dim
     init_rate: float = DvnConfig.init_rate
@@ -248,6 +254,44 @@ def _reward_fn(context, config: TrainedDvnConfig, paths, lance, encoder: ClipEnc
     raise ValueError(f"trained_dvn: proxy_mode must be 'head' or 'full', got {config.proxy_mode!r}")
 
 
+def _align_tasks(context, config: TrainedDvnConfig, paths, dev: str, tasks, uids: np.ndarray, mask: np.ndarray,
+                 reward: proxy.ProxyEnsemble) -> list[dict]:
+    """Train the target CLIP from scratch on `mask`'s samples (θ₀'s selection at the budget), score it and the
+    head proxy adapted on the same samples on the same validation items, and multiply each φ_k by its
+    alignment factor. Returns the per-task table for the metadata."""
+    import torch
+
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model, preprocess, tokenizer = clip_train.create_model(config.target_model, dev)
+    pairs = subset_pairs(paths, uids[mask].tolist())
+    params = clip_train.TrainParams(model=config.target_model, budget_samples_seen=config.target_budget_samples_seen,
+                                    seed=config.seed)
+    context.log.info(f"trained_dvn: task alignment: training {config.target_model} from scratch on θ₀'s "
+                     f"{len(pairs)} samples ({params.budget_samples_seen} samples seen)")
+    res = clip_train.train_on_tensors(model, clip_train.preprocess_images(pairs["bytes"].to_list(), preprocess, context.log.info),
+                                      tokenizer(pairs["caption"].to_list()), params, dev, progress=context.log.info)
+    enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer, dev)
+    target_val = proxy.validation_tasks(tasks, enc.encode_images, enc.encode_texts, "validation",
+                                        config.validation_items, config.seed)
+    target = proxy.evaluate_embeddings(target_val, lambda x: x, lambda x: x)
+    _, proxy_scores = reward.reward(mask)
+    chance = proxy.chance_levels(reward.val)
+    factors = proxy.alignment_factors(target, proxy_scores, chance)
+    reward.reweight({t.name: t.weight * factors[t.name] for t in tasks})
+    if not any(t.weight * factors[t.name] > 0 for t in tasks):
+        raise ValueError("trained_dvn: the target model stays at chance on every task after "
+                         f"{params.budget_samples_seen} samples seen ({target}), so no task can reward a "
+                         "selection: raise target_budget_samples_seen or set task_alignment: none")
+    rows = [{"task": t.name, "φ_k (task file)": t.weight, "chance": chance[t.name], "Eval_k proxy": proxy_scores[t.name],
+             "Eval_k target": target[t.name], "a_k": factors[t.name], "φ_k in J": t.weight * factors[t.name]}
+            for t in tasks]
+    context.log.info("trained_dvn: task alignment (" + f"{time.perf_counter() - t0:.0f} s): " + ", ".join(
+        f"{r['task']} proxy {r['Eval_k proxy']:.3f} target {r['Eval_k target']:.3f} chance {r['chance']:.3f} "
+        f"→ a_k {r['a_k']:.2f}" for r in rows))
+    return rows
+
+
 @asset(
     group_name="select",
     deps=[quality_scores, relevance_vectors, cluster_diversity, task_set, clip_encoder],
@@ -284,6 +328,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                                              hidden_dim=config.hidden_dim, init_rate=config.init_rate))
     if config.init not in ("prior", "constant"):
         raise ValueError(f"trained_dvn: init must be 'prior' or 'constant', got {config.init!r}")
+    if config.task_alignment not in ("target", "none"):
+        raise ValueError(f"trained_dvn: task_alignment must be 'target' or 'none', got {config.task_alignment!r}")
     prior_loss = None
     if config.init == "prior":
         prior = selection.static_score(sig.q, sig.r, sig.d, selection.ABLATIONS["q_r_d"])
@@ -296,34 +342,49 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                        sigma=config.sigma, antithetic=config.antithetic, lr=config.lr, beta=config.beta,
                        surrogate=config.surrogate, rate=config.rate, rate_penalty=config.rate_penalty,
                        seed=config.seed)
+    with torch.no_grad():
+        v0 = net(*inputs).double().numpy()
+    alignment = []
+    if config.task_alignment == "target" and config.proxy_mode == "head":
+        alignment = _align_tasks(context, config, paths, dev, tasks, sig.uids, fdo.top_fraction(v0, config.rate), reward)
     context.log.info(f"trained_dvn: {len(sig.uids)} samples, {len(np.unique(coarse))} FDO clusters, "
                      f"{len(tasks)} tasks, proxy {config.proxy_mode} on {dev}")
     history = fdo.train_dvn(net, inputs, coarse, reward.reward, params, context.log.info)
     with torch.no_grad():
         v = net(*inputs).double().numpy()
+    j_final, metrics_final = reward.reward(fdo.top_fraction(v, config.rate))
     seconds = time.perf_counter() - t0
     out = dvn_dir(paths)
     dvn.save_dvn(net, out, {"tasks": [t.name for t in tasks], "tasks_sha256": digest, "log_d_stats": list(stats),
                             "fdo": params.__dict__, "proxy_mode": config.proxy_mode, "init": config.init,
-                            "history": history})
+                            "task_alignment": alignment, "reward_top_final": j_final,
+                            "metrics_top_final": metrics_final, "history": history})
     scores = pl.DataFrame({"uid": sig.uids, "v": v.astype(np.float32), "fdo_cluster": coarse.astype(np.int32)})
     write_parquet_atomic(scores, paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE)
     rewards = [h["reward"] for h in history]
+    # J of the deterministic top-rate selection before each update and after the last one
+    top_curve = [h["reward_top"] for h in history if "reward_top" in h] + [j_final]
     mean_adv = {}
     for h in history:
         for c, g in h["advantages"].items():
             mean_adv.setdefault(c, []).append(g)
     adv_rows = sorted(({"cluster": c, "size": int((coarse == c).sum()), "probed": len(g), "mean g_C": float(np.mean(g)),
                         "mean v": float(v[coarse == c].mean())} for c, g in mean_adv.items()), key=lambda r: -r["mean g_C"])
-    per_iteration = [{"iteration": h["iteration"], "J": h["reward"], "selection rate": h["selection_rate"],
-                      **{k: float(m) for k, m in h["metrics"].items()}} for h in history]
+    per_iteration = [{"iteration": h["iteration"], "J(S(θ))": h["reward"], "J(top)": h.get("reward_top", float("nan")),
+                      "selection rate": h["selection_rate"], **{k: float(m) for k, m in h["metrics"].items()}}
+                     for h in history]
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(out)), "samples": len(sig.uids), "proxy_mode": MetadataValue.text(config.proxy_mode),
         "meta_iterations": len(history), "proxy_adaptations": reward.n_adaptations,
         "reward_first": MetadataValue.float(rewards[0]), "reward_last": MetadataValue.float(rewards[-1]),
         "reward_gain_last3_vs_first3": MetadataValue.float(float(np.mean(rewards[-3:]) - np.mean(rewards[:3]))),
-        "reward_curve": MetadataValue.md(line_plot_markdown(rewards, "reward J on the validation sets",
+        "reward_curve": MetadataValue.md(line_plot_markdown(rewards, "reward J(S(θ)) of each iteration's draw",
                                                             "meta-iteration", "J (eq. 15)")),
+        "reward_top_curve": MetadataValue.md(line_plot_markdown(top_curve, f"J of the top {config.rate:.0%} by v "
+                                                                "(θ₀, then after each update)", "meta-iteration", "J (eq. 15)")),
+        "reward_top_first": MetadataValue.float(top_curve[0]), "reward_top_final": MetadataValue.float(j_final),
+        "task_alignment": MetadataValue.md(markdown_table(alignment) if alignment else
+                                           f"off ({config.task_alignment}, proxy {config.proxy_mode}): φ_k as in the task file"),
         "selection_rate_curve": MetadataValue.md(line_plot_markdown([h["selection_rate"] for h in history],
                                                                     "mean v (selection rate)", "meta-iteration", "mean v")),
         "per_iteration": MetadataValue.md(markdown_table(per_iteration)),

@@ -90,7 +90,17 @@ class FdoParams:
     surrogate: str = "v"  # "log_v": eq. 17 as printed; "v": g_C-weighted v_θ (see train_dvn)
     rate: float | None = 0.4  # the budget of the draws (see budget_probabilities); None: Bernoulli(v) as printed
     rate_penalty: float = 1.0  # λ of λ·(mean v − rate)² added to eq. 17: keeps v a selection probability at the budget
+    track_top: bool = True  # also score the deterministic selection (top rate·N by v) each iteration: one more reward
     seed: int = 0
+
+
+def top_fraction(v: np.ndarray, rate: float) -> np.ndarray:
+    """The keep mask of the ⌊rate·N⌋ highest values (ties broken by position): the subset final_subset
+    would take from these values at this budget."""
+    v = np.asarray(v)
+    mask = np.zeros(len(v), bool)
+    mask[np.argsort(-v, kind="stable")[: int(rate * len(v))]] = True
+    return mask
 
 
 def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.ndarray], float | tuple[float, dict]],
@@ -123,6 +133,12 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
 
         mask = draw(v)
         j0, metrics = _split(reward(mask))
+        top = {}
+        if params.track_top and params.rate is not None:
+            # J of S(θ) carries the draw's luck; J of the top-rate selection is the policy's value as
+            # final_subset will use it, and moves only when the ranking does
+            j_top, top_metrics = _split(reward(top_fraction(v, params.rate)))
+            top = {"reward_top": j_top, "metrics_top": top_metrics}
         g = {}
         for c in probe:
             up = _split(reward(draw(perturb(v, clusters, c, params.sigma))))[0]
@@ -149,8 +165,9 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
         loss.backward()
         opt.step()
         history.append({"iteration": it + 1, "reward": j0, "selection_rate": float(v.mean()),
-                        "selected": int(mask.sum()), "advantages": g, "metrics": metrics})
-        progress(f"trained_dvn: iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}, {int(mask.sum())} selected, "
+                        "selected": int(mask.sum()), "advantages": g, "metrics": metrics, **top})
+        top_note = f", J(top {params.rate:.0%}) {top['reward_top']:.4f}" if top else ""
+        progress(f"trained_dvn: iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}{top_note}, {int(mask.sum())} selected, "
                  f"mean v {v.mean():.3f}, advantages {min(g.values()):+.3f}..{max(g.values()):+.3f}")
     return history
 

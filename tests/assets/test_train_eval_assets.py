@@ -23,9 +23,11 @@ from tads_assets.train_eval import benchmark_scores, trained_clip
 UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
             task_set, relevance_vectors, cluster_diversity]
 TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
-# A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward.
+# A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward,
+# the task alignment's target CLIP trained for 4096 samples seen.
 DVN = {"ops": {"trained_dvn": {"config": {"meta_iterations": 3, "fdo_clusters": 6, "probe_clusters": 6,
-                                          "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100}},
+                                          "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100,
+                                          "target_budget_samples_seen": 4096}},
                "final_subset": {"config": {"export": True}}}}
 SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledger_complete]
 
@@ -156,7 +158,15 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     assert len(info["history"]) == 3 and info["tasks"] == ["fashion", "digits", "captions"]
     assert all(len(h["advantages"]) == 6 and np.isfinite(h["reward"]) for h in info["history"])
     meta = runs["select"].asset_materializations_for_node("trained_dvn")[0].metadata
-    assert {"reward_curve", "cluster_advantages", "per_iteration", "selection_rate_curve"} <= set(meta)
+    assert {"reward_curve", "reward_top_curve", "cluster_advantages", "per_iteration", "selection_rate_curve",
+            "task_alignment"} <= set(meta)
+    # the reward's task weights: each φ_k times how much of the proxy's gain over chance the target reaches
+    align = {r["task"]: r for r in info["task_alignment"]}
+    assert set(align) == {"fashion", "digits", "captions"}
+    assert all(0.0 <= r["a_k"] <= 1.0 and r["φ_k in J"] == pytest.approx(r["φ_k (task file)"] * r["a_k"])
+               for r in align.values())
+    assert any(r["a_k"] > 0 for r in align.values())
+    assert all("reward_top" in h for h in info["history"]) and np.isfinite(info["reward_top_final"])
     scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / "dvn_scores.parquet")
     kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet")
     assert kept.height == int(0.4 * scores.height)  # the default: τ at 40 % of the deduplicated pool

@@ -128,3 +128,7 @@ def test_at_a_fixed_budget_the_reward_curve_rises_while_the_selected_count_stays
     assert max(abs(c - 300) for c in counts) < 45, counts  # 25 % of 1200, within Bernoulli noise
     rewards = [h["reward"] for h in history]
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.05, rewards
+    # the DVN's deterministic selection at the budget gains too, and it holds exactly rate·N samples
+    tops = [h["reward_top"] for h in history]
+    assert tops[-1] > tops[0] + 0.02 and np.mean(tops[-5:]) > np.mean(tops[:5]), tops
+    assert fdo.top_fraction(np.array([0.1, 0.9, 0.5, 0.7]), 0.5).tolist() == [False, True, False, True]

@@ -112,3 +112,31 @@ def test_full_mode_clip_proxy_fine_tunes_a_whole_clip_and_scores_the_validation_
     assert a == pytest.approx(sum(t.weight * metrics[t.name] for t in tasks))
     with pytest.raises(ValueError, match="at least 2"):
         proxy.reward(np.zeros(len(images), bool))
+
+
+def test_alignment_factors_zero_a_task_the_target_cannot_learn_and_keep_one_it_learns_as_well():
+    from tads_assets.core.proxy import alignment_factors
+
+    chance = {"fashion": 0.1, "digits": 0.1, "captions": 0.005}
+    proxy = {"fashion": 0.5, "digits": 0.37, "captions": 0.27}
+    target = {"fashion": 0.24, "digits": 0.095, "captions": 0.40}
+    a = alignment_factors(target, proxy, chance)
+    assert a["digits"] == 0.0  # target at (or below) chance: the task cannot reward a selection
+    assert a["fashion"] == pytest.approx(0.14 / 0.4)  # the share of the proxy's gain over chance the target reaches
+    assert a["captions"] == 1.0  # capped: the target does better than the proxy
+    assert alignment_factors({"t": 0.3}, {"t": 0.1}, {"t": 0.1}) == {"t": 0.0}  # proxy at chance: no signal
+
+
+def test_reweighting_the_tasks_changes_the_reward_and_evaluate_matches_chance_levels():
+    from tads_assets.core.proxy import ProxyEnsemble, chance_levels
+
+    image, text, val, bad = _world()
+    other = ValTask("echo", "retrieval", 1.0, val.image_feats[:50], caption_feats=val.image_feats[:50] @ np.zeros((48, 24)))
+    ens = ProxyEnsemble(image, text, [val, other], ProxyParams(steps=30))
+    assert chance_levels(ens.val) == {"shapes": pytest.approx(0.2), "echo": pytest.approx(1 / 50)}
+    clean = ~bad
+    j_both, metrics = ens.reward(clean)
+    ens.reweight({"shapes": 1.0, "echo": 0.0})
+    j_shapes, metrics_again = ens.reward(clean)
+    assert metrics_again == metrics  # the same adaptation: only the weights of eq. 15 moved
+    assert j_shapes == pytest.approx(metrics["shapes"]) and j_both == pytest.approx(metrics["shapes"] + metrics["echo"])
