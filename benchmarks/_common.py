@@ -39,7 +39,8 @@ class SubsetTrainer:
     """Trains a CLIP from scratch on a subset of the pool and scores it zero-shot on the tasks' test sets, the
     way trained_clip + benchmark_scores do, with the pool's images decoded and preprocessed once for all runs."""
 
-    def __init__(self, tads_home: Path, model: str, budget: int, tasks_path: str | None = None):
+    def __init__(self, tads_home: Path, model: str, budget: int, tasks_path: str | None = None, cache: bool = True):
+        import hashlib
         import time
 
         from tads_assets.core import benchmark, clip_train
@@ -50,7 +51,14 @@ class SubsetTrainer:
         self.model, self.budget = model, budget
         pool = scan_raw_pool(tads_home / "parquet" / "raw_pool").select("uid", "caption", "bytes").collect()
         self.row_of = {u: i for i, u in enumerate(pool["uid"].to_list())}
-        self.tasks = load_task_set(tasks_path or tads_home / "demo" / "tasks.yaml")
+        tasks_path = Path(tasks_path or tads_home / "demo" / "tasks.yaml")
+        self.tasks = load_task_set(tasks_path)
+        # a run's row is a function of these (CPU training is deterministic for a given thread count), so
+        # table1 and table2 share runs of equal subsets through TADS_HOME/reports/runs_cache.jsonl
+        self._cache_path = tads_home / "reports" / "runs_cache.jsonl" if cache else None
+        self._cache_key = {"model": model, "budget": budget, "threads": torch_threads(),
+                           "tasks_sha256": hashlib.sha256(tasks_path.read_bytes()).hexdigest(),
+                           "raw_pool": sorted(p.name for p in (tads_home / "parquet" / "raw_pool").glob("*.parquet"))}
         self.eval_sets = benchmark.load_eval_sets(self.tasks, "test")
         _, preprocess, tokenizer = clip_train.create_model(model)
         self.images = clip_train.preprocess_images(pool["bytes"].to_list(), preprocess, progress=lambda m: None)
@@ -58,12 +66,31 @@ class SubsetTrainer:
         self.chance = None
         self.prepare_seconds = time.perf_counter() - t0
 
+    def _cached(self, key: dict) -> dict | None:
+        import json
+
+        if self._cache_path is None or not self._cache_path.exists():
+            return None
+        for line in self._cache_path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["key"] == key:
+                self.chance = self.chance or entry["chance"]
+                return entry["row"]
+        return None
+
     def run(self, uids, seed: int) -> dict:
-        """Table columns (percent) of a CLIP trained with `seed` on the given uids."""
+        """Table columns (percent) of a CLIP trained with `seed` on the given uids (from the runs cache when
+        this very subset was trained with this seed, model, budget, task set and thread count before)."""
+        import json
+
         import torch
 
         from tads_assets.core import benchmark, clip_train
 
+        key = {**self._cache_key, "seed": seed, "uids_sha256": uids_digest(uids)}
+        row = self._cached(key)
+        if row is not None:
+            return {**row, "cached": True}
         idx = torch.as_tensor([self.row_of[u] for u in uids])
         params = clip_train.TrainParams(model=self.model, budget_samples_seen=self.budget, seed=seed)
         torch.manual_seed(seed)
@@ -72,13 +99,31 @@ class SubsetTrainer:
         enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
         scores = benchmark.evaluate_model(self.tasks, self.eval_sets, enc.encode_images, enc.encode_texts)
         self.chance = self.chance or benchmark.chance_row(scores)
-        return {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
+        row = {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
+        if self._cache_path is not None:
+            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._cache_path.open("a") as f:
+                f.write(json.dumps({"key": key, "row": row, "chance": self.chance}) + "\n")
+        return row
+
+
+def took(row: dict, t0: float) -> str:
+    """'cached' for a row from the runs cache, else the seconds since t0."""
+    import time
+
+    return "cached" if row.get("cached") else f"{time.perf_counter() - t0:.0f}s"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def summarise(results: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     """(markdown rows 'mean ± std', summary {method: {column: {mean, std}}}) of per-seed rows."""
     first = next(iter(results.values()))[0]
-    columns = [c for c in first if c not in ("samples", "samples_seen")]
+    columns = [c for c in first if c not in ("samples", "samples_seen", "cached")]
     table, summary = [], {}
     for method, rows in results.items():
         stats = {c: mean_std([r[c] for r in rows]) for c in columns}

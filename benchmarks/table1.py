@@ -7,7 +7,9 @@ seen, zero-shot on the tasks' test sets, mean ± std over seeds.
 Each seed changes the training (initialisation, batch order) and the seeded baseline selections (random's
 draw, SemDeDup's and DBP's k-means). `tads` is the materialized final_subset (its DVN is trained once, by
 the trained_dvn asset). random/clip_score/semdedup/dbp keep as many samples as TADS. Images are decoded
-and preprocessed once for all runs. Prints the table (percent), the issue's criteria (TADS ≥ every
+and preprocessed once for all runs; every run's row is kept in TADS_HOME/reports/runs_cache.jsonl (keyed by
+the subset's uids, seed, model, budget, task file and torch thread count — CPU training is deterministic for
+a given thread count) and reused on a rerun (`--no-cache` retrains). Prints the table (percent), the issue's criteria (TADS ≥ every
 baseline, TADS > no_filter beyond one std, TADS's share of the deduplicated pool ≤ 40 %) and the sanity
 comparisons against random, and writes TADS_HOME/reports/table1.{md,json}.
 """
@@ -24,7 +26,7 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, beats, home, summarise, uids_digest, write_report  # noqa: E402
+from _common import SubsetTrainer, beats, home, summarise, took, uids_digest, write_report  # noqa: E402
 
 from tads_assets.core import baselines, clip_train  # noqa: E402
 from tads_assets.core.encoder import read_encoder_info  # noqa: E402
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--model", default=clip_train.TrainParams.model)
     p.add_argument("--keep-fraction", type=float, default=baselines.BaselineParams.keep_fraction)
     p.add_argument("--tasks", default=None, help="task-set YAML (default: the demo's)")
+    p.add_argument("--no-cache", action="store_true", help="train every run even when reports/runs_cache.jsonl has it")
     args = p.parse_args()
     h = home(args.home)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -57,7 +60,7 @@ def main() -> None:
     n_dedup = len(cand.quality_uids)
     size, _ = baselines.matched_size(final_path, args.keep_fraction, len(cand.uids))
     tads_uids = pl.read_parquet(final_path, columns=["uid"])["uid"].to_list() if "tads" in args.methods else []
-    trainer = SubsetTrainer(h, args.model, args.budget, args.tasks)
+    trainer = SubsetTrainer(h, args.model, args.budget, args.tasks, cache=not args.no_cache)
     print(f"pool {len(cand.uids)} samples ({n_dedup} after dedup), size-matched subsets {size}, budget {args.budget} "
           f"samples seen, model {args.model}, {args.seeds} seed(s); images preprocessed in "
           f"{trainer.prepare_seconds:.0f}s", flush=True)
@@ -74,7 +77,7 @@ def main() -> None:
             row = trainer.run(uids, seed)
             results[method].append(row)
             print(f"seed {seed} {method:>12}: {row['samples']:5d} samples, {row['samples_seen']} seen, average "
-                  f"{row['average']:.2f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+                  f"{row['average']:.2f}  ({took(row, t0)})", flush=True)
 
     table, summary = summarise(results)
     chance = trainer.chance

@@ -7,9 +7,14 @@ sets, mean ± std over seeds, as in Table 1.
     make demo
     .venv/bin/python benchmarks/table2.py --seeds 3 [--home .tads]
 
-Also prints the FDO reward curve of the materialized trained_dvn (J on the validation sets per
-meta-iteration) and whether it rises, and the share of each task's images in every subset. Writes
-TADS_HOME/reports/table2.{md,json}.
+Also prints the FDO reward curves of the materialized trained_dvn — J(S(θ)) of each meta-iteration's draw
+and J(top) of the DVN's deterministic top selection at the budget, before each update and after the last
+— and whether each rises (last three above the first three and a positive least-squares slope), the
+reward's task alignment, and the share of each task's images in every subset. Where the demo truth
+exists, a reference row "truth: clean garments" (a seeded sample of the pool's clean garment pairs, the
+generator's own labels — not a method) shows what a perfectly clean subset of this size buys. Runs of
+equal subsets come from TADS_HOME/reports/runs_cache.jsonl (table1.py's `tads` runs included).
+Writes TADS_HOME/reports/table2.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,27 +31,14 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, beats, home, summarise, uids_digest, write_report  # noqa: E402
+from _common import SubsetTrainer, beats, home, summarise, took, write_report  # noqa: E402
 
 from tads_assets.core import clip_train, selection  # noqa: E402
 from tads_assets.core.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
 ROWS = {"Q": "q", "Q+R": "q_r", "Q+R+D": "q_r_d", "full (FDO)": "tads"}
-
-
-def _table1_tads_runs(h: Path, args, digest: str) -> list[dict] | None:
-    """Table 1's per-seed rows of `tads` when benchmarks/table1.py trained on this same final_subset with the
-    same seeds, budget and model (rows are kept per seed in table1.json), else None."""
-    path = h / "reports" / "table1.json"
-    if not path.exists() or args.no_reuse:
-        return None
-    t1 = json.loads(path.read_text())
-    runs = t1.get("runs", {}).get("tads")
-    if (t1.get("tads_uids_sha256") != digest or t1.get("budget_samples_seen") != args.budget
-            or t1.get("model") != args.model or not runs or len(runs) < args.seeds):
-        return None
-    return runs[:args.seeds]
+ORACLE = "truth: clean garments"
 
 
 def main() -> None:
@@ -55,7 +47,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=int, default=clip_train.TrainParams.budget_samples_seen)
     p.add_argument("--model", default=clip_train.TrainParams.model)
-    p.add_argument("--no-reuse", action="store_true", help="train the full row even when table1.json has it")
+    p.add_argument("--no-cache", action="store_true", help="train every run even when reports/runs_cache.jsonl has it "
+                   "(table1.py's runs of the same subsets are reused from there)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the reference row of the demo's truth (clean garments)")
     args = p.parse_args()
     h = home(args.home)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -74,32 +68,33 @@ def main() -> None:
 
     truth = h / "demo" / "truth.parquet"
     composition = []
+    rows = dict(ROWS)
     if truth.exists():
         src = pl.read_parquet(truth, columns=["uid", "source", "kind"])
-        for label, key in ROWS.items():
+        if not args.no_oracle:
+            # not a method: the demo generator's own labels, a ceiling for what a selection of this size can buy
+            clean = set(src.filter((pl.col("kind") == "clean") & (pl.col("source") == "fashion"))["uid"].to_list())
+            members = [u for u in sig.uids.tolist() if u in clean]
+            subsets["oracle"] = [members[i] for i in np.random.default_rng(0).permutation(len(members))[:size]]
+            rows[ORACLE] = "oracle"
+        for label, key in rows.items():
             part = pl.DataFrame({"uid": subsets[key]}).join(src, on="uid", how="left")
             composition.append({"row": label, "samples": part.height,
                                 **{f"{s} %": 100.0 * part.filter(pl.col("source") == s).height / part.height
                                    for s in ("fashion", "digits")},
                                 "clean %": 100.0 * part.filter(pl.col("kind") == "clean").height / part.height})
 
-    trainer = SubsetTrainer(h, args.model, args.budget)
+    trainer = SubsetTrainer(h, args.model, args.budget, cache=not args.no_cache)
     print(f"{len(sig.uids)} deduplicated samples; every row keeps {size}; budget {args.budget} samples seen, "
           f"{args.seeds} seed(s)", flush=True)
-    results: dict[str, list[dict]] = {label: [] for label in ROWS}
-    reused = _table1_tads_runs(h, args, uids_digest(tads_uids))
-    if reused:
-        results["full (FDO)"] = reused
-        print(f"full (FDO): reusing table1.json's {len(reused)} runs of this very final_subset (same seeds, budget, "
-              "model; training is deterministic on CPU)", flush=True)
+    results: dict[str, list[dict]] = {label: [] for label in rows}
     for seed in range(args.seeds):
-        for label, key in ROWS.items():
-            if reused and key == "tads":
-                continue
+        for label, key in rows.items():
             t0 = time.perf_counter()
             row = trainer.run(subsets[key], seed)
             results[label].append(row)
-            print(f"seed {seed} {label:>10}: average {row['average']:.2f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(f"seed {seed} {label:>10}: average {row['average']:.2f}  "
+                  f"({took(row, t0)})", flush=True)
     table, summary = summarise(results)
     md = markdown_table(table)
     print(f"\nTable 2 (percent, mean ± std over {args.seeds} seeds, test sets)\n\n{md}")
@@ -107,20 +102,35 @@ def main() -> None:
         print("\nComposition of each subset (demo truth):\n")
         print(markdown_table([{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in r.items()} for r in composition]))
     fdo_vs_static = beats(summary, "full (FDO)", "Q+R+D")
-    print(f"\nFDO vs static Q+R+D: Δ {fdo_vs_static['delta']:+.2f} (one std {fdo_vs_static['one_std']:.2f}); "
-          f"higher: {'yes' if fdo_vs_static['at_least'] else 'NO'}, beyond one std: {'yes' if fdo_vs_static['beats'] else 'no'}")
+    versus = [fdo_vs_static, *(beats(summary, "full (FDO)", other) for other in ("Q", "Q+R", ORACLE) if other in summary)]
+    print()
+    for v in versus:
+        print(f"FDO vs {v['versus']}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f}); "
+              f"higher: {'yes' if v['at_least'] else 'NO'}, beyond one std: {'yes' if v['beats'] else 'no'}")
 
     info = json.loads((h / "models" / "trained_dvn" / DVN_INFO).read_text())
-    rewards = [r["reward"] for r in info["history"]]
-    k = max(1, min(3, len(rewards) // 3))
-    slope = float(np.polyfit(np.arange(len(rewards)), rewards, 1)[0]) if len(rewards) > 1 else 0.0
-    rises = float(np.mean(rewards[-k:])) > float(np.mean(rewards[:k]))
-    print(f"\nFDO reward curve (J per meta-iteration): {' '.join(f'{r:.3f}' for r in rewards)}")
-    print(f"  first {k}: {np.mean(rewards[:k]):.4f}, last {k}: {np.mean(rewards[-k:]):.4f}, least-squares slope "
-          f"{slope:+.4f}/iteration → rises: {'yes' if rises else 'NO'}")
+    draws = [r["reward"] for r in info["history"]]
+    top = [r["reward_top"] for r in info["history"] if "reward_top" in r] + (
+        [info["reward_top_final"]] if "reward_top_final" in info else [])
+    curves = {"J(S(θ)), each iteration's draw": draws, "J(top), the DVN's top selection at the budget": top}
+    trend = {}
+    for name, rewards in curves.items():
+        if len(rewards) < 2:
+            continue
+        k = max(1, min(3, len(rewards) // 3))
+        slope = float(np.polyfit(np.arange(len(rewards)), rewards, 1)[0])
+        trend[name] = {"curve": rewards, "first_k": float(np.mean(rewards[:k])), "last_k": float(np.mean(rewards[-k:])),
+                       "slope": slope, "rises": float(np.mean(rewards[-k:])) > float(np.mean(rewards[:k])) and slope > 0}
+        print(f"\nFDO reward curve, {name}: {' '.join(f'{r:.3f}' for r in rewards)}")
+        print(f"  first {k}: {trend[name]['first_k']:.4f}, last {k}: {trend[name]['last_k']:.4f}, least-squares slope "
+              f"{slope:+.4f}/iteration → rises: {'yes' if trend[name]['rises'] else 'NO'}")
+    alignment = info.get("task_alignment") or []
+    if alignment:
+        print("\nTask alignment of the reward (trained_dvn):\n")
+        print(markdown_table([{k: f"{v:.3f}" if isinstance(v, float) else v for k, v in r.items()} for r in alignment]))
     write_report(h, "table2", md, {
         "seeds": args.seeds, "size": size, "summary": summary, "composition": composition,
-        "fdo_vs_static": fdo_vs_static, "reward_curve": rewards, "reward_slope": slope, "reward_rises": rises}, t_start)
+        "fdo_vs_static": fdo_vs_static, "fdo_versus": versus, "reward_trend": trend, "task_alignment": alignment, "runs": results}, t_start)
 
 
 if __name__ == "__main__":
