@@ -299,7 +299,9 @@ def _align_tasks(context, config: TrainedDvnConfig, paths, dev: str, tasks, uids
     description="§3.3: the Data Value Network v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d)])) (eq. 13) trained by "
     "Algorithm 1: per meta-iteration S(θ) by Bernoulli draws, the proxy adapted on it (eq. 14), the reward J "
     "on the tasks' validation sets (eq. 15), per-cluster finite differences with the same draws (eq. 16), the "
-    "eq. 17 policy loss, Adam. Writes the checkpoint and v(x) for every deduplicated sample.",
+    "eq. 17 policy loss, Adam. In head mode the tasks' weights in J are first scaled by how much of the proxy's "
+    "skill a target CLIP trained from scratch reaches (task_alignment). Writes the checkpoint and v(x) for every "
+    "deduplicated sample.",
 )
 def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths: TadsPaths, lance: LanceStore,
                 encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
