@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tads_assets.core.benchmark import class_prototypes, recall_at_k, topk_accuracy
 from tads_assets.core.encoder import HeadsConfig, ProjectionHeads, info_nce
 
 
@@ -138,17 +137,19 @@ class ProxyEnsemble:
 
 def evaluate_embeddings(val: list[ValTask], embed_images, embed_texts) -> dict[str, float]:
     """Eval_k on each validation set from its stored features mapped by `embed_images`/`embed_texts`
-    (arrays → arrays; identity for features that already are a CLIP's embeddings): top-1 accuracy
-    (classification), mean of image→text and text→image R@1 (retrieval)."""
+    (arrays → arrays; identity for features that already are a CLIP's embeddings), scored the way the
+    benchmark scores the test sets (`eval_k`: top-1, or the mean of the two R@1)."""
+    from tads_assets.core import benchmark
+
     out = {}
     for t in val:
         img = embed_images(t.image_feats)
         if t.kind == "classification":
-            protos = class_prototypes(embed_texts(t.prompt_feats), t.n_classes, len(t.prompt_feats) // t.n_classes)
-            out[t.name] = topk_accuracy(img, protos, t.labels, 1)
+            scores = benchmark.score_classification(t.name, img, t.labels, embed_texts(t.prompt_feats), t.n_classes,
+                                                    len(t.prompt_feats) // t.n_classes)
         else:
-            cap = embed_texts(t.caption_feats)
-            out[t.name] = 0.5 * (recall_at_k(img, cap, 1) + recall_at_k(cap, img, 1))
+            scores = benchmark.score_retrieval(t.name, img, embed_texts(t.caption_feats))
+        out[t.name] = eval_k(scores)
     return out
 
 
