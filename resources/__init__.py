@@ -85,10 +85,12 @@ class TadsPaths(ConfigurableResource):
         manifest = demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
         return parse_pool_spec(demo_pool.demo_shard_pattern(self.demo_dir, manifest))
 
-    def tasks_path(self) -> Path:
+    def tasks_path(self, generate: bool = True) -> Path:
+        """TADS_TASKS, or the demo pool's tasks.yaml (generating the demo pool first unless `generate` is False)."""
         if self.tasks:
             return Path(self.tasks).expanduser().resolve()
-        demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
+        if generate:
+            demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
         return self.demo_dir / "tasks.yaml"
 
 

@@ -2,56 +2,17 @@
 and benchmark_scores materialized on the small demo pool."""
 
 import json
-import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 from dagster import materialize
 
-from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
-from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
-                                      weak_labels)
-from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
+from resources import TadsPaths
+from tads_assets.characterize import task_set
 from tads_assets.core import baselines, relevance
-from tads_assets.core.tasks import task_set_hash
 from tads_assets.core.ledger import Ledger
-from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
-from tads_assets.select import baseline_subsets, final_subset, trained_dvn
-from tads_assets.train_eval import benchmark_scores, trained_clip
-
-UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
-            task_set, relevance_vectors, cluster_diversity]
-TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
-# A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward,
-# the task alignment's target CLIP trained for 4096 samples seen.
-DVN = {"ops": {"trained_dvn": {"config": {"meta_iterations": 3, "fdo_clusters": 6, "probe_clusters": 6,
-                                          "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100,
-                                          "target_budget_samples_seen": 4096}},
-               "final_subset": {"config": {"export": True}}}}
-SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledger_complete]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, demo_spec, demo_dir):
-    home = tmp_path_factory.mktemp("train_eval")
-    resources = {"paths": TadsPaths(home=str(home), pool=demo_spec, tasks=str(demo_dir / "tasks.yaml")),
-                 "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
-                 "ocr": Ocr(), "langid": LangId()}
-    runs = {"upstream": materialize(UPSTREAM, resources=resources)}
-    assert runs["upstream"].success
-    runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
-                                 resources=resources, run_config=DVN)
-    for method in (*baselines.METHODS, "q_r", "q_r_d"):
-        runs[method] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
-                                   selection=[baseline_subsets.key], resources=resources, partition_key=method)
-    for method in ("tads", "no_filter", "clip_score"):
-        runs[f"train_{method}"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip], selection=[trained_clip.key],
-                                              resources=resources, partition_key=method, run_config=TRAIN)
-    runs["benchmark"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip, benchmark_scores],
-                                    selection=[benchmark_scores.key], resources=resources)
-    truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")
-    return resources["paths"], runs, truth
+from tads_assets.core.tasks import task_set_hash
 
 
 def _subset(paths, method):
@@ -181,26 +142,3 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     # the selection prefers clean pairs over the pool's known-bad ones
     joined = scores.join(truth, on="uid")
     assert joined.filter(pl.col("kind") == "clean")["v"].mean() > joined.filter(pl.col("kind") == "misaligned")["v"].mean()
-
-
-def test_dropping_the_digit_task_lowers_the_share_of_digits_in_tads_subset(built, demo_dir, tmp_path):
-    paths, _, truth = built
-    home = tmp_path / "home"
-    shutil.copytree(paths.root, home)
-    no_digits = demo_dir / "tasks_without_digits.yaml"  # beside tasks.yaml: its paths are relative to the folder
-    text = (demo_dir / "tasks.yaml").read_text()
-    start, end = text.index("- name: digits"), text.index("- name: captions")
-    no_digits.write_text(text[:start] + text[end:])
-    resources = {"paths": TadsPaths(home=str(home), pool=paths.pool, tasks=str(no_digits)),
-                 "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
-                 "ocr": Ocr(), "langid": LangId()}
-    run = materialize([*UPSTREAM, *SELECT], selection=[task_set.key, relevance_vectors.key, trained_dvn.key,
-                                                       final_subset.key], resources=resources, run_config=DVN)
-    assert run.success
-
-    def digit_share(root):
-        kept = pl.read_parquet(root / "parquet" / "final_subset" / "final_subset.parquet", columns=["uid"])
-        return kept.join(truth, on="uid")["source"].eq("digits").mean()
-
-    with_digits, without = digit_share(paths.root), digit_share(home)
-    assert without < 0.5 * with_digits, (with_digits, without)

@@ -1,0 +1,55 @@
+"""The small demo graph materialized once per test session, shared by the asset tests that need all of it."""
+
+import polars as pl
+import pytest
+from dagster import materialize
+
+from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
+                                      weak_labels)
+from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
+from tads_assets.core import baselines
+from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
+from tads_assets.select import baseline_subsets, final_subset, trained_dvn
+from tads_assets.train_eval import benchmark_scores, trained_clip
+
+UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
+            task_set, relevance_vectors, cluster_diversity]
+TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
+# A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward,
+# the task alignment's target CLIP trained for 4096 samples seen.
+DVN = {"ops": {"trained_dvn": {"config": {"meta_iterations": 3, "fdo_clusters": 6, "probe_clusters": 6,
+                                          "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100,
+                                          "target_budget_samples_seen": 4096}},
+               "final_subset": {"config": {"export": True}}}}
+SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledger_complete]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, demo_spec, demo_dir):
+    home = tmp_path_factory.mktemp("train_eval")
+    resources = {"paths": TadsPaths(home=str(home), pool=demo_spec, tasks=str(demo_dir / "tasks.yaml")),
+                 "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
+                 "ocr": Ocr(), "langid": LangId()}
+    runs = {"upstream": materialize(UPSTREAM, resources=resources)}
+    assert runs["upstream"].success
+    runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
+                                 resources=resources, run_config=DVN)
+    for method in (*baselines.METHODS, "q_r", "q_r_d"):
+        runs[method] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
+                                   selection=[baseline_subsets.key], resources=resources, partition_key=method)
+    for method in ("tads", "no_filter", "clip_score"):
+        runs[f"train_{method}"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip], selection=[trained_clip.key],
+                                              resources=resources, partition_key=method, run_config=TRAIN)
+    runs["benchmark"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip, benchmark_scores],
+                                    selection=[benchmark_scores.key], resources=resources)
+    truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")
+    return resources["paths"], runs, truth
+
+
+
+
+def resources_for(home, pool: str, tasks: str) -> dict:
+    """The resources of a run writing under `home`."""
+    return {"paths": TadsPaths(home=str(home), pool=pool, tasks=tasks), "lance": LanceStore(uri=str(home / "lance")),
+            "encoder": ClipEncoder(), "device": TorchDevice(), "ocr": Ocr(), "langid": LangId()}
