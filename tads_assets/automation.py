@@ -1,7 +1,9 @@
 """Automation (DESIGN.md "Cross-cutting"): a sensor that re-runs the task-dependent part of the graph when the task
 file changes, and a weekly schedule that refreshes the whole graph. Both are on by default.
 
-What a task change recomputes is read off the asset graph, not listed by hand: `task_set` and everything downstream
+The weekly refresh runs every unpartitioned asset (the per-part scale-out assets, frozen_features and
+operator_features, are partitioned by raw_pool part and run as backfills; the unpartitioned stages compute any part
+they find missing). What a task change recomputes is read off the asset graph, not listed by hand: `task_set` and everything downstream
 of it, except `baseline_subsets` (its partitions are other selection methods, scored against TADS; one run cannot
 mix its partitions with trained_clip's). trained_clip runs for the `tads` partition. The pool, embeddings,
 deduplication, features, weak labels, quality scores and cluster diversity do not depend on the tasks and are not
@@ -16,8 +18,9 @@ from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus,
                      SensorEvaluationContext, SensorResult, SkipReason, define_asset_job, schedule, sensor)
 
 from resources import TadsPaths
-from tads_assets.characterize import TASK_SET_FILE, task_set
+from tads_assets.characterize import TASK_SET_FILE, operator_features, task_set
 from tads_assets.core.tasks import task_set_hash
+from tads_assets.pool import frozen_features
 from tads_assets.select import baseline_subsets
 
 TADS_PARTITION = "tads"
@@ -27,7 +30,10 @@ WEEKLY_CRON = "0 3 * * 0"
 
 # baseline_subsets is partitioned by other methods: it is refreshed per partition (make demo, a UI backfill)
 TASK_DEPENDENT = AssetSelection.assets(task_set).downstream() - AssetSelection.assets(baseline_subsets)
-WHOLE_GRAPH = AssetSelection.all() - AssetSelection.assets(baseline_subsets)
+# the per-part assets are partitioned by raw_pool part: a backfill runs them; the unpartitioned assets compute any
+# part they left undone themselves
+PER_PART = AssetSelection.assets(frozen_features, operator_features)
+WHOLE_GRAPH = AssetSelection.all() - AssetSelection.assets(baseline_subsets) - PER_PART
 
 task_change_job = define_asset_job(
     "tads_task_change", selection=TASK_DEPENDENT,
@@ -76,7 +82,8 @@ def task_file_sensor(context: SensorEvaluationContext, paths: TadsPaths) -> Sens
     if not run:
         return SensorResult(skip_reason=SkipReason(f"{path}: {why}"), cursor=cursor)
     context.log.info(f"task_file_sensor: {path}: {why}; requesting task_set and everything downstream")
-    request = RunRequest(run_key=f"tasks-{current}", partition_key=TADS_PARTITION,
+    # no run_key: Dagster never repeats a run key, and a file edited back to earlier content must run again
+    request = RunRequest(partition_key=TADS_PARTITION,
                          tags={"tads/trigger": "task_file_changed", "tads/tasks_sha256": current,
                                "tads/tasks_path": str(path)})
     return SensorResult(run_requests=[request], cursor=cursor)

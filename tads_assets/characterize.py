@@ -3,6 +3,7 @@ Assets load, call core, write, report."""
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import polars as pl
@@ -12,14 +13,14 @@ from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevi
 from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
 from tads_assets.core.benchmark import read_eval_set
 from tads_assets.core.dedup import kmeans_clusters
-from tads_assets.core.feature_table import build_feature_table, reference_images
+from tads_assets.core.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features, reference_images
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
-from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
+from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.storage import write_json_atomic, write_parquet_atomic
 from tads_assets.core.tasks import Task, load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
-from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings
+from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool_parts, scored_samples_grid
 
 FEATURE_FILE = "feature_table.parquet"
 RATER_FILE = "concreteness.safetensors"
@@ -54,28 +55,64 @@ def _read_features(paths: TadsPaths) -> pl.DataFrame:
     return pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
 
 
-@asset(
-    group_name="characterize",
-    deps=[deduped_pool, pool_embeddings, clip_encoder],
-    kinds={"parquet", "tesseract", "fasttext"},
-    description="§3.2.1 operators over the deduplicated pool, one column each: resolution, aspect ratio, "
-    "Laplacian blur, OCR text-region ratio and text (Tesseract, behind a cheap text pre-filter), fastText "
-    "language, caption length and concreteness, CLIP similarity, flipped-image consistency, grounding, "
-    "caption information gain over the OCR text. Computed per raw_pool part, resumable.",
-)
-def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
-                  encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
+def _feature_inputs(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
+                    encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> tuple[FeatureInputs, OperatorParams]:
+    """Everything the operators read besides a part's own rows (the same for feature_table and operator_features,
+    so both compute the same cache key and values for a part)."""
     lang_id = langid.load()
-    context.log.info(f"feature_table: Tesseract {ocr.version()}, fastText model {lang_id.path}")
+    context.log.info(f"{context.asset_key.to_user_string()}: Tesseract {ocr.version()}, fastText model {lang_id.path}")
     params = OperatorParams(**config.model_dump(), ocr_min_confidence=ocr.min_confidence, ocr_workers=ocr.workers,
                             ocr_batch=ocr.batch)
     enc, info = encoder.load(paths.models_dir, device.resolve())
     vectors = embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec", "flipped_image_vec",
                                                           "heldout_pair_cos"))
-    kept = _kept_uids(paths)
-    run = build_feature_table(paths.parquet_dir("raw_pool"), kept, vectors,
-                              paths.root / "cache" / "feature_parts", info["encoder_id"], lang_id,
-                              enc.encode_texts, params, progress=context.log.info)
+    inputs = feature_inputs(_kept_uids(paths), vectors, paths.root / "cache" / "feature_parts", info["encoder_id"],
+                            lang_id, enc.encode_texts, params)
+    return inputs, params
+
+
+@asset(
+    group_name="characterize",
+    deps=[deduped_pool, pool_embeddings, clip_encoder],
+    partitions_def=raw_pool_parts,
+    kinds={"parquet", "tesseract", "fasttext"},
+    description="Scale-out form of feature_table's per-sample work: the §3.2.1 operators over one raw_pool part "
+    "(partition = part), written to feature_table's part cache. A backfill over the parts fans out over "
+    "processes or machines; feature_table then only reads them back and fits the corpus-level statistics.",
+)
+def operator_features(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
+                      encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
+    part = paths.parquet_dir("raw_pool") / f"{context.partition_key}.parquet"
+    if not part.exists():
+        raise FileNotFoundError(f"raw_pool has no part {context.partition_key} (it was re-ingested since the "
+                                "partition was registered): materialize raw_pool, then the current partitions")
+    inputs, _ = _feature_inputs(context, config, paths, lance, encoder, device, ocr, langid)
+    t0 = time.perf_counter()
+    result = part_features(part, inputs, context.log.info)
+    return MaterializeResult(metadata={
+        "part": MetadataValue.text(context.partition_key), "n_in": result.frame.height, "n_out": result.frame.height,
+        "computed": result.computed, "ocr_run": result.ocr_run,
+        "seconds": MetadataValue.float(round(time.perf_counter() - t0, 2)),
+        "seconds_by_operator_group": MetadataValue.md(markdown_table(
+            [{"group": k, "seconds": round(v, 2)} for k, v in result.seconds.items()]) if result.computed else
+            "read from the cache (nothing it depends on changed)"),
+    })
+
+
+@asset(
+    group_name="characterize",
+    deps=[deduped_pool, pool_embeddings, clip_encoder, operator_features],
+    kinds={"parquet", "tesseract", "fasttext"},
+    description="§3.2.1 operators over the deduplicated pool, one column each: resolution, aspect ratio, "
+    "Laplacian blur, OCR text-region ratio and text (Tesseract, behind a cheap text pre-filter), fastText "
+    "language, caption length and concreteness, CLIP similarity, flipped-image consistency, grounding, "
+    "caption information gain over the OCR text. Computed per raw_pool part, resumable; parts an "
+    "operator_features backfill computed are read back.",
+)
+def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
+                  encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
+    inputs, params = _feature_inputs(context, config, paths, lance, encoder, device, ocr, langid)
+    run = build_feature_table(paths.parquet_dir("raw_pool"), inputs, progress=context.log.info)
     out = paths.parquet_dir("feature_table")
     write_parquet_atomic(run.table, out / FEATURE_FILE)
     from safetensors.numpy import save_file
@@ -88,7 +125,8 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
     langs = t.group_by("lang").len("samples").sort("samples", descending=True).head(10)
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(out / FEATURE_FILE)),
-        "n_in": len(kept), "n_rows": t.height, "n_dropped": 0, "n_features": len(FEATURE_COLUMNS),
+        "n_in": len(inputs.kept), "n_out": t.height, "n_dropped": 0, "n_features": len(FEATURE_COLUMNS),
+        "seconds": run.seconds["total"],
         "parts_computed": run.parts_computed, "parts_resumed": run.parts_cached,
         "ocr_run": run.ocr_run, "ocr_skipped_by_prefilter": run.ocr_skipped,
         "seconds_by_operator_group": MetadataValue.md(markdown_table([{"group": k, "seconds": v} for k, v in run.seconds.items()])),
@@ -126,6 +164,7 @@ class WeakLabelsConfig(Config):
     "Snorkel LabelModel into weak labels ŷ_weak = P(good).",
 )
 def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths: TadsPaths) -> MaterializeResult:
+    t0 = time.perf_counter()
     features = _read_features(paths)
     params = WeakParams(**config.model_dump())
     lfs = weak_supervision.labelling_functions(features, params)
@@ -137,9 +176,14 @@ def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths:
     write_parquet_atomic(out, paths.parquet_dir("weak_labels") / "weak_labels.parquet")
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(paths.parquet_dir("weak_labels") / "weak_labels.parquet")),
-        "n_in": features.height, "n_rows": out.height, "n_dropped": 0, "n_lfs": len(lfs),
+        "n_in": features.height, "n_out": out.height, "n_dropped": 0, "n_lfs": len(lfs),
+        "seconds": round(time.perf_counter() - t0, 2),
         "label_model_epochs": fit.epochs,
         "lf_summary": MetadataValue.md(markdown_table(fit.lf_summary.to_dicts())),
+        "lf_summary_plot": MetadataValue.md(grouped_bars_markdown(
+            fit.lf_summary["lf"].to_list(), {c: fit.lf_summary[c].to_list() for c in
+                                             ("coverage", "overlaps", "conflicts", "learned_accuracy")},
+            "labelling functions: coverage, overlaps, conflicts, learned accuracy", "share / accuracy")),
         "abstain_all_share": MetadataValue.float(round(float((L == weak_supervision.ABSTAIN).all(axis=1).mean()), 4)),
         "y_weak": MetadataValue.md(histogram_markdown({"ŷ_weak": fit.probs}, "weak label distribution", "P(good)")),
     })
@@ -169,6 +213,7 @@ class QualityScoresConfig(Config):
 )
 def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, paths: TadsPaths, lance: LanceStore,
                    encoder: ClipEncoder, device: TorchDevice, langid: LangId) -> MaterializeResult:
+    t0 = time.perf_counter()
     dev = device.resolve()
     features = _read_features(paths)
     weak = pl.read_parquet(paths.parquet_dir("weak_labels") / "weak_labels.parquet", columns=["uid", "y_weak"])
@@ -216,7 +261,7 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(paths.parquet_dir("quality_scores") / "quality_scores.parquet")),
         "checkpoint": MetadataValue.path(str(ckpt)),
-        "n_in": features.height, "n_rows": out.height, "n_dropped": 0,
+        "n_in": features.height, "n_out": out.height, "n_dropped": 0, "seconds": round(time.perf_counter() - t0, 2),
         "d_true": MetadataValue.md(markdown_table([
             {"examples": k, "count": int((how == k).sum()), "mean q_phi": float(q_true[how == k].mean())}
             for k in ("positive", "shuffled", "mismatch_injected") if (how == k).any()])),
@@ -224,6 +269,8 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
         "final_bce_d_true": MetadataValue.float(round(fit.sup_per_epoch[-1], 4)),
         "final_mse_weak": MetadataValue.float(round(fit.weak_per_epoch[-1], 4)),
         "quality": MetadataValue.md(histogram_markdown({"q_phi": q}, "quality score distribution", "q")),
+        "samples_by_quality": MetadataValue.md(scored_samples_grid(paths, out["uid"].to_list(), q, "q",
+                                                                   "highest and lowest quality q_φ")),
         "lowest_scored": MetadataValue.md(markdown_table(ranked.head(8).select("uid", "quality", "caption").to_dicts())),
         "highest_scored": MetadataValue.md(markdown_table(ranked.tail(8).select("uid", "quality", "caption").to_dicts())),
         "training_seconds": MetadataValue.float(round(fit.seconds, 2)),
@@ -264,6 +311,7 @@ def _captions(paths: TadsPaths, features: pl.DataFrame) -> list[str]:
     "asset downstream of it stale (and only those).",
 )
 def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeResult:
+    t0 = time.perf_counter()
     path = paths.tasks_path()
     tasks = load_task_set(path)
     digest = task_set_hash(path)
@@ -272,6 +320,7 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
     context.log.info(f"task_set: {len(tasks)} tasks from {path} (sha256 {digest[:12]})")
     return MaterializeResult(data_version=DataVersion(digest), metadata={
         "path": MetadataValue.path(str(path)), "sha256": MetadataValue.text(digest), "n_tasks": len(tasks),
+        "n_in": len(tasks), "n_out": len(tasks), "seconds": round(time.perf_counter() - t0, 3),
         "tasks": MetadataValue.md(markdown_table([{"name": t.name, "kind": t.kind, "classes": len(t.classes),
                                                    "templates": len(t.templates), "weight": t.weight,
                                                    "validation": t.sets["validation"].name, "test": t.sets["test"].name}
@@ -306,6 +355,7 @@ class RelevanceConfig(Config):
 )
 def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, paths: TadsPaths, lance: LanceStore,
                       encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
+    t0 = time.perf_counter()
     tasks, digest = read_task_set(paths)
     enc, _ = encoder.load(paths.models_dir, device.resolve())
     protos, sizes = [], {}
@@ -322,6 +372,7 @@ def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, p
     top = np.argmax(r, axis=1)
     return MaterializeResult(metadata={
         "table": MetadataValue.text(f"{lance.uri}::{relevance.RELEVANCE_TABLE}"), "rows": len(uids),
+        "n_in": len(uids), "n_out": len(uids), "seconds": round(time.perf_counter() - t0, 2),
         "tasks": MetadataValue.md(markdown_table([
             {"task": t.name, "prototypes": sizes[t.name], "r mean": float(r[:, k].mean()),
              "r p5": float(np.percentile(r[:, k], 5)), "r p95": float(np.percentile(r[:, k], 95)),
@@ -349,6 +400,7 @@ class ClusterDiversityConfig(Config):
 )
 def cluster_diversity(context: AssetExecutionContext, config: ClusterDiversityConfig, paths: TadsPaths,
                       lance: LanceStore) -> MaterializeResult:
+    t0 = time.perf_counter()
     uids, image, text = _kept_vectors(paths, lance)
     labels = kmeans_clusters(np.hstack([image, text]) / np.sqrt(2.0), config.n_clusters, seed=config.seed)
     d = diversity.diversity_factor(labels, config.delta)
@@ -358,7 +410,8 @@ def cluster_diversity(context: AssetExecutionContext, config: ClusterDiversityCo
     counts = np.bincount(labels)
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(paths.parquet_dir("cluster_diversity") / DIVERSITY_FILE)),
-        "rows": out.height, "clusters": int((counts > 0).sum()), "delta": MetadataValue.float(config.delta),
+        "rows": out.height, "n_in": len(uids), "n_out": out.height, "seconds": round(time.perf_counter() - t0, 2),
+        "clusters": int((counts > 0).sum()), "delta": MetadataValue.float(config.delta),
         "largest_cluster": int(counts.max()), "smallest_cluster": int(counts[counts > 0].min()),
         "cluster_sizes": MetadataValue.md(histogram_markdown({"samples per cluster": counts[counts > 0]},
                                                              "cluster sizes", "samples")),

@@ -1,17 +1,22 @@
 """Asset checks: each stage's output is sound and its ledger accounts for every input."""
 
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from resources import LanceStore, TadsPaths
 from tads_assets.core import embeddings, ingest
-from tads_assets.characterize import FEATURE_FILE, feature_table, quality_scores, weak_labels
+from tads_assets.characterize import (FEATURE_FILE, cluster_diversity, feature_table, operator_features, quality_scores,
+                                      relevance_vectors, task_set, weak_labels)
 from tads_assets.core.report import markdown_table
-from tads_assets.pool import deduped_pool, pool_embeddings, raw_pool
+from tads_assets.pool import clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool
 from tads_assets.select import (DVN_SCORES_FILE, STATIC_ABLATIONS, SUBSET_FILE, baseline_partitions, baseline_subsets,
                                 final_subset, subset_dir, trained_dvn)
+from tads_assets.train_eval import benchmark_scores, trained_clip
 
 
 def _raw_pool_rows(paths: TadsPaths) -> int:
@@ -179,3 +184,172 @@ def final_subset_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
     return AssetCheckResult(passed=report.ok and not overlap and kept.height > 0,
                             metadata={"in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
                                       "unaccounted": report.n_unaccounted, "kept_and_dropped": overlap})
+
+
+def _finite_tensors(path: Path) -> tuple[int, int]:
+    """(tensors, tensors holding NaN or inf) of a safetensors file."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    return len(tensors), sum(int(not np.isfinite(t).all()) for t in tensors.values() if t.dtype.kind == "f")
+
+
+@asset_check(asset=final_subset, blocking=True,
+             description="Subset size within the configured bounds: 1 ≤ kept ≤ ⌊max_fraction · n⌋ (final_subset's "
+             "config, kept in its manifest), every kept v finite and in (0, 1), no uid twice.")
+def final_subset_size_within_bounds(paths: TadsPaths) -> AssetCheckResult:
+    kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet", columns=["uid", "score"])
+    n_in = pl.scan_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE).select(pl.len()).collect().item()
+    max_fraction = float(ingest.read_manifest(paths.parquet_dir("final_subset")).get("max_fraction", 1.0))
+    cap = max(1, int(np.floor(max_fraction * n_in)))
+    problems = {"empty": int(kept.height == 0), "above_budget": max(0, kept.height - cap),
+                "duplicate_uids": kept.height - kept["uid"].n_unique(),
+                "score_out_of_range": kept.filter(~pl.col("score").is_between(0, 1) | pl.col("score").is_nan()).height}
+    return AssetCheckResult(passed=not any(problems.values()), metadata={
+        "kept": kept.height, "n_in": n_in, "max_fraction": max_fraction, "budget": cap, **problems})
+
+
+@asset_check(asset=clip_encoder, blocking=True,
+             description="The encoder's description and weights are on disk; every weight tensor is finite.")
+def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.core.encoder import read_encoder_info
+
+    out = paths.models_dir / "clip_encoder"
+    info = read_encoder_info(out)
+    files = [info["heads"], *info.get("heldout_heads", [])] if info["kind"] == "builtin" else []
+    problems = {"files_missing": sum(int(not (out / f).exists()) for f in files)}
+    counts = [_finite_tensors(out / f) for f in files if (out / f).exists()]
+    problems["tensors_non_finite"] = sum(bad for _, bad in counts)
+    return AssetCheckResult(passed=not any(problems.values()), metadata={
+        "kind": MetadataValue.text(info["kind"]), "weight_files": len(files),
+        "tensors": sum(n for n, _ in counts), **problems})
+
+
+@asset_check(asset=frozen_features, blocking=True,
+             description="The part's cached frozen features: one row per raw_pool row of the part, all finite.")
+def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.core.embeddings import frozen_part_is_current
+
+    rows = []
+    for part in sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet")):
+        cached = paths.frozen_cache_dir / part.name
+        if not cached.exists():
+            continue
+        frame = pl.read_parquet(cached)
+        vecs = [embeddings.arrays(frame, c)[0] for c in ("image_feat", "flip_feat", "text_feat")]
+        rows.append({"part": part.stem, "rows": frame.height, "current": frozen_part_is_current(paths.frozen_cache_dir, part),
+                     "non_finite_rows": int(sum((~np.isfinite(v).all(axis=1)).sum() for v in vecs))})
+    ok = all(r["current"] and not r["non_finite_rows"] for r in rows)
+    return AssetCheckResult(passed=ok, metadata={"parts_cached": len(rows),
+                                                 "parts": MetadataValue.md(markdown_table(rows) if rows else "none")})
+
+
+@asset_check(asset=task_set, blocking=True,
+             description="At least one task; unique names; weights φ_k ≥ 0, not all 0; classification tasks have ≥ 2 "
+             "classes; every validation and test set exists.")
+def task_set_valid(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.characterize import read_task_set
+
+    tasks, digest = read_task_set(paths)
+    names = [t.name for t in tasks]
+    problems = {"no_tasks": int(not tasks), "duplicate_names": len(names) - len(set(names)),
+                "negative_weights": sum(int(t.weight < 0) for t in tasks),
+                "all_weights_zero": int(bool(tasks) and all(t.weight == 0 for t in tasks)),
+                "too_few_classes": sum(int(t.kind == "classification" and len(t.classes) < 2) for t in tasks),
+                "missing_sets": sum(int(not Path(s).exists()) for t in tasks for s in t.sets.values())}
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"tasks": len(tasks), "sha256": MetadataValue.text(digest), **problems})
+
+
+@asset_check(asset=relevance_vectors, blocking=True,
+             description="One row per deduplicated sample; r_k finite and in [-1, 1]; h_r = r/(‖r‖+ε) has norm ≤ 1 "
+             "(≈ 1 unless r ≈ 0); the tasks are task_set's.")
+def relevance_vectors_valid(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
+    from tads_assets.characterize import read_task_set
+    from tads_assets.core.relevance import read_relevance_table
+
+    uids, r, h, names = read_relevance_table(lance.connect())
+    tasks, _ = read_task_set(paths)
+    norms_h, norms_r = np.linalg.norm(h, axis=1), np.linalg.norm(r, axis=1)
+    problems = _coverage_problems(pl.Series(uids, dtype=pl.Utf8), _deduped_uids(paths))
+    problems["non_finite_rows"] = int((~np.isfinite(r).all(axis=1) | ~np.isfinite(h).all(axis=1)).sum())
+    problems["r_out_of_range"] = int((np.abs(r) > 1 + 1e-5).any(axis=1).sum())
+    problems["h_not_normalised"] = int(((np.abs(norms_h - 1) > 1e-3) & (norms_r > 1e-3)).sum())
+    problems["tasks_differ_from_task_set"] = int(names != [t.name for t in tasks])
+    return AssetCheckResult(passed=not any(problems.values()), metadata={"rows": len(uids), "tasks": len(names),
+                                                                         **problems})
+
+
+@asset_check(asset=cluster_diversity, blocking=True,
+             description="One row per deduplicated sample; d(x) finite and in (0, 1]; cluster_size matches the "
+             "cluster's member count.")
+def cluster_diversity_valid(paths: TadsPaths) -> AssetCheckResult:
+    from tads_assets.characterize import DIVERSITY_FILE
+
+    frame = pl.read_parquet(paths.parquet_dir("cluster_diversity") / DIVERSITY_FILE)
+    counts = frame.group_by("cluster").len("members")
+    joined = frame.join(counts, on="cluster")
+    problems = _coverage_problems(frame["uid"], _deduped_uids(paths))
+    problems["d_out_of_range"] = frame.filter(~pl.col("diversity").is_between(0, 1, closed="right")
+                                              | pl.col("diversity").is_nan()).height
+    problems["size_mismatch"] = joined.filter(pl.col("cluster_size") != pl.col("members")).height
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"rows": frame.height, "clusters": counts.height, **problems})
+
+
+@asset_check(asset=trained_clip, blocking=True,
+             description="For every trained method: the checkpoint's tensors are finite and the run spent its budget "
+             "of samples seen.")
+def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
+    import json
+
+    from tads_assets.core import clip_train
+    from tads_assets.train_eval import model_dir, training_partitions
+
+    rows = []
+    for method in training_partitions.get_partition_keys():
+        out = model_dir(paths, method)
+        if not (out / clip_train.CHECKPOINT).exists():
+            continue
+        info = json.loads((out / clip_train.INFO).read_text())
+        n, bad = _finite_tensors(out / clip_train.CHECKPOINT)
+        rows.append({"method": method, "tensors": n, "non_finite": bad, "samples_seen": info["samples_seen"],
+                     "budget": info["params"]["budget_samples_seen"]})
+    ok = bool(rows) and all(not r["non_finite"] and r["samples_seen"] >= r["budget"] for r in rows)
+    return AssetCheckResult(passed=ok, metadata={"methods": MetadataValue.md(markdown_table(rows) if rows else "none")})
+
+
+@asset_check(asset=benchmark_scores, blocking=True,
+             description="Every score finite and within [0, 100] percent; a chance row; every trained method scored.")
+def benchmark_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
+    import json
+
+    report = json.loads((paths.reports_dir / "benchmark.json").read_text())
+    rows = report["rows"]
+    values = [v for r in rows for k, v in r.items() if k not in ("method", "samples", "samples_seen") and v is not None]
+    problems = {"out_of_range": sum(int(not (np.isfinite(v) and 0 <= v <= 100)) for v in values),
+                "no_chance_row": int(not any(r["method"] == "chance" for r in rows)),
+                "no_method": int(len(rows) < 2)}
+    return AssetCheckResult(passed=not any(problems.values()),
+                            metadata={"methods": len(rows) - 1, "scores": len(values), **problems})
+
+
+@asset_check(asset=operator_features, blocking=True,
+             description="Every cached feature part: one row per kept sample of its raw_pool part, every numeric "
+             "feature finite.")
+def operator_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
+    cache = paths.root / "cache" / "feature_parts"
+    kept = set(_deduped_uids(paths).to_list())
+    rows = []
+    for part in sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet")):
+        cached = cache / part.name
+        if not cached.exists():
+            continue
+        frame = pl.read_parquet(cached)
+        numeric = frame.select(cs.numeric()).to_numpy().astype(np.float64)
+        expected = sum(u in kept for u in pl.read_parquet(part, columns=["uid"])["uid"].to_list())
+        rows.append({"part": part.stem, "rows": frame.height, "kept_in_part": expected,
+                     "non_finite_rows": int((~np.isfinite(numeric).all(axis=1)).sum())})
+    ok = all(r["rows"] == r["kept_in_part"] and not r["non_finite_rows"] for r in rows)
+    return AssetCheckResult(passed=ok, metadata={"parts_cached": len(rows),
+                                                 "parts": MetadataValue.md(markdown_table(rows) if rows else "none")})

@@ -1,4 +1,5 @@
-"""`tads` command line: generate the demo pool, explain a sample's history, summarise the ledger."""
+"""`tads` command line: generate the demo pool, the state of every asset (status), a sample's history (explain), the
+ledger's summary, and exporting a selection to train on (export)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,111 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dagster_home(args: argparse.Namespace) -> Path:
+    """DAGSTER_HOME, or where the Makefile keeps it: TADS_HOME/dagster."""
+    explicit = getattr(args, "dagster_home", None) or os.environ.get("DAGSTER_HOME")
+    return Path(explicit).expanduser().resolve() if explicit else _home(args) / "dagster"
+
+
+def asset_status_rows(instance, asset_graph) -> list[dict]:
+    """One row per asset: group, last materialization, and Dagster's own staleness (fresh, stale with its root
+    cause, missing); partitioned assets report how many partitions are materialized and which are stale."""
+    from datetime import datetime
+
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContext
+
+    class _Loading(LoadingContext):
+        def __init__(self, inst):
+            self._instance, self._loaders = inst, {}
+
+        @property
+        def instance(self):
+            return self._instance
+
+        @property
+        def loaders(self):
+            return self._loaders
+
+    resolver = CachingStaleStatusResolver(instance, asset_graph, _Loading(instance))
+    rows = []
+    for key in sorted(asset_graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = asset_graph.get(key)
+        event = instance.get_latest_materialization_event(key)
+        when = datetime.fromtimestamp(event.timestamp).strftime("%Y-%m-%d %H:%M") if event else "never"
+        row = {"asset": key.to_user_string(), "group": node.group_name or "", "last": when}
+        if node.partitions_def is None:
+            status = resolver.get_status(key)
+            detail = status.name.lower()
+            if status == StaleStatus.STALE:
+                causes = resolver.get_stale_root_causes(key)
+                detail += f": {causes[0].key.asset_key.to_user_string()} {causes[0].reason}" if causes else ""
+            row["status"] = detail
+        else:
+            keys = node.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+            done = instance.get_materialized_partitions(key)
+            stale = [p for p in keys if p in done and resolver.get_status(key, p) == StaleStatus.STALE]
+            row["status"] = (f"{len(done & set(keys))}/{len(keys)} partitions materialized"
+                             + (f"; stale: {', '.join(stale)}" if stale else ""))
+        rows.append(row)
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TADS_HOME", str(_home(args)))
+    dagster_home = _dagster_home(args)
+    if not (dagster_home / "dagster.yaml").exists() and not (dagster_home / "history").exists():
+        print(f"no Dagster instance at {dagster_home}: nothing has been materialized there yet (make demo, or set "
+              "DAGSTER_HOME / --dagster-home)")
+        return 1
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    from dagster import DagsterInstance
+
+    import definitions
+
+    rows = asset_status_rows(DagsterInstance.get(), definitions.defs.resolve_asset_graph())
+    print(f"TADS_HOME {os.environ['TADS_HOME']}\nDAGSTER_HOME {dagster_home}")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in ("asset", "group", "last")}
+    print(f"{'asset':<{widths['asset']}}  {'group':<{widths['group']}}  {'last materialized':<17}  status")
+    for r in rows:
+        print(f"{r['asset']:<{widths['asset']}}  {r['group']:<{widths['group']}}  {r['last']:<17}  {r['status']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tads_assets.core.clip_train import export_subset
+    from tads_assets.core.ingest import scan_raw_pool
+
+    home = _home(args)
+    subset = (home / "parquet" / "final_subset" / "final_subset.parquet" if args.method == "tads" else
+              home / "parquet" / "baseline_subsets" / args.method / "subset.parquet")
+    if not subset.exists():
+        what = "final_subset" if args.method == "tads" else f"baseline_subsets, partition {args.method}"
+        print(f"{subset} missing: materialize {what} first", file=sys.stderr)
+        return 1
+    uids = pl.read_parquet(subset, columns=["uid"])
+    pairs = uids.join(scan_raw_pool(home / "parquet" / "raw_pool").select("uid", "caption", "bytes", "format").collect(),
+                      on="uid", how="left", maintain_order="left")
+    missing = pairs.filter(pl.col("bytes").is_null())
+    if missing.height:
+        print(f"{missing.height} selected samples are no longer in raw_pool (e.g. {missing['uid'][0]}): the subset "
+              "belongs to an older pool; materialize the selection again", file=sys.stderr)
+        return 1
+    out = Path(args.out or home / "exports" / f"{args.method}-{args.format}").resolve()
+    result = export_subset(pairs["uid"].to_list(), pairs["bytes"].to_list(), pairs["format"].to_list(),
+                           pairs["caption"].to_list(), out, shard_size=args.shard_size, kinds=(args.format,))
+    print(f"exported {result['samples']} samples of {args.method} as {args.format} -> {result[args.format]}")
+    if args.format == "csv":
+        print(f"train with: python -m open_clip_train.main --train-data {result['csv']} --dataset-type csv "
+              "--csv-separator $'\\t' --csv-img-key filepath --csv-caption-key title ...")
+    else:
+        print(f"train with: python -m open_clip_train.main --train-data '{result['webdataset']}' --dataset-type "
+              f"webdataset --train-num-samples {result['samples']} ...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tads", description="TADS: task-aware data selection for CLIP pre-training")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all-runs", action="store_true", help="include superseded runs of each stage")
     e.set_defaults(func=cmd_explain)
 
+    st = sub.add_parser("status", help="every asset: last materialization and whether it is fresh, stale or missing")
+    st.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")
+    st.add_argument("--dagster-home", help="the Dagster instance (default: $DAGSTER_HOME or TADS_HOME/dagster)")
+    st.set_defaults(func=cmd_status)
+
+    x = sub.add_parser("export", help="write a selection as WebDataset shards or an open_clip CSV to train on")
+    x.add_argument("--method", default="tads", help="tads (final_subset) or a baseline_subsets partition")
+    x.add_argument("--format", choices=["webdataset", "csv"], default="webdataset")
+    x.add_argument("--out", help="output folder (replaced; default TADS_HOME/exports/METHOD-FORMAT)")
+    x.add_argument("--shard-size", type=int, default=10_000, help="samples per WebDataset shard")
+    x.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")
+    x.set_defaults(func=cmd_export)
+
     s = sub.add_parser("ledger", help="counts of ledgered decisions per stage and reason")
     s.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")
     s.set_defaults(func=cmd_ledger)
@@ -101,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the Dagster instance's schema checks (tads status)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,9 +1,11 @@
-"""pool group (DESIGN.md): raw_pool, clip_encoder, pool_embeddings, deduped_pool. Assets load, call core, write, report."""
+"""pool group (DESIGN.md): raw_pool, frozen_features (per part), clip_encoder, pool_embeddings, deduped_pool.
+Assets load, call core, write, report."""
 
+import time
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, DynamicPartitionsDefinition, MaterializeResult, MetadataValue, asset
 
 from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
 from tads_assets.core import dedup, embeddings, formats, ingest
@@ -11,7 +13,39 @@ from tads_assets.core.dedup import DedupParams
 from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
                                       save_heads, write_encoder_info)
 from tads_assets.core.storage import write_stage_output
-from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
+from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table, sample_grid_markdown
+
+
+# The per-sample stages' partitions: one per raw_pool part (a source shard, or a chunk of a large one). raw_pool
+# registers them when it materializes; a backfill of frozen_features or operator_features fans out over them.
+raw_pool_parts = DynamicPartitionsDefinition(name="raw_pool_parts")
+
+
+def register_parts(context: AssetExecutionContext, part_names: list[str]) -> dict[str, int]:
+    """Make the Dagster instance's raw_pool_parts partitions exactly the current parts."""
+    instance = context.instance
+    have = set(instance.get_dynamic_partitions(raw_pool_parts.name))
+    new = [p for p in part_names if p not in have]
+    gone = sorted(have - set(part_names))
+    if new:
+        instance.add_dynamic_partitions(raw_pool_parts.name, new)
+    for key in gone:
+        instance.delete_dynamic_partition(raw_pool_parts.name, key)
+    return {"partitions_added": len(new), "partitions_removed": len(gone)}
+
+
+def scored_samples_grid(paths: TadsPaths, uids: list[str], scores: np.ndarray, score_name: str, title: str,
+                        n: int = 6) -> str:
+    """Metadata markdown: the n highest- and n lowest-scored samples, image and caption (the paper's Figure 6)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    picks = {"highest": order[:n], "lowest": order[::-1][:n]}
+    wanted = [uids[i] for idx in picks.values() for i in idx]
+    pool = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).filter(pl.col("uid").is_in(wanted)).select(
+        "uid", "bytes", "caption").collect()
+    by_uid = {row["uid"]: row for row in pool.iter_rows(named=True)}
+    rows = {f"{label} {score_name}": [(by_uid[uids[i]]["bytes"], by_uid[uids[i]]["caption"], float(scores[i]))
+                                      for i in idx if uids[i] in by_uid] for label, idx in picks.items()}
+    return sample_grid_markdown(rows, title, score_name)
 
 
 class RawPoolConfig(Config):
@@ -38,6 +72,7 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
     limits = formats.IngestLimits(config.max_image_pixels, config.max_caption_chars)
     result = ingest.ingest_pool(shards, paths.parquet_dir("raw_pool"), paths.ledger(), source=str(spec),
                                 limits=limits, rows_per_file=config.rows_per_file, progress=context.log.info)
+    registered = register_parts(context, [p.stem for p in embeddings.raw_pool_parts(result.out_dir)])
     sizes = ingest.scan_raw_pool(result.out_dir).select("width", "height", "format", pl.col("bytes").bin.size().alias("n_bytes")).collect()
     return MaterializeResult(
         metadata={
@@ -45,6 +80,7 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
             "path": MetadataValue.path(str(result.out_dir)),
             "run_id": MetadataValue.text(result.run_id),
             "n_in": MetadataValue.int(result.n_seen),
+            "n_out": MetadataValue.int(result.n_kept),
             "n_kept": MetadataValue.int(result.n_kept),
             "n_dropped": MetadataValue.int(result.n_dropped),
             "dropped_by_reason": MetadataValue.md(markdown_table(
@@ -61,6 +97,7 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
             "median_image_kib": MetadataValue.float(float(sizes["n_bytes"].median() or 0) / 1024),
             "seconds": MetadataValue.float(round(result.seconds, 2)),
             "samples_per_s": MetadataValue.float(round(result.samples_per_s, 1)),
+            **registered,
         }
     )
 
@@ -80,12 +117,46 @@ class ClipEncoderConfig(Config):
 @asset(
     group_name="pool",
     deps=[raw_pool],
+    partitions_def=raw_pool_parts,
+    kinds={"pytorch", "parquet"},
+    description="Scale-out form of the builtin encoder's per-sample work: the frozen EfficientNet-Lite0 and "
+    "MiniLM features (image, flipped image, caption) of one raw_pool part (partition = part), into the cache "
+    "clip_encoder and pool_embeddings read. A backfill over the parts fans out over processes or machines. "
+    "Nothing to do for an open_clip encoder (TADS_ENCODER), whose embeddings are computed by pool_embeddings.",
+)
+def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder,
+                    device: TorchDevice) -> MaterializeResult:
+    part = paths.parquet_dir("raw_pool") / f"{context.partition_key}.parquet"
+    if not part.exists():
+        raise FileNotFoundError(f"raw_pool has no part {context.partition_key} (it was re-ingested since the "
+                                "partition was registered): materialize raw_pool, then the current partitions")
+    kind, _, _ = encoder.parsed()
+    if kind != "builtin":
+        return MaterializeResult(metadata={"part": MetadataValue.text(context.partition_key), "n_in": 0, "n_out": 0,
+                                           "seconds": 0.0,
+                                           "skipped": MetadataValue.text(f"encoder {encoder.spec} has no frozen towers")})
+    t0 = time.perf_counter()
+    rows, computed = embeddings.frozen_features_for_part(part, paths.frozen_cache_dir, encoder.towers(device.resolve()),
+                                                         encoder.batch_size, context.log.info)
+    seconds = time.perf_counter() - t0
+    return MaterializeResult(metadata={
+        "part": MetadataValue.text(context.partition_key), "n_in": rows, "n_out": rows, "computed": computed,
+        "path": MetadataValue.path(str(paths.frozen_cache_dir / part.name)),
+        "seconds": MetadataValue.float(round(seconds, 2)),
+        "samples_per_s": MetadataValue.float(round(rows / max(seconds, 1e-9), 1)),
+    })
+
+
+@asset(
+    group_name="pool",
+    deps=[raw_pool, frozen_features],
     kinds={"pytorch"},
     description="The encoder behind every embedding: `builtin` (frozen EfficientNet-Lite0 + MiniLM towers with "
     "projection heads trained on the pool's pairs, InfoNCE) or the user's open_clip weights (TADS_ENCODER).",
 )
 def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, paths: TadsPaths,
                  encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
+    t0 = time.perf_counter()
     dev = device.resolve()
     kind, model_name, weights = encoder.parsed()
     out = paths.models_dir / "clip_encoder"
@@ -94,6 +165,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         dim = int(enc.encode_texts(["a photo"]).shape[1])
         info = write_encoder_info(out, {"kind": kind, "model": model_name, "weights": weights, "embed_dim": dim})
         return MaterializeResult(metadata={"encoder": MetadataValue.text(encoder.spec), "embed_dim": dim,
+                                           "n_in": 0, "n_out": 0, "seconds": round(time.perf_counter() - t0, 2),
                                            "encoder_id": MetadataValue.text(info["encoder_id"]), "device": dev})
     stats = embeddings.cache_frozen_features(paths.parquet_dir("raw_pool"), paths.frozen_cache_dir,
                                              encoder.towers(dev), encoder.batch_size, progress=context.log.info)
@@ -114,6 +186,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
         "encoder_id": MetadataValue.text(info["encoder_id"]),
         "path": MetadataValue.path(str(out)),
+        "n_in": frozen.height, "n_out": frozen.height, "seconds": round(time.perf_counter() - t0, 2),
         "pairs_train": report.n_train, "pairs_val": report.n_val,
         "val_i2t_recall_at_1": MetadataValue.float(round(report.val_i2t_r1, 4)),
         "val_t2i_recall_at_1": MetadataValue.float(round(report.val_t2i_r1, 4)),
@@ -147,7 +220,7 @@ def pool_embeddings(context: AssetExecutionContext, paths: TadsPaths, encoder: C
                                    progress=context.log.info)
     return MaterializeResult(metadata={
         "table": MetadataValue.text(f"{lance.uri}::{embeddings.EMBEDDINGS_TABLE}"),
-        "rows": result["rows"], "embed_dim": result["dim"],
+        "n_in": result["rows"], "n_out": result["rows"], "rows": result["rows"], "embed_dim": result["dim"],
         "parts_computed": result["parts_computed"], "parts_resumed": result["parts_skipped"],
         "encoder_id": MetadataValue.text(info["encoder_id"]),
         "seconds": MetadataValue.float(result["seconds"]),
@@ -182,6 +255,7 @@ class DedupConfig(Config):
 )
 def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: TadsPaths,
                  lance: LanceStore) -> MaterializeResult:
+    t0 = time.perf_counter()
     pool, vectors = embeddings.pool_with_vectors(paths.parquet_dir("raw_pool"), lance.connect())
     image_vec, text_vec = vectors
     captions = pool["caption"].to_list()
@@ -199,7 +273,8 @@ def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: Tad
     examples = drops.join(pool.select("uid", "caption"), left_on="duplicate_of", right_on="uid", suffix="_kept")
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(paths.parquet_dir("deduped_pool"))),
-        "n_in": pool.height, "n_kept": kept.height, "n_dropped": drops.height,
+        "n_in": pool.height, "n_out": kept.height, "n_kept": kept.height, "n_dropped": drops.height,
+        "seconds": round(time.perf_counter() - t0, 2),
         "per_layer": MetadataValue.md(markdown_table(per_layer)),
         "removed_examples": MetadataValue.md(markdown_table(
             [{"layer": r["reason"], "removed": r["uid"], "kept": r["duplicate_of"], "detail": r["detail"]}

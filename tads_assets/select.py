@@ -21,7 +21,7 @@ from tads_assets.core.ingest import scan_raw_pool
 from tads_assets.core.proxy import ProxyParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.storage import write_parquet_atomic, write_stage_output
-from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
+from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool, scored_samples_grid
 
 # Table 1's baselines and Table 2's static rows (Q+R, Q+R+D at TADS's size); `tads` itself is final_subset.
 STATIC_ABLATIONS = ("q_r", "q_r_d")
@@ -126,7 +126,7 @@ def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConf
     info = {k: v for k, v in sel.info.items() if not isinstance(v, list)}
     meta = {
         "method": MetadataValue.text(method), "path": MetadataValue.path(str(subset_dir(paths, method))),
-        "n_in": cand.height, "n_kept": kept.height, "n_dropped": drops.height,
+        "n_in": cand.height, "n_out": kept.height, "n_kept": kept.height, "n_dropped": drops.height,
         "kept_fraction": MetadataValue.float(round(kept.height / max(cand.height, 1), 4)),
         "size_from": MetadataValue.text(size_source),
         "image_features": MetadataValue.text("frozen image tower" if builtin else "encoder image_vec"),
@@ -376,7 +376,7 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                       "selection rate": h["selection_rate"], **{k: float(m) for k, m in h["metrics"].items()}}
                      for h in history]
     return MaterializeResult(metadata={
-        "path": MetadataValue.path(str(out)), "samples": len(sig.uids), "proxy_mode": MetadataValue.text(config.proxy_mode),
+        "path": MetadataValue.path(str(out)), "samples": len(sig.uids), "n_in": len(sig.uids), "n_out": len(sig.uids), "proxy_mode": MetadataValue.text(config.proxy_mode),
         "meta_iterations": len(history), "proxy_adaptations": reward.n_adaptations,
         "reward_first": MetadataValue.float(rewards[0]), "reward_last": MetadataValue.float(rewards[-1]),
         "reward_gain_last3_vs_first3": MetadataValue.float(float(np.mean(rewards[-3:]) - np.mean(rewards[:3]))),
@@ -417,6 +417,7 @@ class FinalSubsetConfig(Config):
     "(WebDataset shards and an open_clip CSV).",
 )
 def final_subset(context: AssetExecutionContext, config: FinalSubsetConfig, paths: TadsPaths) -> MaterializeResult:
+    t0 = time.perf_counter()
     scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE)
     v = scores["v"].to_numpy().astype(np.float64)
     th = selection.threshold_selection(v, config.tau, config.max_fraction)
@@ -426,19 +427,22 @@ def final_subset(context: AssetExecutionContext, config: FinalSubsetConfig, path
         "uid", pl.lit("drop").alias("decision"), pl.lit("dvn_value_at_or_below_tau").alias("reason"),
         pl.col("v").cast(pl.Float64).alias("value"), pl.lit(f"tau={th.tau:.4f}").alias("detail"))
     result = write_stage_output(paths.parquet_dir("final_subset"), paths.ledger(), "final_subset", kept, drops,
-                                "final_subset.parquet")
+                                "final_subset.parquet", extra={"max_fraction": config.max_fraction})
     context.log.info(f"final_subset: kept {kept.height} of {scores.height} (τ {th.tau:.4f})")
     meta = {"path": MetadataValue.path(str(paths.parquet_dir("final_subset"))), "n_in": scores.height,
-            "n_kept": kept.height, "n_dropped": drops.height,
+            "n_out": kept.height, "n_kept": kept.height, "n_dropped": drops.height,
             "kept_fraction": MetadataValue.float(round(kept.height / max(scores.height, 1), 4)),
             "tau": MetadataValue.float(th.tau), "tau_requested": MetadataValue.float(th.requested_tau),
-            "tau_raised_by_budget": th.budget_bound, "run_id": MetadataValue.text(result["run_id"]),
+            "tau_raised_by_budget": th.budget_bound, "max_fraction": MetadataValue.float(config.max_fraction), "run_id": MetadataValue.text(result["run_id"]),
             "v_kept_vs_dropped": MetadataValue.md(histogram_markdown(
-                {"kept": v[th.keep], "dropped": v[~th.keep]}, "v(x) of kept and dropped samples", "v"))}
+                {"kept": v[th.keep], "dropped": v[~th.keep]}, "v(x) of kept and dropped samples", "v")),
+            "samples_by_value": MetadataValue.md(scored_samples_grid(
+                paths, scores["uid"].to_list(), v, "v", "highest and lowest data value v(x) (cf. the paper's Fig. 6)"))}
     if config.export:
         pairs = subset_pairs(paths, kept["uid"].to_list())
         exported = clip_train.export_subset(pairs["uid"].to_list(), pairs["bytes"].to_list(), pairs["format"].to_list(),
                                             pairs["caption"].to_list(), paths.root / "exports" / "tads")
         meta["export_webdataset"] = MetadataValue.path(exported["webdataset"])
         meta["export_csv"] = MetadataValue.path(exported["csv"])
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
     return MaterializeResult(metadata=meta)

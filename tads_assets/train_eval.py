@@ -63,6 +63,7 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
     meta = {
         "method": MetadataValue.text(method), "model": MetadataValue.text(params.model),
         "path": MetadataValue.path(str(out)), "subset_samples": pairs.height,
+        "n_in": pairs.height, "n_out": pairs.height,
         "samples_seen": summary["samples_seen"], "steps": result.steps,
         "epochs": MetadataValue.float(round(result.epochs, 2)),
         "final_loss": MetadataValue.float(round(result.loss_per_step[-1], 4)),
@@ -121,7 +122,7 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
     return MaterializeResult(metadata={
         "table": MetadataValue.md(markdown_table(shown)),
         "average_by_method": MetadataValue.md(png_markdown(png, "average zero-shot metric by method")),
-        "methods": len(rows), "not_trained": MetadataValue.text(", ".join(missing) or "none"),
+        "methods": len(rows), "n_in": len(rows), "n_out": len(table), "not_trained": MetadataValue.text(", ".join(missing) or "none"),
         "best_method": MetadataValue.text(max(rows, key=lambda r: r["average"])["method"]),
         "report": MetadataValue.path(str(paths.reports_dir / "benchmark.md")),
         "tasks_sha256": MetadataValue.text(report["tasks_sha256"]),

@@ -238,9 +238,13 @@ class ClipModelEncoder:
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
+EXPORT_FORMATS = ("webdataset", "csv")
+
+
 def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence[str], captions: Sequence[str],
-                  out_dir: str | Path, shard_size: int = 10_000) -> dict:
-    """A subset as WebDataset shards (`shards/{00000..}.tar`, members KEY.<ext> and KEY.txt) and as an
+                  out_dir: str | Path, shard_size: int = 10_000,
+                  kinds: Sequence[str] = EXPORT_FORMATS) -> dict:
+    """A subset as WebDataset shards (`shards/{00000..}.tar`, members KEY.<ext> and KEY.txt) and/or as an
     open_clip CSV (`subset.csv`, tab-separated `filepath`/`title`, images under `images/`), for
     `open_clip_train.main --train-data ... --csv-img-key filepath --csv-caption-key title`."""
     import csv
@@ -248,13 +252,17 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
 
     from tads_assets.core.storage import replace_dir
 
+    unknown = set(kinds) - set(EXPORT_FORMATS)
+    if unknown or not kinds:
+        raise ValueError(f"export formats must be among {', '.join(EXPORT_FORMATS)}, got {', '.join(kinds) or 'none'}")
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "shards").mkdir(parents=True)
-    (staging / "images").mkdir()
+    staging.mkdir(parents=True)
     n_shards = 0
-    for start in range(0, len(uids), shard_size):
+    if "webdataset" in kinds:
+        (staging / "shards").mkdir()
+    for start in range(0, len(uids) if "webdataset" in kinds else 0, shard_size):
         with tarfile.open(staging / "shards" / f"{n_shards:05d}.tar", "w") as tar:
             for uid, blob, fmt, cap in zip(uids[start : start + shard_size], blobs[start : start + shard_size],
                                            formats[start : start + shard_size], captions[start : start + shard_size]):
@@ -264,14 +272,19 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
                     info.size, info.mtime, info.mode = len(data), 0, 0o644
                     tar.addfile(info, io.BytesIO(data))
         n_shards += 1
-    with open(staging / "subset.csv", "w", newline="") as f:
-        writer = csv.writer(f, delimiter="\t")
-        writer.writerow(["filepath", "title"])
-        for uid, blob, fmt, cap in zip(uids, blobs, formats, captions):
-            path = staging / "images" / f"{uid}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
-            path.write_bytes(blob)
-            writer.writerow([str(out_dir / "images" / path.name), cap])
+    if "csv" in kinds:
+        (staging / "images").mkdir()
+        with open(staging / "subset.csv", "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t")
+            writer.writerow(["filepath", "title"])
+            for uid, blob, fmt, cap in zip(uids, blobs, formats, captions):
+                path = staging / "images" / f"{uid}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
+                path.write_bytes(blob)
+                writer.writerow([str(out_dir / "images" / path.name), cap])
     replace_dir(staging, out_dir)
-    return {"samples": len(uids), "shards": n_shards,
-            "webdataset": str(out_dir / "shards" / (f"{{00000..{n_shards - 1:05d}}}.tar" if n_shards > 1 else "00000.tar")),
-            "csv": str(out_dir / "subset.csv")}
+    out = {"samples": len(uids), "shards": n_shards}
+    if "webdataset" in kinds:
+        out["webdataset"] = str(out_dir / "shards" / (f"{{00000..{n_shards - 1:05d}}}.tar" if n_shards > 1 else "00000.tar"))
+    if "csv" in kinds:
+        out["csv"] = str(out_dir / "subset.csv")
+    return out

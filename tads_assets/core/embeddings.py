@@ -46,41 +46,48 @@ def _vectors(frame: pl.DataFrame, column: str) -> np.ndarray:
 
 def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, towers: FrozenTowers, batch_size: int = 64,
                           progress: Callable[[str], None] = log.info) -> dict:
-    """Frozen image (plus flipped) and text features of every raw_pool row, cached per part."""
-    cache_dir = Path(cache_dir)
+    """Frozen image (plus flipped) and text features of every raw_pool row, cached per part (parts already cached,
+    e.g. by a `frozen_features` backfill, are not recomputed)."""
     parts = raw_pool_parts(raw_pool_dir)
     stats = {"parts": len(parts), "parts_computed": 0, "parts_cached": 0, "rows": 0, "seconds": 0.0}
-    t0 = last = time.perf_counter()
+    t0 = time.perf_counter()
     for i, part in enumerate(parts):
-        target = cache_dir / part.name
-        n = pl.scan_parquet(part).select(pl.len()).collect().item()
-        stats["rows"] += n
-        fingerprint = part_fingerprint(part)
-        if target.exists() and cached_fingerprint(target) == fingerprint:
-            stats["parts_cached"] += 1
-            continue
-        frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
-        img, flip = [], []
-        for j in range(0, frame.height, batch_size):
-            images = decode_images(frame["bytes"][j : j + batch_size].to_list())
-            img.append(towers.image_features(images))
-            flip.append(towers.image_features(images, flip=True))
-            if time.perf_counter() - last > 5:
-                last = time.perf_counter()
-                progress(f"frozen features: part {i + 1}/{len(parts)}, row {j + len(images)}/{frame.height} "
-                         f"({time.perf_counter() - t0:.0f}s)")
-        txt = towers.text_features(frame["caption"].to_list())
-        out = pl.DataFrame({
-            "uid": frame["uid"],
-            "image_feat": np.concatenate(img),
-            "flip_feat": np.concatenate(flip),
-            "text_feat": txt,
-            "part_fingerprint": [fingerprint] * frame.height,
-        })
-        write_parquet_atomic(out, target)
-        stats["parts_computed"] += 1
+        rows, computed = frozen_features_for_part(part, cache_dir, towers, batch_size, progress,
+                                                  label=f"part {i + 1}/{len(parts)}")
+        stats["rows"] += rows
+        stats["parts_computed" if computed else "parts_cached"] += 1
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return stats
+
+
+def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTowers, batch_size: int = 64,
+                             progress: Callable[[str], None] = log.info, label: str = "") -> tuple[int, bool]:
+    """One raw_pool part's frozen features into the cache, unless a current copy is there: (rows, computed)."""
+    target = Path(cache_dir) / part.name
+    fingerprint = part_fingerprint(part)
+    if target.exists() and cached_fingerprint(target) == fingerprint:
+        return pl.scan_parquet(target).select(pl.len()).collect().item(), False
+    frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
+    img, flip = [], []
+    t0 = last = time.perf_counter()
+    for j in range(0, frame.height, batch_size):
+        images = decode_images(frame["bytes"][j : j + batch_size].to_list())
+        img.append(towers.image_features(images))
+        flip.append(towers.image_features(images, flip=True))
+        if time.perf_counter() - last > 5:
+            last = time.perf_counter()
+            progress(f"frozen features: {label or part.stem}, row {j + len(images)}/{frame.height} "
+                     f"({time.perf_counter() - t0:.0f}s)")
+    txt = towers.text_features(frame["caption"].to_list())
+    out = pl.DataFrame({
+        "uid": frame["uid"],
+        "image_feat": np.concatenate(img),
+        "flip_feat": np.concatenate(flip),
+        "text_feat": txt,
+        "part_fingerprint": [fingerprint] * frame.height,
+    })
+    write_parquet_atomic(out, target)
+    return frame.height, True
 
 
 def cached_fingerprint(path: Path) -> str | None:

@@ -69,12 +69,31 @@ def reference_images(image_vec: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.asarray(image_vec[np.sort(idx)], np.float32)
 
 
-def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
-                        encoder_id: str, lang_id: op.LanguageId, encode_texts: Callable[[list[str]], np.ndarray],
-                        params: op.OperatorParams, ocr: Callable | None = None,
-                        progress: Callable[[str], None] = log.info) -> FeatureRun:
-    """Features of every kept sample. `vectors` holds uid, image_vec, text_vec, flipped_image_vec and
-    heldout_pair_cos (the CLIP-similarity operator's value)."""
+@dataclass
+class FeatureInputs:
+    """What every part's operators read besides the part itself: the kept samples' vectors (rows in `row_of`
+    order), the reference images, and the models and settings. Built once per run by `feature_inputs`."""
+
+    kept: set[str]
+    row_of: dict[str, int]
+    img: np.ndarray
+    txt: np.ndarray
+    flip: np.ndarray
+    heldout: np.ndarray
+    ref: np.ndarray
+    cache_dir: Path
+    encoder_id: str
+    lang_id: op.LanguageId
+    encode_texts: Callable[[list[str]], np.ndarray]
+    params: op.OperatorParams
+    ocr: Callable | None = None
+
+
+def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path, encoder_id: str,
+                   lang_id: op.LanguageId, encode_texts: Callable[[list[str]], np.ndarray], params: op.OperatorParams,
+                   ocr: Callable | None = None) -> FeatureInputs:
+    """`vectors` holds uid, image_vec, text_vec, flipped_image_vec and heldout_pair_cos (the CLIP-similarity
+    operator's value) of the pool; every kept sample must have a row."""
     from tads_assets.core.embeddings import arrays
 
     kept = set(kept_uids)
@@ -83,41 +102,62 @@ def build_feature_table(raw_pool_dir: Path, kept_uids: list[str], vectors: pl.Da
         missing = kept - set(vectors["uid"].to_list())
         raise ValueError(f"{len(missing)} kept samples have no embedding (e.g. {sorted(missing)[0]}): "
                          "materialize pool_embeddings again")
-    img_all, txt_all, flip_all = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
-    ref = reference_images(img_all, params.reference_images, params.seed)
-    row_of = {u: i for i, u in enumerate(vectors["uid"].to_list())}
-    heldout_all = vectors["heldout_pair_cos"].to_numpy().astype(np.float32)
+    img, txt, flip = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
+    return FeatureInputs(kept, {u: i for i, u in enumerate(vectors["uid"].to_list())}, img, txt, flip,
+                         vectors["heldout_pair_cos"].to_numpy().astype(np.float32),
+                         reference_images(img, params.reference_images, params.seed), Path(cache_dir), encoder_id,
+                         lang_id, encode_texts, params, ocr)
+
+
+@dataclass
+class PartFeatures:
+    frame: pl.DataFrame
+    computed: bool
+    ocr_run: int
+    seconds: dict  # operator group -> seconds (0 for a cached part)
+
+
+def part_features(part: Path, inputs: FeatureInputs, progress: Callable[[str], None] = log.info) -> PartFeatures:
+    """The operators over one raw_pool part's kept samples, from the cache when its key matches, else computed
+    and cached (what a `operator_features` partition and each step of `build_feature_table` do)."""
+    uids = [u for u in pl.read_parquet(part, columns=["uid"])["uid"].to_list() if u in inputs.kept]
+    key = _part_key(part, uids, inputs.encoder_id, inputs.params)
+    target = inputs.cache_dir / part.name
+    cached = _cached(target, key)
+    if cached is not None:
+        return PartFeatures(cached, False, int(cached["ocr_run"].sum()), {})
+    frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"]).filter(pl.col("uid").is_in(uids))
+    rows = np.array([inputs.row_of[u] for u in frame["uid"].to_list()], np.int64)
+    out, stats = op.part_features(frame["uid"].to_list(), frame["caption"].to_list(), frame["bytes"].to_list(),
+                                  inputs.img[rows], inputs.flip[rows], inputs.txt[rows], inputs.ref, inputs.lang_id,
+                                  inputs.encode_texts, inputs.params, inputs.ocr, progress, inputs.heldout[rows])
+    write_parquet_atomic(out.with_columns(pl.lit(key).alias("part_key")), target)
+    seconds = {k: stats[f"{k}_seconds"] for k in ("cheap", "ocr", "text", "cross_modal")}
+    return PartFeatures(out, True, stats["ocr_run"], seconds)
+
+
+def build_feature_table(raw_pool_dir: Path, inputs: FeatureInputs,
+                        progress: Callable[[str], None] = log.info) -> FeatureRun:
+    """Features of every kept sample, part by part (cached parts are read back)."""
     computed = cached_parts = ocr_run = 0
     secs = {"cheap_image": 0.0, "ocr": 0.0, "text": 0.0, "cross_modal": 0.0}
     frames = []
     parts = raw_pool_parts(raw_pool_dir)
     t0 = time.perf_counter()
     for i, part in enumerate(parts):
-        uids = [u for u in pl.read_parquet(part, columns=["uid"])["uid"].to_list() if u in kept]
-        key = _part_key(part, uids, encoder_id, params)
-        target = cache_dir / part.name
-        cached = _cached(target, key)
-        if cached is not None:
-            frames.append(cached)
+        result = part_features(part, inputs, progress)
+        frames.append(result.frame)
+        ocr_run += result.ocr_run
+        if not result.computed:
             cached_parts += 1
-            ocr_run += int(cached["ocr_run"].sum())
             continue
-        frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"]).filter(pl.col("uid").is_in(uids))
-        rows = np.array([row_of[u] for u in frame["uid"].to_list()], np.int64)
-        out, stats = op.part_features(frame["uid"].to_list(), frame["caption"].to_list(), frame["bytes"].to_list(),
-                                      img_all[rows], flip_all[rows], txt_all[rows], ref, lang_id, encode_texts,
-                                      params, ocr, progress, heldout_all[rows])
-        write_parquet_atomic(out.with_columns(pl.lit(key).alias("part_key")), target)
-        frames.append(out)
         computed += 1
-        ocr_run += stats["ocr_run"]
-        for k, s in (("cheap_image", "cheap_seconds"), ("ocr", "ocr_seconds"), ("text", "text_seconds"),
-                     ("cross_modal", "cross_modal_seconds")):
-            secs[k] += stats[s]
-        progress(f"feature_table: part {i + 1}/{len(parts)} ({part.stem}): {out.height} samples, OCR on "
-                 f"{stats['ocr_run']} ({stats['ocr_seconds']:.1f}s), {time.perf_counter() - t0:.0f}s so far")
+        for k, s in (("cheap_image", "cheap"), ("ocr", "ocr"), ("text", "text"), ("cross_modal", "cross_modal")):
+            secs[k] += result.seconds[s]
+        progress(f"feature_table: part {i + 1}/{len(parts)} ({part.stem}): {result.frame.height} samples, OCR on "
+                 f"{result.ocr_run} ({result.seconds['ocr']:.1f}s), {time.perf_counter() - t0:.0f}s so far")
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
-    order = np.array([row_of[u] for u in table["uid"].to_list()], np.int64)
-    table, rater = op.finish_features(table, txt_all[order])
+    order = np.array([inputs.row_of[u] for u in table["uid"].to_list()], np.int64)
+    table, rater = op.finish_features(table, inputs.txt[order])
     seconds = {**{k: round(v, 2) for k, v in secs.items()}, "total": round(time.perf_counter() - t0, 2)}
     return FeatureRun(table, rater, computed, cached_parts, seconds, ocr_run)

@@ -94,3 +94,55 @@ def bar_plot_png(labels: Sequence[str], values: Sequence[float], title: str, yla
 
 def png_markdown(png: bytes, title: str) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def grouped_bars_markdown(labels: Sequence[str], series: Mapping[str, Sequence[float]], title: str, ylabel: str) -> str:
+    """Side-by-side bars per label (e.g. each labelling function's coverage, overlaps, conflicts, learned accuracy)."""
+    fig, ax = _axes()
+    fig.set_size_inches(max(6.0, 0.55 * len(labels) + 2), 3.6)
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return _figure_markdown(fig, title)
+
+
+def sample_grid_markdown(rows: Mapping[str, Sequence[tuple[bytes, str, float]]], title: str, score_name: str,
+                         thumb_px: int = 96) -> str:
+    """A grid of samples like the paper's Figure 6: one row per group (e.g. highest and lowest scored), each cell
+    the image with its score and the start of its caption. `rows` maps a row label to (image bytes, caption, score)."""
+    import io
+    import textwrap
+
+    from PIL import Image
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = max((len(v) for v in rows.values()), default=1)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.55 * n_cols, 1.9 * len(rows)), dpi=90, squeeze=False)
+    for r, (label, samples) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(samples):
+                continue
+            blob, caption, score = samples[c]
+            try:
+                image = Image.open(io.BytesIO(blob)).convert("RGB")
+                image.thumbnail((thumb_px, thumb_px))
+                ax.imshow(image)
+            except Exception as err:  # an unreadable image is shown as such, not dropped from the grid
+                ax.text(0.5, 0.5, f"unreadable:\n{type(err).__name__}", ha="center", va="center", fontsize=6)
+            text = textwrap.shorten(caption or "", 60, placeholder="…")
+            ax.set_title(f"{score_name}={score:.3f}\n" + "\n".join(textwrap.wrap(text, 22)[:2]), fontsize=5.5)
+        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    return _figure_markdown(fig, title)

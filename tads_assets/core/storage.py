@@ -52,9 +52,10 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.DataFrame, drops: pl.DataFrame,
-                       file_name: str | None = None) -> dict:
+                       file_name: str | None = None, extra: dict | None = None) -> dict:
     """A filtering stage's result: kept rows as Parquet (`<stage>.parquet` unless `file_name`), drops as one
-    ledger run, and a manifest tying the two together (`n_seen` = kept + dropped), all replaced atomically."""
+    ledger run, and a manifest tying the two together (`n_seen` = kept + dropped; `extra` adds the settings a check
+    needs, e.g. the size bound), all replaced atomically."""
     from tads_assets.core.ledger import new_run_id
 
     out_dir = Path(out_dir)
@@ -65,7 +66,7 @@ def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.
     write_parquet_atomic(kept, staging / (file_name or f"{stage}.parquet"))
     manifest = {"stage": stage, "run_id": run_id, "n_seen": kept.height + drops.height, "n_kept": kept.height,
                 "n_dropped": drops.height,
-                "reasons": dict(drops.group_by("reason").len().iter_rows()) if drops.height else {}}
+                "reasons": dict(drops.group_by("reason").len().iter_rows()) if drops.height else {}, **(extra or {})}
     write_json_atomic(manifest, staging / "_manifest.json")
     replace_dir(staging, out_dir)
     return manifest

@@ -48,7 +48,8 @@ def test_sensor_and_schedule_are_on_by_default_and_target_the_right_assets():
     changed = {k.to_user_string() for k in automation.TASK_DEPENDENT.resolve(graph)}
     assert changed == TASK_DEPENDENT
     full = {k.to_user_string() for k in automation.WHOLE_GRAPH.resolve(graph)}
-    assert full == {k.to_user_string() for k in graph.get_all_asset_keys()} - {"baseline_subsets"}
+    assert full == {k.to_user_string() for k in graph.get_all_asset_keys()} - {"baseline_subsets", "frozen_features",
+                                                                                "operator_features"}
     request = weekly_full_refresh(build_schedule_context(scheduled_execution_time=datetime(2026, 11, 29, 3)))
     assert request.partition_key == "tads" and request.run_key == "weekly-2026-11-29"
 

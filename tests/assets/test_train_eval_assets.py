@@ -142,3 +142,19 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     # the selection prefers clean pairs over the pool's known-bad ones
     joined = scores.join(truth, on="uid")
     assert joined.filter(pl.col("kind") == "clean")["v"].mean() > joined.filter(pl.col("kind") == "misaligned")["v"].mean()
+
+
+def test_every_materialization_reports_counts_and_time_under_the_same_names(built):
+    _, runs, _ = built
+    seen = set()
+    for run in runs.values():
+        for event in run.get_asset_materialization_events():
+            meta = event.materialization.metadata
+            name = event.asset_key.to_user_string()
+            seen.add(name)
+            assert {"n_in", "n_out", "seconds"} <= set(meta), (name, sorted(meta))
+            assert meta["n_out"].value <= meta["n_in"].value or name == "benchmark_scores", name
+    import definitions
+
+    every = {k.to_user_string() for k in definitions.defs.resolve_asset_graph().get_all_asset_keys()}
+    assert seen == every - {"frozen_features", "operator_features"}  # those two: tests/assets/test_scale_out.py

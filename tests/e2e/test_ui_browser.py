@@ -1,5 +1,6 @@
 """The Dagster UI in a real browser: `dagster dev` on 127.0.0.1, Debian's Chromium driven headless by Playwright
-(no browser download). Every asset of DESIGN.md is on the asset graph; one asset is materialized from its page.
+(no browser download). Every asset of DESIGN.md is on the asset graph; the sensor and schedule are listed; one asset
+is materialized from its page.
 Screenshots go to $TADS_TEST_OUTPUT/ui (default: test-output/ui in the repository)."""
 
 import os
@@ -121,6 +122,13 @@ def test_ui_shows_every_asset_and_materializes_one(dagster_ui):
                 expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(OUTPUT / "asset_graph.png"))
+
+            # the sensor and the schedule are on by default and listed under Automation
+            page.goto(f"{url}/automation", wait_until="networkidle", timeout=120_000)
+            _dismiss_welcome(page)
+            for name in ("task_file_sensor", "weekly_full_refresh"):
+                expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(OUTPUT / "automation.png"))
 
             page.goto(f"{url}/assets/task_set", wait_until="networkidle", timeout=120_000)
             _dismiss_welcome(page)
