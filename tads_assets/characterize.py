@@ -13,7 +13,8 @@ from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevi
 from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
 from tads_assets.core.benchmark import read_eval_set
 from tads_assets.core.dedup import kmeans_clusters
-from tads_assets.core.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features, reference_images
+from tads_assets.core.feature_table import (FeatureInputs, build_feature_table, feature_inputs, part_features,
+                                            reference_images, reference_rows)
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
@@ -56,18 +57,31 @@ def _read_features(paths: TadsPaths) -> pl.DataFrame:
 
 
 def _feature_inputs(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
-                    encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> tuple[FeatureInputs, OperatorParams]:
+                    encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId,
+                    part: str | None = None) -> tuple[FeatureInputs, OperatorParams]:
     """Everything the operators read besides a part's own rows (the same for feature_table and operator_features,
-    so both compute the same cache key and values for a part)."""
+    so both compute the same cache key and values for a part). With `part`, only that part's vectors and the
+    reference images are read, not the whole table."""
     lang_id = langid.load()
     context.log.info(f"{context.asset_key.to_user_string()}: Tesseract {ocr.version()}, fastText model {lang_id.path}")
     params = OperatorParams(**config.model_dump(), ocr_min_confidence=ocr.min_confidence, ocr_workers=ocr.workers,
                             ocr_batch=ocr.batch)
     enc, info = encoder.load(paths.models_dir, device.resolve())
-    vectors = embeddings.read_embeddings(lance.connect(), ("uid", "image_vec", "text_vec", "flipped_image_vec",
-                                                          "heldout_pair_cos"))
-    inputs = feature_inputs(_kept_uids(paths), vectors, paths.root / "cache" / "feature_parts", info["encoder_id"],
-                            lang_id, enc.encode_texts, params)
+    db, columns, kept = lance.connect(), ("uid", "image_vec", "text_vec", "flipped_image_vec", "heldout_pair_cos"), _kept_uids(paths)
+    reference = None
+    if part is None:
+        vectors = embeddings.read_embeddings(db, columns)
+    else:  # the same reference rows as the whole-pool run: the kept uids in table order, sampled alike
+        kept_set = set(kept)
+        order = [u for u in embeddings.read_embeddings(db, ("uid",))["uid"].to_list() if u in kept_set]
+        ref_uids = [order[i] for i in reference_rows(len(order), params.reference_images, params.seed)]
+        ref = embeddings.read_embeddings(db, ("uid", "image_vec"), uids=ref_uids)
+        (reference,) = embeddings.arrays(pl.DataFrame({"uid": ref_uids}).join(ref, on="uid", maintain_order="left"),
+                                         "image_vec")
+        vectors = embeddings.read_embeddings(db, columns, part=part)
+        kept = [u for u in vectors["uid"].to_list() if u in kept_set]
+    inputs = feature_inputs(kept, vectors, paths.root / "cache" / "feature_parts", info["encoder_id"],
+                            lang_id, enc.encode_texts, params, reference=reference)
     return inputs, params
 
 
@@ -86,7 +100,7 @@ def operator_features(context: AssetExecutionContext, config: FeatureTableConfig
     if not part.exists():
         raise FileNotFoundError(f"raw_pool has no part {context.partition_key} (it was re-ingested since the "
                                 "partition was registered): materialize raw_pool, then the current partitions")
-    inputs, _ = _feature_inputs(context, config, paths, lance, encoder, device, ocr, langid)
+    inputs, _ = _feature_inputs(context, config, paths, lance, encoder, device, ocr, langid, part=part.stem)
     t0 = time.perf_counter()
     result = part_features(part, inputs, context.log.info)
     return MaterializeResult(metadata={

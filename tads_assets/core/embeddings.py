@@ -175,11 +175,29 @@ def open_embeddings(db):
     return db.open_table(EMBEDDINGS_TABLE) if EMBEDDINGS_TABLE in table_names(db) else None
 
 
-def read_embeddings(db, columns: tuple[str, ...] = ("uid", "image_vec", "text_vec", "flipped_image_vec")) -> pl.DataFrame:
+def read_embeddings(db, columns: tuple[str, ...] = ("uid", "image_vec", "text_vec", "flipped_image_vec"),
+                    part: str | None = None, uids: list[str] | None = None) -> pl.DataFrame:
+    """The embeddings table's `columns` in table order: all rows, one raw_pool part's, or the given uids'
+    (a filtered scan: a per-part run does not read the whole table)."""
     table = open_embeddings(db)
     if table is None:
         raise FileNotFoundError(f"LanceDB table {EMBEDDINGS_TABLE} does not exist: materialize pool_embeddings first")
-    return pl.from_arrow(table.to_arrow().select(list(columns)))
+    query = table.search().select(list(columns)).limit(None)
+    conditions = []
+    if part is not None:
+        conditions.append(f"part = {sql_string(part)}")
+    if uids is not None:
+        if not uids:
+            return pl.from_arrow(table.schema.empty_table().select(list(columns)))
+        conditions.append(f"uid IN ({', '.join(sql_string(u) for u in uids)})")
+    if conditions:
+        query = query.where(" AND ".join(conditions))
+    return pl.from_arrow(query.to_arrow())
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal for a LanceDB filter (single quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 # uids, image, text, flipped image vectors, and each pair's cosine from an encoder that never trained on it

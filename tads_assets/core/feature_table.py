@@ -62,11 +62,15 @@ def _cached(path: Path, key: str) -> pl.DataFrame | None:
     return None
 
 
+def reference_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """Which rows (of the kept pool, in table order) are the reference images: a fixed random sample."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=min(n, n_rows), replace=False))
+
+
 def reference_images(image_vec: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The pool images that calibrate grounding and caption specificity (a fixed random sample)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(image_vec), size=min(n, len(image_vec)), replace=False)
-    return np.asarray(image_vec[np.sort(idx)], np.float32)
+    return np.asarray(image_vec[reference_rows(len(image_vec), n, seed)], np.float32)
 
 
 @dataclass
@@ -91,9 +95,10 @@ class FeatureInputs:
 
 def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path, encoder_id: str,
                    lang_id: op.LanguageId, encode_texts: Callable[[list[str]], np.ndarray], params: op.OperatorParams,
-                   ocr: Callable | None = None) -> FeatureInputs:
+                   ocr: Callable | None = None, reference: np.ndarray | None = None) -> FeatureInputs:
     """`vectors` holds uid, image_vec, text_vec, flipped_image_vec and heldout_pair_cos (the CLIP-similarity
-    operator's value) of the pool; every kept sample must have a row."""
+    operator's value) of the pool; every kept sample must have a row. `reference`: the reference images when
+    `vectors` is not the whole kept pool (one part's run), else drawn from `vectors`."""
     from tads_assets.core.embeddings import arrays
 
     kept = set(kept_uids)
@@ -105,7 +110,8 @@ def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
     img, txt, flip = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
     return FeatureInputs(kept, {u: i for i, u in enumerate(vectors["uid"].to_list())}, img, txt, flip,
                          vectors["heldout_pair_cos"].to_numpy().astype(np.float32),
-                         reference_images(img, params.reference_images, params.seed), Path(cache_dir), encoder_id,
+                         reference_images(img, params.reference_images, params.seed) if reference is None else reference,
+                         Path(cache_dir), encoder_id,
                          lang_id, encode_texts, params, ocr)
 
 
