@@ -150,19 +150,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import polars as pl
 
+    from resources import TadsPaths
     from tads_assets.core.clip_train import export_subset
-    from tads_assets.core.ingest import scan_raw_pool
+    from tads_assets.select import subset_file, subset_pairs
 
     home = _home(args)
-    subset = (home / "parquet" / "final_subset" / "final_subset.parquet" if args.method == "tads" else
-              home / "parquet" / "baseline_subsets" / args.method / "subset.parquet")
+    paths = TadsPaths(home=str(home))
+    subset = subset_file(paths, args.method)
     if not subset.exists():
         what = "final_subset" if args.method == "tads" else f"baseline_subsets, partition {args.method}"
         print(f"{subset} missing: materialize {what} first", file=sys.stderr)
         return 1
-    uids = pl.read_parquet(subset, columns=["uid"])
-    pairs = uids.join(scan_raw_pool(home / "parquet" / "raw_pool").select("uid", "caption", "bytes", "format").collect(),
-                      on="uid", how="left", maintain_order="left")
+    pairs = subset_pairs(paths, pl.read_parquet(subset, columns=["uid"])["uid"].to_list())
     missing = pairs.filter(pl.col("bytes").is_null())
     if missing.height:
         print(f"{missing.height} selected samples are no longer in raw_pool (e.g. {missing['uid'][0]}): the subset "

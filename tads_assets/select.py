@@ -308,6 +308,10 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     import torch
 
     t0 = time.perf_counter()
+    if config.init not in ("prior", "constant"):
+        raise ValueError(f"trained_dvn: init must be 'prior' or 'constant', got {config.init!r}")
+    if config.task_alignment not in ("target", "none"):
+        raise ValueError(f"trained_dvn: task_alignment must be 'target' or 'none', got {config.task_alignment!r}")
     dev = device.resolve()
     tasks, digest = read_task_set(paths)
     sig = selection.load_signals(paths.parquet_dir("quality_scores") / "quality_scores.parquet", lance.connect(),
@@ -328,24 +332,19 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     torch.manual_seed(config.seed)
     net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=len(tasks), embed_dim=config.embed_dim,
                                              hidden_dim=config.hidden_dim, init_rate=config.init_rate))
-    if config.init not in ("prior", "constant"):
-        raise ValueError(f"trained_dvn: init must be 'prior' or 'constant', got {config.init!r}")
-    if config.task_alignment not in ("target", "none"):
-        raise ValueError(f"trained_dvn: task_alignment must be 'target' or 'none', got {config.task_alignment!r}")
     prior_loss = None
     if config.init == "prior":
         prior = selection.static_score(sig.q, sig.r, sig.d, selection.ABLATIONS["q_r_d"])
         prior_loss = dvn.fit_prior(net, inputs, prior, seed=config.seed)
-        with torch.no_grad():
-            v0 = net(*inputs).double().numpy()
+    with torch.no_grad():
+        v0 = net(*inputs).double().numpy()
+    if prior_loss is not None:
         context.log.info(f"trained_dvn: θ₀ fitted to the static Q+R+D ranking (BCE {prior_loss:.4f}, Spearman "
                          f"{_spearman(v0, prior):.3f})")
     params = FdoParams(meta_iterations=config.meta_iterations, probe_clusters=config.probe_clusters,
                        sigma=config.sigma, antithetic=config.antithetic, lr=config.lr, beta=config.beta,
                        surrogate=config.surrogate, rate=config.rate, rate_penalty=config.rate_penalty,
                        seed=config.seed)
-    with torch.no_grad():
-        v0 = net(*inputs).double().numpy()
     alignment = []
     if config.task_alignment == "target" and config.proxy_mode == "head":
         alignment = _align_tasks(context, config, paths, dev, tasks, sig.uids, fdo.top_fraction(v0, config.rate), reward)
