@@ -49,10 +49,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if pl.scan_parquet(files).filter(pl.col("uid") == args.uid).select(pl.len()).collect().item():
             rel = folder.relative_to(home / "parquet").parts
             kept_in.append(rel[0] if len(rel) == 1 else f"{rel[0]}[{'/'.join(rel[1:])}]")
+    earlier = False
+    if history.is_empty() and not kept_in and not args.all_runs:  # seen only by runs the latest ones superseded
+        history = Ledger(home / "ledger").history(args.uid, all_runs=True)
+        earlier = not history.is_empty()
     if history.is_empty() and not kept_in:
-        print(f"{args.uid}: never seen under {home} (no ledger row, in no stage output)")
+        print(f"{args.uid}: never seen under {home} (no ledger row in any run, in no stage output)")
         return 1
-    print(f"sample {args.uid}")
+    print(f"sample {args.uid}" + (" (not in the current pool: decisions of earlier runs)" if earlier else ""))
     for row in history.iter_rows(named=True):
         value = "" if row["value"] is None else f" value={row['value']:.4g}"
         print(f"  {row['ts']:%Y-%m-%d %H:%M:%S}  {row['stage']:<22} {row['decision']:<6} {row['reason']}{value}")

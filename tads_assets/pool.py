@@ -97,6 +97,7 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
             "median_image_kib": MetadataValue.float(float(sizes["n_bytes"].median() or 0) / 1024),
             "seconds": MetadataValue.float(round(result.seconds, 2)),
             "samples_per_s": MetadataValue.float(round(result.samples_per_s, 1)),
+            "shards_resumed": MetadataValue.int(result.shards_resumed),
             **registered,
         }
     )
@@ -200,6 +201,13 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     })
 
 
+class PoolEmbeddingsConfig(Config):
+    """`recompute`: rewrite every part, even those the table already holds for this encoder and pool content
+    (after the table was damaged, e.g. deduped_pool ledgered non_finite_embedding rows)."""
+
+    recompute: bool = False
+
+
 @asset(
     group_name="pool",
     deps=[raw_pool, clip_encoder],
@@ -208,8 +216,8 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     "heldout_pair_cos (each pair scored by a cross-fitted head that never trained on it), written per "
     "raw_pool part so an interrupted run resumes where it stopped.",
 )
-def pool_embeddings(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder, device: TorchDevice,
-                    lance: LanceStore) -> MaterializeResult:
+def pool_embeddings(context: AssetExecutionContext, config: PoolEmbeddingsConfig, paths: TadsPaths,
+                    encoder: ClipEncoder, device: TorchDevice, lance: LanceStore) -> MaterializeResult:
     dev = device.resolve()
     models = paths.models_dir / "clip_encoder"
     info = read_encoder_info(models)
@@ -217,7 +225,7 @@ def pool_embeddings(context: AssetExecutionContext, paths: TadsPaths, encoder: C
                                                    [models / f for f in info.get("heldout_heads", [])])
                   if info["kind"] == "builtin" else embeddings.model_part_embedder(encoder.open_clip(dev)))
     result = embeddings.embed_pool(paths.parquet_dir("raw_pool"), lance.connect(), info["encoder_id"], embed_part,
-                                   progress=context.log.info)
+                                   progress=context.log.info, recompute=config.recompute)
     return MaterializeResult(metadata={
         "table": MetadataValue.text(f"{lance.uri}::{embeddings.EMBEDDINGS_TABLE}"),
         "n_in": result["rows"], "n_out": result["rows"], "rows": result["rows"], "embed_dim": result["dim"],
@@ -256,8 +264,15 @@ class DedupConfig(Config):
 def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: TadsPaths,
                  lance: LanceStore) -> MaterializeResult:
     t0 = time.perf_counter()
-    pool, vectors = embeddings.pool_with_vectors(paths.parquet_dir("raw_pool"), lance.connect())
-    image_vec, text_vec = vectors
+    pool, (image_vec, text_vec) = embeddings.pool_with_vectors(paths.parquet_dir("raw_pool"), lance.connect())
+    finite, bad_vectors = embeddings.non_finite_rows(pool["uid"].to_list(), image_vec=image_vec, text_vec=text_vec)
+    if bad_vectors.height:
+        context.log.warning(f"deduped_pool: {bad_vectors.height} sample(s) have NaN/inf vectors (e.g. "
+                            f"{bad_vectors['uid'][0]}); ledgered as {embeddings.NON_FINITE_EMBEDDING}")
+        if not finite.any():
+            raise ValueError(f"every vector in LanceDB table {embeddings.EMBEDDINGS_TABLE} holds NaN or inf: the "
+                             "encoder is broken; materialize clip_encoder, then pool_embeddings with recompute: true")
+        pool, image_vec, text_vec = pool.filter(pl.Series(finite)), image_vec[finite], text_vec[finite]
     captions = pool["caption"].to_list()
     params = DedupParams(**config.model_dump())
     outcome = dedup.deduplicate(pool["sha256"].to_numpy(), pool["url"].to_numpy(), captions, pool["width"].to_numpy(),
@@ -265,6 +280,7 @@ def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: Tad
                                 tiny_vec=dedup.tiny_image_vectors(pool["tiny"].to_list()))
     alignment = np.sum(image_vec * text_vec, axis=1)
     kept, drops = dedup.outcome_tables(pool["uid"].to_numpy(), captions, outcome, alignment)
+    drops = pl.concat([drops, bad_vectors], how="diagonal_relaxed")
     result = write_stage_output(paths.parquet_dir("deduped_pool"), paths.ledger(), "deduped_pool", kept, drops)
     sizes = kept.group_by("cluster").len()["len"].to_numpy()
     per_layer = [{"layer": r.name, "in": int(len(r.removed)), "removed": int(r.removed.sum()),
@@ -273,7 +289,8 @@ def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: Tad
     examples = drops.join(pool.select("uid", "caption"), left_on="duplicate_of", right_on="uid", suffix="_kept")
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(paths.parquet_dir("deduped_pool"))),
-        "n_in": pool.height, "n_out": kept.height, "n_kept": kept.height, "n_dropped": drops.height,
+        "n_in": pool.height + bad_vectors.height, "n_out": kept.height, "n_kept": kept.height,
+        "n_dropped": drops.height, "non_finite_embeddings": bad_vectors.height,
         "seconds": round(time.perf_counter() - t0, 2),
         "per_layer": MetadataValue.md(markdown_table(per_layer)),
         "removed_examples": MetadataValue.md(markdown_table(

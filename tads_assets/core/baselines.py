@@ -225,6 +225,11 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
         raise ValueError(f"{missing.height} raw_pool samples have no embedding (e.g. uid {missing['uid'][0]}): "
                          "rematerialize pool_embeddings")
     image = embeddings.arrays(vecs, "image_vec")[0]
+    _, bad = embeddings.non_finite_rows(vecs["uid"].to_list(), image_vec=image,
+                                             heldout_pair_cos=vecs["heldout_pair_cos"].to_numpy()[:, None])
+    if bad.height:
+        raise ValueError(f"{bad.height} raw_pool samples have NaN/inf embeddings (e.g. uid {bad['uid'][0]}): the "
+                         "baselines would rank them arbitrarily; materialize pool_embeddings with config recompute: true")
     if frozen_cache_dir is not None:
         frozen = uids.join(embeddings.load_current_frozen_features(raw_pool_dir, frozen_cache_dir)
                            .select("uid", "image_feat"), on="uid", how="left", maintain_order="left")

@@ -8,7 +8,6 @@ task's WebDataset tar (members KEY.jpg|png, KEY.cls, KEY.txt).
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from tads_assets.core.encoder import l2_normalize as _unit
+from tads_assets.core.formats import decode_rgb
 
 
 def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
@@ -98,8 +98,7 @@ def read_eval_set(path: str | Path, classes: Sequence[str] = ()) -> EvalSet:
         blob = rec.get("jpg") or rec.get("jpeg") or rec.get("png") or rec.get("webp")
         if blob is None:
             raise ValueError(f"{path}: sample {key!r} has no image member")
-        with Image.open(io.BytesIO(blob)) as im:
-            images.append(im.convert("RGB"))
+        images.append(decode_rgb(blob))
         cls = rec.get("cls", b"").decode().strip()
         labels.append(int(cls) if cls.lstrip("-").isdigit() else index.get(cls, -1) if cls else -1)
         captions.append(rec.get("txt", b"").decode().strip())

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tads_assets.core.formats import decode_rgb, safe_file_stem
+
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -76,8 +78,7 @@ def preprocess_images(blobs: Sequence[bytes], preprocess, progress: Callable[[st
     """Decode and preprocess every image once (float32 at the model's input size: 48 KiB per image at 64 px)."""
     out, t0, last = [], time.perf_counter(), time.perf_counter()
     for i, blob in enumerate(blobs):
-        with Image.open(io.BytesIO(blob)) as im:
-            x = preprocess(im.convert("RGB"))  # normalised float tensor
+        x = preprocess(decode_rgb(blob))  # normalised float tensor
         out.append(x)
         if time.perf_counter() - last > 5:
             last = time.perf_counter()
@@ -278,7 +279,7 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
             writer = csv.writer(f, delimiter="\t")
             writer.writerow(["filepath", "title"])
             for uid, blob, fmt, cap in zip(uids, blobs, formats, captions):
-                path = staging / "images" / f"{uid}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
+                path = staging / "images" / f"{safe_file_stem(uid)}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
                 path.write_bytes(blob)
                 writer.writerow([str(out_dir / "images" / path.name), cap])
     replace_dir(staging, out_dir)

@@ -7,7 +7,6 @@ row count in raw_pool for the current encoder.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import pyarrow as pa
 from PIL import Image
 
 from tads_assets.core.encoder import FrozenTowers, load_heads
+from tads_assets.core.formats import decode_rgb
 from tads_assets.core.ingest import part_fingerprint
 from tads_assets.core.storage import write_parquet_atomic
 
@@ -35,8 +35,8 @@ def raw_pool_parts(raw_pool_dir: str | Path) -> list[Path]:
 
 
 def decode_images(blobs: list[bytes]) -> list[Image.Image]:
-    """Decode raw_pool image bytes to RGB (raw_pool only holds images that decoded at ingestion)."""
-    return [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+    """Decode raw_pool image bytes to upright 8-bit RGB (raw_pool only holds images that decoded at ingestion)."""
+    return [decode_rgb(b) for b in blobs]
 
 
 def _vectors(frame: pl.DataFrame, column: str) -> np.ndarray:
@@ -62,11 +62,15 @@ def cache_frozen_features(raw_pool_dir: str | Path, cache_dir: str | Path, tower
 
 def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTowers, batch_size: int = 64,
                              progress: Callable[[str], None] = log.info, label: str = "") -> tuple[int, bool]:
-    """One raw_pool part's frozen features into the cache, unless a current copy is there: (rows, computed)."""
+    """One raw_pool part's frozen features into the cache, unless a current, finite copy is there: (rows, computed).
+    A cached part holding NaN or inf (damaged after it was written) is recomputed."""
     target = Path(cache_dir) / part.name
     fingerprint = part_fingerprint(part)
     if target.exists() and cached_fingerprint(target) == fingerprint:
-        return pl.scan_parquet(target).select(pl.len()).collect().item(), False
+        cached = pl.read_parquet(target, columns=list(FROZEN_COLUMNS))
+        if all(np.isfinite(a).all() for a in arrays(cached, *FROZEN_COLUMNS)):
+            return cached.height, False
+        progress(f"frozen features: cached {part.name} holds NaN or inf; recomputing it")
     frame = pl.read_parquet(part, columns=["uid", "caption", "bytes"])
     img, flip = [], []
     t0 = last = time.perf_counter()
@@ -88,6 +92,9 @@ def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTo
     })
     write_parquet_atomic(out, target)
     return frame.height, True
+
+
+FROZEN_COLUMNS = ("image_feat", "flip_feat", "text_feat")
 
 
 def cached_fingerprint(path: Path) -> str | None:
@@ -243,8 +250,9 @@ def model_part_embedder(encoder) -> Callable[[Path], PartVectors]:
 
 
 def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callable[[Path], PartVectors],
-               progress: Callable[[str], None] = log.info) -> dict:
-    """Write every raw_pool part's vectors to LanceDB, skipping parts already done for this encoder."""
+               progress: Callable[[str], None] = log.info, recompute: bool = False) -> dict:
+    """Write every raw_pool part's vectors to LanceDB, skipping parts already done for this encoder (all parts
+    are rewritten when `recompute`)."""
     parts = raw_pool_parts(raw_pool_dir)
     table = open_embeddings(db)
     if table is not None and set(table.schema.names) != set(embeddings_schema(1).names):
@@ -260,13 +268,18 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
     for i, part in enumerate(parts):
         n = pl.scan_parquet(part).select(pl.len()).collect().item()
         fingerprint = part_fingerprint(part)
-        if part_is_done(table, part.stem, encoder_id, n, fingerprint):
+        if not recompute and part_is_done(table, part.stem, encoder_id, n, fingerprint):
             done += 1
             continue
         uids, image, text, flipped, heldout = embed_part(part)
-        if not (np.isfinite(image).all() and np.isfinite(text).all() and np.isfinite(flipped).all()
-                and np.isfinite(heldout).all()):
-            raise ValueError(f"non-finite embedding in {part.name}: refusing to write it")
+        _, bad = non_finite_rows(uids, image_vec=image, text_vec=text, flipped_image_vec=flipped,
+                                 heldout_pair_cos=heldout[:, None])
+        if bad.height:
+            raise ValueError(
+                f"the encoder made NaN/inf vectors for {bad.height} sample(s) of raw_pool part {part.stem} (e.g. "
+                f"{bad['uid'][0]}: {bad['detail'][0].split(' holds')[0]}); nothing of the part was written. With the "
+                "builtin encoder, materialize clip_encoder (it recomputes damaged frozen-feature parts and retrains "
+                "the heads), then pool_embeddings; with open_clip, check the weights (TADS_ENCODER)")
         table = write_part(db, table, part.stem, encoder_id, uids, image, text, flipped, fingerprint, heldout)
         dim = image.shape[1]
         pair_cos.append(np.sum(image * text, axis=1))
@@ -288,6 +301,22 @@ def embed_pool(raw_pool_dir: str | Path, db, encoder_id: str, embed_part: Callab
     return {"rows": table.count_rows(), "dim": dim, "parts_computed": computed, "parts_skipped": done,
             "stale_rows_removed": n_stale, "seconds": round(time.perf_counter() - t0, 2),
             "pair_cosine": np.concatenate(pair_cos), "flip_cosine": np.concatenate(flip_cos)}
+
+
+NON_FINITE_EMBEDDING = "non_finite_embedding"
+
+
+def non_finite_rows(uids: list[str], **vectors: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
+    """Rows whose vectors hold NaN or inf (a damaged table, a broken encoder): a keep mask and one ledger row per
+    bad sample naming the vector column(s) at fault."""
+    bad = {name: ~np.isfinite(v).all(axis=1) for name, v in vectors.items()}
+    keep = ~np.logical_or.reduce(list(bad.values()))
+    rows = [{"uid": uids[i], "decision": "drop", "reason": NON_FINITE_EMBEDDING, "value": None,
+             "detail": f"{' and '.join(n for n, b in bad.items() if b[i])} holds NaN or inf in LanceDB table "
+                       f"{EMBEDDINGS_TABLE}; materialize pool_embeddings with config recompute: true to rewrite the table"}
+            for i in np.flatnonzero(~keep)]
+    return keep, pl.DataFrame(rows, schema={"uid": pl.Utf8, "decision": pl.Utf8, "reason": pl.Utf8,
+                                            "value": pl.Float64, "detail": pl.Utf8})
 
 
 def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -263,8 +264,15 @@ class OpenClipEncoder:
         if weights != "none" and not Path(weights).exists() and "/" in weights:
             raise FileNotFoundError(f"open_clip weights file {weights} does not exist")
         pretrained = None if weights == "none" else weights
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, weights_only=True)
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"open_clip weights {weights} hold pickled Python objects beyond tensors, which TADS refuses to "
+                "load (unpickling a file can run arbitrary code). Save the weights alone (torch.save(model."
+                "state_dict(), path)) or as .safetensors. "
+                + next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "")) from exc
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device = device

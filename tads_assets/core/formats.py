@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ EMPTY_CAPTION = "empty_caption"
 NON_UTF8_CAPTION = "non_utf8_caption"
 CAPTION_TOO_LONG = "caption_too_long"
 DUPLICATE_KEY = "duplicate_key"
+UNSAFE_PATH = "unsafe_path"
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -161,11 +163,38 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why a sample key or relative path taken from an input could escape its root, or None when it cannot:
+    absolute paths, `..` components, backslashes, NUL and other control characters are refused."""
+    if not name:
+        return "empty name"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if "\\" in name:
+        return "backslash in name"
+    if re.search(r"[\x00-\x1f\x7f]", name):
+        return "control character in name"
+    if any(part == ".." for part in name.split("/")):
+        return "'..' component"
+    return None
+
+
+def safe_file_stem(uid: str) -> str:
+    """A file name for a sample written to disk (exports): the uid itself when it is a plain name, else its
+    plain characters plus a short hash of the whole uid (nested WebDataset keys `a/b` do not create folders,
+    two uids never share a file)."""
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,150}", uid):
+        return uid
+    return re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:120].lstrip(".") + "-" + hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
 def _iter_tar_groups(path: str) -> Iterator[tuple[str, dict[str, bytes]] | tuple[str, Exception]]:
     """Yield (key, {ext: bytes}) for consecutive members of a tar; on a read error yield (key, exc) last.
 
     A plain tar cut exactly at a member boundary reads like a short, valid archive; it is caught by the
-    missing end-of-archive marker (two zero blocks), and its last group is reported as truncated.
+    missing end-of-archive marker (two zero blocks), and its last group is reported as truncated. A member
+    whose extension the current group already has starts a new group with the same key (a repeated key,
+    ledgered as a duplicate), so a second sample never silently overwrites the first one's members.
     """
     key, group = None, {}
     try:
@@ -174,7 +203,7 @@ def _iter_tar_groups(path: str) -> Iterator[tuple[str, dict[str, bytes]] | tuple
                 if not member.isfile():
                     continue
                 k, ext = _split_member(member.name)
-                if key is not None and k != key:
+                if key is not None and (k != key or ext in group):  # a repeated member starts a same-key sample
                     yield key, group
                     group = {}
                 key = k
@@ -232,6 +261,12 @@ def _read_webdataset(shard: Shard) -> Iterator[RawRecord]:
                                 detail=f"archive ended after {n} complete samples: {payload}")
             return
         n += 1
+        unsafe = unsafe_name(key)
+        if unsafe:
+            yield RawRecord(key, shard.name, ref, problem=UNSAFE_PATH,
+                            detail=f"member name {key!r} refused ({unsafe}): sample keys must be relative paths "
+                            "inside the shard")
+            continue
         image = _first_image(payload)
         rec = RawRecord(key, shard.name, ref, image=image, caption=payload.get("txt"), url=_url_from_json(payload.get("json")))
         if image is None:
@@ -253,7 +288,11 @@ def _read_img2dataset(shard: Shard) -> Iterator[RawRecord]:
     pending: dict[str, dict] = {}
     for key, r in rows.items():
         status = r.get("status", "success")
-        if status not in (None, "success"):
+        unsafe = unsafe_name(key)
+        if unsafe:
+            yield RawRecord(key, shard.name, f"{shard.path}#{key}", url=r.get("url"), problem=UNSAFE_PATH,
+                            detail=f"key {key!r} refused ({unsafe}): img2dataset keys name files beside the table")
+        elif status not in (None, "success"):
             yield RawRecord(key, shard.name, f"{shard.path}#{key}", url=r.get("url"), problem=DOWNLOAD_FAILED,
                             detail=str(r.get("error_message") or status))
         else:
@@ -293,8 +332,20 @@ def _read_img2dataset(shard: Shard) -> Iterator[RawRecord]:
 CSV_REQUIRED = ("image_path", "caption")
 
 
+def _outside_root(rel: str, root: Path) -> str | None:
+    """Why a CSV image_path is refused, or None: it must resolve (symlinks followed) inside the CSV's folder."""
+    if "\x00" in rel:
+        return "image_path contains a NUL byte"
+    target = (root / rel).resolve()
+    if target == root or root in target.parents:
+        return None
+    return (f"image_path {rel!r} resolves to {target}, outside the CSV's folder {root}: image paths must lie under "
+            "the folder holding the CSV (move the CSV to the top of the image tree)")
+
+
 def _read_csv(shard: Shard) -> Iterator[RawRecord]:
     path = Path(shard.path)
+    root = path.parent.resolve()
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in CSV_REQUIRED if c not in (reader.fieldnames or [])]
@@ -312,8 +363,10 @@ def _read_csv(shard: Shard) -> Iterator[RawRecord]:
             rec = RawRecord(uid, shard.name, ref, caption=cap, url=(row.get("url") or None))
             if not rel:
                 rec.problem, rec.detail = MISSING_IMAGE, "empty image_path"
+            elif (outside := _outside_root(rel, root)) is not None:
+                rec.problem, rec.detail = UNSAFE_PATH, outside
             else:
-                image_path = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+                image_path = root / rel
                 try:
                     rec.image = image_path.read_bytes()
                     rec.ref = str(image_path)
@@ -365,9 +418,37 @@ def tiny_image(im: Image.Image) -> bytes:
     return grey.tobytes()
 
 
+def oriented(im: Image.Image) -> Image.Image:
+    """The first frame of an image (animations), turned upright by its EXIF orientation tag (phone photos)."""
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of any decoded image: 16-bit and float grey scaled (not clipped to white), transparency
+    composited on white (not the palette's hidden colour), CMYK and palettes converted."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode raw_pool image bytes for a model: first frame, upright, 8-bit RGB (every stage decodes the same way)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return to_rgb(oriented(im)).copy()
+
+
 def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, str, bytes] | Rejection:
-    """Decode fully (so truncation is caught) and return (width, height, format, tiny-image descriptor),
-    or why not."""
+    """Decode fully (so truncation is caught) and return (width, height, format, tiny-image descriptor) of the
+    upright first frame, or why not."""
     if data is None:
         return Rejection(MISSING_IMAGE, "no image")
     if len(data) == 0:
@@ -380,7 +461,9 @@ def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, s
             if w * h > limits.max_image_pixels:
                 return Rejection(DECOMPRESSION_BOMB, f"{w}x{h} = {w * h} pixels exceeds {limits.max_image_pixels}", float(w * h))
             im.load()
-            return w, h, (im.format or "unknown").lower(), tiny_image(im)
+            fmt = (im.format or "unknown").lower()
+            rgb = to_rgb(oriented(im))
+            return rgb.width, rgb.height, fmt, tiny_image(rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Rejection(DECOMPRESSION_BOMB, str(exc))
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all mean "corrupt"

@@ -3,12 +3,16 @@ sample that does not make it (DESIGN.md: raw_pool).
 
 Output layout (`out_dir`): `part-<shard#>-<chunk#>.parquet` files, one or more per source shard, and
 `_manifest.json` with the counts. The whole folder is built in a staging folder and swapped in at the
-end, so readers never see a half-written raw_pool.
+end, so readers never see a half-written raw_pool. The staging folder also keeps a marker per finished
+source shard, so a run killed mid-ingestion resumes at the first unfinished shard.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -61,6 +65,7 @@ class IngestResult:
     shards: list[ShardStats]
     seconds: float
     examples: list[dict]  # a few dropped samples, for metadata
+    shards_resumed: int = 0  # shards an interrupted run had finished, reused as they were
 
     @property
     def samples_per_s(self) -> float:
@@ -77,6 +82,7 @@ class IngestResult:
             "reasons": self.reasons,
             "shards": {s.shard: {"seen": s.n_seen, "kept": s.n_kept, "dropped": dict(s.reasons)} for s in self.shards},
             "seconds": round(self.seconds, 3),
+            "shards_resumed": self.shards_resumed,
         }
 
 
@@ -85,8 +91,6 @@ class AllSamplesFailed(RuntimeError):
 
 
 def read_manifest(out_dir: str | Path) -> dict:
-    import json
-
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: materialize {Path(out_dir).name} first")
@@ -111,6 +115,57 @@ def part_fingerprint(part: str | Path) -> str:
     return h.hexdigest()[:24]
 
 
+RESUME_VERSION = 1
+
+
+def shard_signature(shard: formats.Shard) -> dict:
+    """What a finished shard's staged output depends on: the files it was read from (size and mtime)."""
+    files = [Path(shard.path)]
+    if shard.kind == "img2dataset":
+        base = Path(shard.path).with_suffix("")
+        files += [base.with_suffix(".tar"), base]
+    sig = {"kind": shard.kind, "path": shard.path}
+    for f in files:
+        st = f.stat() if f.exists() else None
+        sig[str(f)] = [st.st_size, st.st_mtime_ns] if st else None
+    return sig
+
+
+def _staged_shards(staging: Path, plan: dict, shards: list[formats.Shard],
+                   progress: Callable[[str], None]) -> dict[int, dict]:
+    """The shards an interrupted ingestion finished, from the staging folder it left behind (their markers,
+    drops and parts); everything else in the folder is cleared. A changed source or setting restarts from scratch."""
+    plan_file = staging / "_plan.json"
+    if staging.exists():
+        try:
+            same = json.loads(plan_file.read_text()) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan, plan_file)
+    done: dict[int, dict] = {}
+    for no, shard in enumerate(shards):
+        marker = staging / f"_shard-{no:05d}.json"
+        try:
+            info = json.loads(marker.read_text()) if marker.exists() else None
+        except (OSError, ValueError):
+            info = None
+        parts = sorted(staging.glob(f"part-{no:05d}-*.parquet"))
+        if info is not None and info.get("signature") == shard_signature(shard) and len(parts) == info["n_parts"]:
+            done[no] = info
+            continue
+        for f in [*parts, marker, staging / f"_shard-{no:05d}-drops.parquet"]:
+            f.unlink(missing_ok=True)
+    for tmp in staging.glob(".*.tmp-*"):  # an atomic write the interruption cut short
+        tmp.unlink(missing_ok=True)
+    if done:
+        progress(f"raw_pool: resuming an interrupted ingestion: {len(done)}/{len(shards)} shard(s) already "
+                 f"ingested in {staging}")
+    return done
+
+
 def ingest_pool(
     shards: Iterable[formats.Shard],
     out_dir: str | Path,
@@ -121,26 +176,38 @@ def ingest_pool(
     progress: Callable[[str], None] = log.info,
     progress_every_s: float = 5.0,
 ) -> IngestResult:
-    """Read every shard, validate every sample, write kept rows as Parquet and drops to the ledger."""
+    """Read every shard, validate every sample, write kept rows as Parquet and drops to the ledger.
+
+    Each finished shard leaves a marker in the staging folder (after its parts and drops are written), so an
+    interrupted ingestion resumes at the first unfinished shard; the output equals an uninterrupted run's."""
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.staging")
-    if staging.exists():
-        import shutil
-
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    shards = list(shards)
+    plan = {"version": RESUME_VERSION, "source": source, "limits": dataclasses.asdict(limits),
+            "rows_per_file": rows_per_file, "shards": [shard_signature(s) for s in shards]}
+    finished = _staged_shards(staging, plan, shards, progress)
     run_id = new_run_id()
     t0 = last = time.perf_counter()
     seen_uids: set[str] = set()
     drops: list[dict] = []
     stats: list[ShardStats] = []
     n_seen = n_kept = 0
-    shards = list(shards)
 
     for shard_no, shard in enumerate(shards):
         st = ShardStats(shard.name)
         stats.append(st)
+        drops_file = staging / f"_shard-{shard_no:05d}-drops.parquet"
+        if shard_no in finished:
+            info = finished[shard_no]
+            st.n_seen, st.n_kept, st.reasons = info["seen"], info["kept"], Counter(info["reasons"])
+            n_seen += st.n_seen
+            n_kept += st.n_kept
+            drops.extend(pl.read_parquet(drops_file).to_dicts() if drops_file.exists() else [])
+            for part in sorted(staging.glob(f"part-{shard_no:05d}-*.parquet")):
+                seen_uids.update(pl.read_parquet(part, columns=["uid"])["uid"].to_list())
+            continue
         buffer: list[dict] = []
+        shard_drops: list[dict] = []
         chunk = 0
 
         def flush() -> None:
@@ -158,8 +225,8 @@ def ingest_pool(
             if isinstance(row_or_rejection, formats.Rejection):
                 rej = row_or_rejection
                 st.reasons[rej.reason] += 1
-                drops.append({"uid": rec.uid, "decision": DROP, "reason": rej.reason, "value": rej.value,
-                              "detail": f"{rej.detail} [{rec.ref}]"})
+                shard_drops.append({"uid": rec.uid, "decision": DROP, "reason": rej.reason, "value": rej.value,
+                                    "detail": f"{rej.detail} [{rec.ref}]"})
             else:
                 buffer.append(row_or_rejection)
                 st.n_kept += 1
@@ -172,25 +239,33 @@ def ingest_pool(
                 progress(f"raw_pool: shard {shard_no + 1}/{len(shards)} ({shard.name}), {n_seen} samples seen, "
                          f"{n_kept} kept, {n_seen / (now - t0):.0f} samples/s")
         flush()
+        drops.extend(shard_drops)
+        if shard_drops:
+            write_parquet_atomic(pl.DataFrame(shard_drops, schema=_DROP_SCHEMA), drops_file)
+        write_json_atomic({"signature": plan["shards"][shard_no], "seen": st.n_seen, "kept": st.n_kept,
+                           "reasons": dict(st.reasons), "n_parts": chunk}, staging / f"_shard-{shard_no:05d}.json")
 
     reasons = dict(Counter(d["reason"] for d in drops).most_common())
     ledger.write_run(STAGE, run_id, drops)
     seconds = time.perf_counter() - t0
     result = IngestResult(run_id, source, out_dir, n_seen, n_kept, len(drops), reasons, stats, seconds,
-                          examples=drops[:10])
+                          examples=drops[:10], shards_resumed=len(finished))
     if n_kept == 0:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         raise AllSamplesFailed(
             f"no sample of {source} could be ingested ({n_seen} seen; reasons: {reasons or 'no samples at all'}). "
             "Check TADS_POOL; `tads explain UID` shows each rejected sample."
         )
+    for f in staging.glob("_*"):  # resume bookkeeping: not part of the output
+        f.unlink()
     write_json_atomic(result.manifest(), staging / MANIFEST)
     replace_dir(staging, out_dir)
     progress(f"raw_pool: {n_seen} samples seen, {n_kept} kept, {len(drops)} ledgered in {seconds:.1f}s "
-             f"({result.samples_per_s:.0f} samples/s)")
+             f"({result.samples_per_s:.0f} samples/s)" + (f", {len(finished)} shard(s) resumed" if finished else ""))
     return result
+
+
+_DROP_SCHEMA = {"uid": pl.Utf8, "decision": pl.Utf8, "reason": pl.Utf8, "value": pl.Float64, "detail": pl.Utf8}
 
 
 def _validate(rec: formats.RawRecord, limits: formats.IngestLimits, seen_uids: set[str]) -> dict | formats.Rejection:

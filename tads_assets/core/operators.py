@@ -345,11 +345,9 @@ FEATURE_COLUMNS = (  # the numeric vector f(x) the weak labels and q_φ see, in 
 
 
 def decode(blob: bytes) -> Image.Image:
-    import io
+    from tads_assets.core.formats import decode_rgb
 
-    with Image.open(io.BytesIO(blob)) as im:
-        im.load()
-        return im.convert("RGB")
+    return decode_rgb(blob)
 
 
 def image_part_features(blobs: Sequence[bytes], params: OperatorParams,

@@ -115,10 +115,9 @@ def sample_grid_markdown(rows: Mapping[str, Sequence[tuple[bytes, str, float]]],
                          thumb_px: int = 96) -> str:
     """A grid of samples like the paper's Figure 6: one row per group (e.g. highest and lowest scored), each cell
     the image with its score and the start of its caption. `rows` maps a row label to (image bytes, caption, score)."""
-    import io
     import textwrap
 
-    from PIL import Image
+    from tads_assets.core.formats import decode_rgb
 
     import matplotlib
 
@@ -135,7 +134,7 @@ def sample_grid_markdown(rows: Mapping[str, Sequence[tuple[bytes, str, float]]],
                 continue
             blob, caption, score = samples[c]
             try:
-                image = Image.open(io.BytesIO(blob)).convert("RGB")
+                image = decode_rgb(blob)
                 image.thumbnail((thumb_px, thumb_px))
                 ax.imshow(image)
             except Exception as err:  # an unreadable image is shown as such, not dropped from the grid

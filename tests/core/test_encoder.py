@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -87,3 +88,33 @@ def test_open_clip_weights_load_from_a_local_file(tmp_path):
     assert np.allclose(enc.l2_normalize(ref)[0], zt[0], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "missing.pt"))
+
+
+class _RunsCode:
+    """Unpickling this would create the marker file: what a hostile checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_bearing_checkpoint_is_refused_without_running_it(tmp_path):
+    import open_clip
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "tads-tiny-vit.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "cfg")
+    state = open_clip.create_model("tads-tiny-vit", pretrained=None).state_dict()
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": state, "payload": _RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt hold pickled Python objects.*refuses.*safetensors"):
+        enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+    # the same weights as safetensors load
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "tiny.safetensors")
+    zt = enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "tiny.safetensors")).encode_texts(["a red square"])
+    assert zt.shape == (1, 32)

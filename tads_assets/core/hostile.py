@@ -1,0 +1,293 @@
+"""A hostile-input corpus: the broken, odd and malicious inputs a web-scale pool holds, each with the outcome
+TADS promises for it (issue "Reliability"). Tests and `benchmarks/hostile_inputs.py` generate it; nothing is
+downloaded. Every case names what goes in and what must come out:
+
+- `kept`: an odd but valid sample (CMYK, 16-bit, palette, animated, EXIF-rotated image; control characters in
+  its caption) is ingested and decoded the one right way (`formats.decode_rgb`);
+- `ledgered:<reason>`: the sample leaves the pool with a ledger row naming it and the reason;
+- `error:<regex>`: the run stops before any work with a message naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from tads_assets.core import formats
+
+COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200), "yellow": (230, 210, 40),
+          "purple": (140, 50, 170), "orange": (240, 140, 30), "black": (20, 20, 20), "white": (240, 240, 240)}
+SHAPES = ("circle", "square", "triangle", "cross", "stripe", "ring")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: `uid` is the sample key (None for whole-input cases), `expect` the promised outcome."""
+
+    kind: str
+    source: str  # webdataset | img2dataset | csv | task file | embeddings | checkpoint
+    uid: str | None
+    expect: str  # "kept" | "ledgered:<reason>" | "error:<regex the message must match>"
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def good_image(i: int, size: int = 64) -> tuple[bytes, str]:
+    """A distinct, valid JPEG (a coloured shape on a grey background) and its caption."""
+    color_name = list(COLORS)[i % len(COLORS)]
+    shape = SHAPES[(i // len(COLORS)) % len(SHAPES)]
+    rng = np.random.default_rng(i)
+    arr = np.full((size, size, 3), 90 + (i * 7) % 80, np.uint8) + rng.integers(0, 12, (size, size, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    c, r = size / 2 + (i % 5) - 2, size / 3
+    masks = {"circle": (yy - c) ** 2 + (xx - c) ** 2 < r * r, "square": (abs(yy - c) < r) & (abs(xx - c) < r),
+             "triangle": (yy > c - r) & (abs(xx - c) < (yy - c + r) / 2), "cross": (abs(yy - c) < r / 3) | (abs(xx - c) < r / 3),
+             "stripe": (xx // 8) % 2 == 0, "ring": abs(np.hypot(yy - c, xx - c) - r) < r / 4}
+    arr[masks[shape]] = COLORS[color_name]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue(), f"a {color_name} {shape} on a grey background, picture {i}"
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A 100-byte PNG whose header claims width x height pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def odd_images() -> dict[str, tuple[bytes, str]]:
+    """Valid images in the modes a web pool holds besides 8-bit RGB: (bytes, extension)."""
+    base = Image.open(io.BytesIO(good_image(3)[0])).convert("RGB")
+    grey16 = Image.fromarray((np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16))
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    frames = [Image.new("RGB", (40, 40), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    anim = io.BytesIO()
+    frames[0].save(anim, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    tall = Image.new("RGB", (80, 40), (30, 120, 200))  # stored 80 wide x 40 high, shown upright as 40 x 80
+    tall.paste((250, 250, 250), (0, 0, 20, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    return {
+        "cmyk_jpeg": (_save(base.convert("CMYK"), "JPEG"), "jpg"),
+        "grey_16bit_png": (_save(grey16, "PNG"), "png"),
+        "palette_png_transparent": (_save(palette, "PNG", transparency=0), "png"),
+        "animated_gif_as_png": (anim.getvalue(), "png"),
+        "exif_rotated_jpeg": (_save(tall, "JPEG", exif=exif), "jpg"),
+    }
+
+
+def broken_images() -> dict[str, tuple[bytes, str, str]]:
+    """Images that cannot be used: (bytes, extension, ledger reason)."""
+    jpeg, png = good_image(5)[0], _save(Image.open(io.BytesIO(good_image(6)[0])), "PNG")
+    return {
+        "truncated_jpeg": (jpeg[: len(jpeg) // 2], "jpg", formats.CORRUPT_IMAGE),
+        "truncated_png": (png[: len(png) // 2], "png", formats.CORRUPT_IMAGE),
+        "corrupt_jpeg_garbage": (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "jpg", formats.CORRUPT_IMAGE),
+        "html_error_page_as_jpeg": (b"<html><body>404 Not Found</body></html>" * 20, "jpg", formats.CORRUPT_IMAGE),
+        "zero_byte_image": (b"", "jpg", formats.EMPTY_IMAGE),
+        "png_bomb_30000x30000": (bomb_png(), "png", formats.DECOMPRESSION_BOMB),
+    }
+
+
+def hostile_captions() -> dict[str, tuple[bytes | None, str]]:
+    """Captions: (raw bytes, expected outcome)."""
+    return {
+        "empty_caption": (b"", f"ledgered:{formats.EMPTY_CAPTION}"),
+        "whitespace_caption": (b" \t\r\n \xc2\xa0 ", f"ledgered:{formats.EMPTY_CAPTION}"),
+        "caption_10mb": (b"spam " * 2_000_000, f"ledgered:{formats.CAPTION_TOO_LONG}"),
+        "non_utf8_caption": ("caf\xe9 cr\xe8me".encode("latin-1"), f"ledgered:{formats.NON_UTF8_CAPTION}"),
+        "control_char_caption": (b"a red\x00 circle\x07 with\x1b[31m escapes\x7f", "kept"),
+        "missing_caption": (None, f"ledgered:{formats.MISSING_CAPTION}"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _sample(key: str, image: bytes | None, caption: bytes | None, ext: str = "jpg") -> list[tuple[str, bytes]]:
+    members = [] if image is None else [(f"{key}.{ext}", image)]
+    if caption is not None:
+        members.append((f"{key}.txt", caption))
+    return members + [(f"{key}.json", json.dumps({"url": f"https://example.com/{key}.{ext}"}).encode())]
+
+
+def build_webdataset(root: str | Path, n_good: int = 120) -> tuple[str, list[Case]]:
+    """Three shards under `root`: good samples interleaved with every hostile sample, duplicate keys within and
+    across shards, unsafe member names, and a third shard cut off inside its last sample. Returns the
+    `webdataset:` spec and the cases."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cases: list[Case] = []
+    shards: list[list[tuple[str, bytes]]] = [[], [], []]
+    good = [good_image(i) for i in range(n_good)]
+    for i, (img, cap) in enumerate(good):
+        shards[i % 2].extend(_sample(f"good-{i:05d}", img, cap.encode()))
+    fine_image = good_image(999)[0]
+    for kind, (data, ext) in odd_images().items():
+        shards[0].extend(_sample(kind, data, f"an odd image: {kind.replace('_', ' ')}".encode(), ext))
+        cases.append(Case(kind, "webdataset", kind, "kept"))
+    for kind, (data, ext, reason) in broken_images().items():
+        shards[0].extend(_sample(kind, data, b"a picture that will not decode", ext))
+        cases.append(Case(kind, "webdataset", kind, f"ledgered:{reason}"))
+    for j, (kind, (caption, expect)) in enumerate(hostile_captions().items()):
+        shards[1].extend(_sample(kind, good_image(500 + j)[0], caption))
+        cases.append(Case(kind, "webdataset", kind, expect))
+    shards[1].extend(_sample("no_image_member", None, b"a caption without its picture"))
+    cases.append(Case("sample_without_image", "webdataset", "no_image_member", f"ledgered:{formats.MISSING_IMAGE}"))
+    # duplicate keys: the first occurrence is kept, the later one ledgered (same ledger uid: the key)
+    shards[0].extend(_sample("dup-within", fine_image, b"first copy in shard 0"))
+    shards[0].extend(_sample("dup-within", good_image(998)[0], b"second copy in shard 0"))
+    shards[0].extend(_sample("dup-across", good_image(997)[0], b"first copy, shard 0"))
+    shards[1].extend(_sample("dup-across", good_image(996)[0], b"second copy, shard 1"))
+    cases += [Case("duplicate_key_within_shard", "webdataset", "dup-within", f"ledgered:{formats.DUPLICATE_KEY}"),
+              Case("duplicate_key_across_shards", "webdataset", "dup-across", f"ledgered:{formats.DUPLICATE_KEY}")]
+    # member names that would escape a folder if ever used as a path
+    shards[1].extend(_sample("../../escape", fine_image, b"path traversal member"))
+    shards[1].extend(_sample("/etc/absolute", fine_image, b"absolute member name"))
+    shards[1].extend(_sample("nested/ok-key", good_image(995)[0], b"a nested WebDataset key is a fine key"))
+    cases += [Case("tar_member_path_traversal", "webdataset", "../../escape", f"ledgered:{formats.UNSAFE_PATH}"),
+              Case("tar_member_absolute_path", "webdataset", "/etc/absolute", f"ledgered:{formats.UNSAFE_PATH}"),
+              Case("tar_member_nested_key", "webdataset", "nested/ok-key", "kept")]
+    # shard 2: three whole samples, then the archive ends inside the fourth one's image
+    for k in range(3):
+        shards[2].extend(_sample(f"before-cut-{k}", good_image(900 + k)[0], b"complete before the cut"))
+    shards[2].extend(_sample("cut-inside", good_image(904, size=160)[0], b"the archive ends inside me"))
+    full = _tar_bytes(shards[2])
+    cut_at = full.rfind(b"cut-inside.jpg") + 512 + 700  # header block of the image member, then into its data
+    for k in range(3):
+        cases.append(Case("sample_before_tar_truncation", "webdataset", f"before-cut-{k}", "kept"))
+    cases.append(Case("truncated_tar", "webdataset", "cut-inside", f"ledgered:{formats.TRUNCATED_TAR}"))
+    (root / "00000.tar").write_bytes(_tar_bytes(shards[0]))
+    (root / "00001.tar").write_bytes(_tar_bytes(shards[1]))
+    (root / "00002.tar").write_bytes(full[:cut_at])
+    return f"webdataset:{root}/{{00000..00002}}.tar", cases
+
+
+def build_img2dataset(root: str | Path) -> tuple[str, list[Case]]:
+    """An img2dataset output folder whose table lists a file that is not there, a failed download and an unsafe key."""
+    root = Path(root)
+    (root / "00000").mkdir(parents=True, exist_ok=True)
+    rows = {"key": [], "url": [], "caption": [], "status": [], "error_message": []}
+
+    def add(key, status="success", error=None):
+        for col, v in zip(rows, (key, f"https://example.com/{key}.jpg", f"caption of {key}", status, error)):
+            rows[col].append(v)
+
+    for i in range(4):
+        img, cap = good_image(700 + i)
+        add(f"i2d-{i}")
+        (root / "00000" / f"i2d-{i}.jpg").write_bytes(img)
+    add("i2d-missing-file")
+    add("i2d-failed", "failed_to_download", "HTTP 404")
+    add("../i2d-escape")
+    pl.DataFrame(rows).write_parquet(root / "00000.parquet")
+    return f"img2dataset:{root}", [
+        Case("img2dataset_missing_file", "img2dataset", "i2d-missing-file", f"ledgered:{formats.MISSING_FILE}"),
+        Case("img2dataset_failed_download", "img2dataset", "i2d-failed", f"ledgered:{formats.DOWNLOAD_FAILED}"),
+        Case("img2dataset_key_path_traversal", "img2dataset", "../i2d-escape", f"ledgered:{formats.UNSAFE_PATH}"),
+        *[Case("img2dataset_sample", "img2dataset", f"i2d-{i}", "kept") for i in range(4)],
+    ]
+
+
+def build_csv(root: str | Path) -> tuple[str, list[Case]]:
+    """A CSV pool with a good row, a `../` path, an absolute path outside its folder and a missing file."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    outside = root.parent / f"{root.name}-outside.jpg"
+    outside.write_bytes(good_image(800)[0])
+    for i in range(3):
+        (root / "images" / f"ok{i}.jpg").write_bytes(good_image(810 + i)[0])
+    lines = ["image_path,caption,url"] + [f"images/ok{i}.jpg,a fine csv row {i},https://example.com/ok{i}.jpg"
+                                          for i in range(3)]
+    lines += [f"../{outside.name},a path climbing out of the csv folder,", f"{outside},an absolute path outside,",
+              "images/not-there.jpg,a file that does not exist,"]
+    (root / "pool.csv").write_text("\n".join(lines) + "\n")
+    uid = lambda row: f"pool-{row:09d}"  # noqa: E731 - the reader's uid: CSV stem and data row number
+    return f"csv:{root / 'pool.csv'}", [
+        *[Case("csv_row", "csv", uid(i), "kept") for i in range(3)],
+        Case("csv_path_traversal", "csv", uid(3), f"ledgered:{formats.UNSAFE_PATH}"),
+        Case("csv_absolute_path_outside_root", "csv", uid(4), f"ledgered:{formats.UNSAFE_PATH}"),
+        Case("csv_missing_file", "csv", uid(5), f"ledgered:{formats.MISSING_FILE}"),
+    ]
+
+
+def build_csv_missing_columns(root: str | Path) -> tuple[str, Case]:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bad.csv").write_text("path,text\nimages/a.jpg,a caption\n")
+    return f"csv:{root / 'bad.csv'}", Case("csv_missing_columns", "csv", None,
+                                          r"error:lacks required column\(s\) \['image_path', 'caption'\].*header must name")
+
+
+# --------------------------------------------------------------------------------------------- task files
+
+# one wrong field at a time: (edit of a valid document, regex the error message must match)
+TASK_FILE_EDITS = {
+    "task_name_missing": (lambda d: d["tasks"][0].pop("name"), r"tasks\[0\]\.name"),
+    "task_kind_unknown": (lambda d: d["tasks"][0].update(kind="detection"), r"'shapes'\.kind"),
+    "task_template_without_placeholder": (lambda d: d["tasks"][0].update(templates=["a photo"]), r"'shapes'\.templates"),
+    "task_one_class": (lambda d: d["tasks"][0].update(classes=["circle"]), r"'shapes'\.classes"),
+    "task_classes_repeat": (lambda d: d["tasks"][0].update(classes=["circle", "circle"]), r"'shapes'\.classes"),
+    "task_weight_not_a_number": (lambda d: d["tasks"][0].update(weight="heavy"), r"'shapes'\.weight"),
+    "task_weight_negative": (lambda d: d["tasks"][0].update(weight=-1), r"'shapes'\.weight"),
+    "task_test_set_missing": (lambda d: d["tasks"][0].pop("test"), r"'shapes'\.test: missing"),
+    "task_set_file_missing": (lambda d: d["tasks"][0].update(validation="webdataset:gone.tar"),
+                              r"'shapes'\.validation.*does not exist"),
+    "task_set_not_webdataset": (lambda d: d["tasks"][0].update(validation="/data/v.tar"), r"'shapes'\.validation.*webdataset:PATH"),
+    "task_name_repeated": (lambda d: d["tasks"][1].update(name="shapes"), r"'shapes'\.name: used by more than one"),
+    "task_list_empty": (lambda d: d.update(tasks=[]), "non-empty list"),
+}
+
+
+def task_file_cases(root: str | Path) -> list[tuple[Case, str]]:
+    """A valid task file edited to have one wrong field at a time: (case, YAML text), all in `root`."""
+    import copy
+
+    import yaml
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("v.tar", "t.tar"):
+        (root / name).write_bytes(_tar_bytes([]))
+    doc = {"tasks": [{"name": "shapes", "kind": "classification", "classes": ["circle", "square"],
+                      "templates": ["a photo of a {}."], "weight": 1, "validation": "webdataset:v.tar",
+                      "test": "webdataset:t.tar"},
+                     {"name": "caps", "kind": "retrieval", "validation": "webdataset:v.tar", "test": "webdataset:t.tar"}]}
+    out = []
+    for kind, (edit, pattern) in TASK_FILE_EDITS.items():
+        d = copy.deepcopy(doc)
+        edit(d)
+        out.append((Case(kind, "task file", None, f"error:{pattern}"), yaml.safe_dump(d)))
+    out.append((Case("task_file_not_yaml", "task file", None, "error:not valid YAML"), "tasks: [ {name: x"))
+    return out
