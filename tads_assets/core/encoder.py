@@ -263,6 +263,10 @@ class OpenClipEncoder:
 
         if weights != "none" and not Path(weights).exists() and "/" in weights:
             raise FileNotFoundError(f"open_clip weights file {weights} does not exist")
+        open_clip.add_model_config(Path(__file__).parent / "model_configs")  # TADS-Tiny-*: a trained_clip checkpoint
+        if open_clip.get_model_config(model_name) is None:
+            raise ValueError(f"unknown open_clip model config {model_name!r} in TADS_ENCODER: use an open_clip name "
+                             "(open_clip.list_models()) or TADS-Tiny-ViT / TADS-Tiny-RN")
         pretrained = None if weights == "none" else weights
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(

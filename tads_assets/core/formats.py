@@ -466,6 +466,8 @@ def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, s
             return rgb.width, rgb.height, fmt, tiny_image(rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Rejection(DECOMPRESSION_BOMB, str(exc))
+    except Image.UnidentifiedImageError:
+        return Rejection(CORRUPT_IMAGE, f"not an image format Pillow reads (starts {data[:12]!r})", float(len(data)))
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all mean "corrupt"
         return Rejection(CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}"[:300], float(len(data)))
 

@@ -77,3 +77,13 @@ def test_workspace_yaml_loads_the_code_location_as_dagster_dev_does(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Validation successful" in proc.stderr + proc.stdout
+
+
+def test_the_ui_binds_to_localhost_only_by_default():
+    """`make ui` serves Dagster on 127.0.0.1 (README says how to expose it deliberately); nothing binds 0.0.0.0."""
+    proc = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    serve = [line for line in proc.stdout.splitlines() if "dagster dev" in line]
+    assert serve and all("-h 127.0.0.1" in line for line in serve), proc.stdout
+    for name in ("Makefile", "workspace.yaml", "scripts/setup.sh", "definitions.py"):
+        assert "0.0.0.0" not in (REPO / name).read_text(), name
+    assert "-h 0.0.0.0" in (REPO / "README.md").read_text()  # the deliberate way, documented
