@@ -18,7 +18,7 @@ from tads_assets.core.feature_table import (FeatureInputs, build_feature_table, 
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
-from tads_assets.core.storage import write_json_atomic, write_parquet_atomic
+from tads_assets.core.storage import atomic_path, write_json_atomic, write_parquet_atomic
 from tads_assets.core.tasks import Task, load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool_parts, scored_samples_grid
@@ -131,8 +131,8 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
     write_parquet_atomic(run.table, out / FEATURE_FILE)
     from safetensors.numpy import save_file
 
-    (paths.models_dir / "feature_table").mkdir(parents=True, exist_ok=True)
-    save_file(run.rater.to_tensors(), str(paths.models_dir / "feature_table" / RATER_FILE))
+    with atomic_path(paths.models_dir / "feature_table" / RATER_FILE) as tmp:
+        save_file(run.rater.to_tensors(), str(tmp))
     # quality_scores recomputes operators for its synthetic pairs with exactly these settings
     write_json_atomic(dataclasses.asdict(params), paths.models_dir / "feature_table" / PARAMS_FILE)
     t = run.table

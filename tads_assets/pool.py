@@ -1,6 +1,7 @@
 """pool group (DESIGN.md): raw_pool, frozen_features (per part), clip_encoder, pool_embeddings, deduped_pool.
 Assets load, call core, write, report."""
 
+import shutil
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from tads_assets.core import dedup, embeddings, formats, ingest
 from tads_assets.core.dedup import DedupParams
 from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
                                       save_heads, write_encoder_info)
-from tads_assets.core.storage import write_stage_output
+from tads_assets.core.storage import replace_dir, write_stage_output
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table, sample_grid_markdown
 
 
@@ -176,13 +177,17 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     heads_config = HeadsConfig(config.embed_dim, config.hidden_dim, config.epochs, config.batch_size, config.lr,
                                seed=config.seed)
     heads, report = fit_builtin_encoder(img, txt, heads_config, config.val_fraction, dev, progress=context.log.info)
-    save_heads(heads, out / "heads.safetensors")
     heldout = fit_heldout_heads(img, txt, fold_of(frozen["uid"].to_list()), heads_config, dev, context.log.info)
+    # heads, held-out heads and encoder.json replace the previous encoder together (never a mix of two runs)
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_heads(heads, staging / "heads.safetensors")
     heldout_files = [f"heads-heldout-{f}.safetensors" for f in range(len(heldout))]
     for h, name in zip(heldout, heldout_files):
-        save_heads(h, out / name)
-    info = write_encoder_info(out, {"kind": "builtin", "embed_dim": config.embed_dim, "heads": "heads.safetensors",
-                                    "heldout_heads": heldout_files, "image_size": encoder.image_size})
+        save_heads(h, staging / name)
+    info = write_encoder_info(staging, {"kind": "builtin", "embed_dim": config.embed_dim, "heads": "heads.safetensors",
+                                        "heldout_heads": heldout_files, "image_size": encoder.image_size})
+    replace_dir(staging, out)
     return MaterializeResult(metadata={
         "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
         "encoder_id": MetadataValue.text(info["encoder_id"]),

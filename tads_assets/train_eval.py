@@ -11,7 +11,7 @@ from resources import TadsPaths, TorchDevice
 from tads_assets.core import benchmark, clip_train
 from tads_assets.core.clip_train import TrainParams
 from tads_assets.core.report import bar_plot_png, line_plot_markdown, markdown_table, png_markdown
-from tads_assets.core.storage import write_json_atomic
+from tads_assets.core.storage import write_bytes_atomic, write_json_atomic
 from tads_assets.characterize import read_task_set, task_set
 from tads_assets.select import baseline_partitions, baseline_subsets, final_subset, read_subset_uids, subset_pairs
 
@@ -117,8 +117,8 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
                        "percent", reference=chance["average"])
     paths.reports_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report, paths.reports_dir / "benchmark.json")
-    (paths.reports_dir / "benchmark.md").write_text(md + "\n")
-    (paths.reports_dir / "benchmark.png").write_bytes(png)
+    write_bytes_atomic((md + "\n").encode(), paths.reports_dir / "benchmark.md")
+    write_bytes_atomic(png, paths.reports_dir / "benchmark.png")
     return MaterializeResult(metadata={
         "table": MetadataValue.md(markdown_table(shown)),
         "average_by_method": MetadataValue.md(png_markdown(png, "average zero-shot metric by method")),

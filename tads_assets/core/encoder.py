@@ -203,10 +203,12 @@ def save_heads(heads: ProjectionHeads, path: str | Path) -> Path:
     """Save with safetensors (no pickle) plus a JSON sidecar holding the config."""
     from safetensors.torch import save_file
 
+    from tads_assets.core.storage import atomic_path, write_json_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps(asdict(heads.config), indent=2))
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(tmp))
+    write_json_atomic(asdict(heads.config), path.with_suffix(".json"))
     return path
 
 
@@ -404,8 +406,9 @@ def write_encoder_info(out_dir: str | Path, info: dict) -> dict:
         st = Path(info["weights"]).stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     info = {**info, "encoder_id": digest.hexdigest()[:16]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ENCODER_INFO).write_text(json.dumps(info, indent=2))
+    from tads_assets.core.storage import write_json_atomic
+
+    write_json_atomic(info, out_dir / ENCODER_INFO)
     return info
 
 
