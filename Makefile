@@ -33,7 +33,7 @@ demo: setup dagster-home
 	@cat $(TADS_HOME)/reports/benchmark.md
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 # The Dagster UI on http://127.0.0.1:3000
 ui: setup dagster-home

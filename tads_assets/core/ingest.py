@@ -153,10 +153,12 @@ def _staged_shards(staging: Path, plan: dict, shards: list[formats.Shard],
         except (OSError, ValueError):
             info = None
         parts = sorted(staging.glob(f"part-{no:05d}-*.parquet"))
-        if info is not None and info.get("signature") == shard_signature(shard) and len(parts) == info["n_parts"]:
+        drops_file = staging / f"_shard-{no:05d}-drops.parquet"
+        if (info is not None and info.get("signature") == shard_signature(shard) and len(parts) == info["n_parts"]
+                and drops_file.exists() == bool(sum(info["reasons"].values()))):
             done[no] = info
             continue
-        for f in [*parts, marker, staging / f"_shard-{no:05d}-drops.parquet"]:
+        for f in [*parts, marker, drops_file]:
             f.unlink(missing_ok=True)
     for tmp in staging.glob(".*.tmp-*"):  # an atomic write the interruption cut short
         tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ no kernels. `import torchvision` then succeeds and everything that does not need
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import logging
 import sys
@@ -57,3 +58,23 @@ def ensure_torchvision_importable() -> None:
     for schema in _SCHEMAS:
         _library.define(schema)
     log.debug("torchvision C++ ops unavailable on this torch build; declared nms/qnms schemas only")
+
+
+class _ShimBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs `ensure_torchvision_importable` just before the first `import torchvision`, so importing TADS does not
+    import torch itself (the `tads` CLI's explain/ledger start in a fraction of a second)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            uninstall_lazy_shim()
+            ensure_torchvision_importable()
+        return None  # the regular finders import it
+
+
+def install_lazy_shim() -> None:
+    if "torchvision" not in sys.modules and not any(isinstance(f, _ShimBeforeTorchvision) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ShimBeforeTorchvision())
+
+
+def uninstall_lazy_shim() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ShimBeforeTorchvision)]
