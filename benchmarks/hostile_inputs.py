@@ -144,13 +144,7 @@ def damaged_vectors(out: Outcomes, home: Path, spec: str, tasks: str, cases: lis
             row.update(outcome="CRASH", detail="kept by raw_pool but no finite embedding", ok=False)
 
     part = sorted(p.stem for p in (home / "parquet" / "raw_pool").glob("part-*.parquet"))[0]
-    rows = embeddings.read_embeddings(db, ("uid", "encoder_id", "part_fingerprint", "heldout_pair_cos", "image_vec",
-                                           "text_vec", "flipped_image_vec"), part=part)
-    image, text, flipped = embeddings.arrays(rows, "image_vec", "text_vec", "flipped_image_vec")
-    uids = rows["uid"].to_list()
-    image[0, 0], text[1, 1] = np.inf, -np.inf
-    embeddings.write_part(db, embeddings.open_embeddings(db), part, rows["encoder_id"][0], uids, image, text, flipped,
-                          rows["part_fingerprint"][0], rows["heldout_pair_cos"].to_numpy())
+    uids = hostile.damage_embeddings(db, part)  # inf in uids[0]'s image vector, -inf in uids[1]'s text vector
     vec_cases = [Case("inf_image_vector_after_embedding", "embeddings", uids[0],
                       f"ledgered:{embeddings.NON_FINITE_EMBEDDING}"),
                  Case("inf_text_vector_after_embedding", "embeddings", uids[1],
@@ -166,11 +160,7 @@ def damaged_vectors(out: Outcomes, home: Path, spec: str, tasks: str, cases: lis
         n_raw = ingest.scan_raw_pool(home / "parquet" / "raw_pool").select(pl.len()).collect().item()
         out.account("deduped_pool (hostile WebDataset pool)", n_raw, len(kept), drops.height)
 
-    cache = res["paths"].frozen_cache_dir / f"{part}.parquet"
-    frame = pl.read_parquet(cache)
-    feats = embeddings.arrays(frame, "image_feat")[0]
-    feats[2] = np.nan
-    frame.with_columns(pl.Series("image_feat", feats, dtype=frame.schema["image_feat"])).write_parquet(cache)
+    hostile.damage_frozen_features(res["paths"].frozen_cache_dir / f"{part}.parquet", 2)
     recompute = {"ops": {"pool_embeddings": {"config": {"recompute": True}}}}
     result = run([raw_pool, clip_encoder, pool_embeddings], res, [pool_embeddings.key], recompute)
     case = Case("nan_frozen_features_after_embedding", "embeddings", None, "error:NaN/inf vectors.*materialize clip_encoder")

@@ -20,6 +20,7 @@ from PIL import Image
 from tads_assets.core.encoder import FrozenTowers, load_heads
 from tads_assets.core.formats import decode_rgb
 from tads_assets.core.ingest import part_fingerprint
+from tads_assets.core.ledger import DROP
 from tads_assets.core.storage import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,7 @@ def non_finite_rows(uids: list[str], **vectors: np.ndarray) -> tuple[np.ndarray,
     bad sample naming the vector column(s) at fault."""
     bad = {name: ~np.isfinite(v).all(axis=1) for name, v in vectors.items()}
     keep = ~np.logical_or.reduce(list(bad.values()))
-    rows = [{"uid": uids[i], "decision": "drop", "reason": NON_FINITE_EMBEDDING, "value": None,
+    rows = [{"uid": uids[i], "decision": DROP, "reason": NON_FINITE_EMBEDDING, "value": None,
              "detail": f"{' and '.join(n for n, b in bad.items() if b[i])} holds NaN or inf in LanceDB table "
                        f"{EMBEDDINGS_TABLE}; materialize pool_embeddings with config recompute: true to rewrite the table"}
             for i in np.flatnonzero(~keep)]

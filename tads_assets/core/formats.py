@@ -336,7 +336,10 @@ def _outside_root(rel: str, root: Path) -> str | None:
     """Why a CSV image_path is refused, or None: it must resolve (symlinks followed) inside the CSV's folder."""
     if "\x00" in rel:
         return "image_path contains a NUL byte"
-    target = (root / rel).resolve()
+    try:
+        target = (root / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
+        return f"image_path {rel!r} cannot be resolved: {exc}"
     if target == root or root in target.parents:
         return None
     return (f"image_path {rel!r} resolves to {target}, outside the CSV's folder {root}: image paths must lie under "

@@ -250,6 +250,35 @@ def build_csv_missing_columns(root: str | Path) -> tuple[str, Case]:
                                           r"error:lacks required column\(s\) \['image_path', 'caption'\].*header must name")
 
 
+# --------------------------------------------------------------------------------------------- damaged vectors
+
+
+def damage_embeddings(db, part: str) -> list[str]:
+    """Rewrite one raw_pool part's rows of the LanceDB embeddings table as a damaged copy that still counts as done
+    (same encoder and fingerprint): +inf in the first sample's image vector, -inf in the second's text vector
+    (LanceDB itself refuses NaN on write). Returns the part's uids in table order."""
+    from tads_assets.core import embeddings
+
+    rows = embeddings.read_embeddings(db, ("uid", "encoder_id", "part_fingerprint", "heldout_pair_cos", "image_vec",
+                                           "text_vec", "flipped_image_vec"), part=part)
+    image, text, flipped = embeddings.arrays(rows, "image_vec", "text_vec", "flipped_image_vec")
+    image[0, 3], text[1, 0] = np.inf, -np.inf
+    uids = rows["uid"].to_list()
+    embeddings.write_part(db, embeddings.open_embeddings(db), part, rows["encoder_id"][0], uids, image, text, flipped,
+                          rows["part_fingerprint"][0], rows["heldout_pair_cos"].to_numpy())
+    return uids
+
+
+def damage_frozen_features(cache_file: str | Path, row: int) -> None:
+    """NaN into one sample's cached frozen image features, leaving the part's fingerprint as it was."""
+    from tads_assets.core import embeddings
+
+    frame = pl.read_parquet(cache_file)
+    feats = embeddings.arrays(frame, "image_feat")[0]
+    feats[row] = np.nan
+    frame.with_columns(pl.Series("image_feat", feats, dtype=frame.schema["image_feat"])).write_parquet(cache_file)
+
+
 # --------------------------------------------------------------------------------------------- task files
 
 # one wrong field at a time: (edit of a valid document, regex the error message must match)

@@ -149,13 +149,7 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
     resources = resources_for(home, demo_spec, str(demo_dir / "tasks.yaml"))
     db = resources["lance"].connect()
     part = sorted(p.stem for p in (home / "parquet" / "raw_pool").glob("part-*.parquet"))[0]
-    rows = embeddings.read_embeddings(db, ("uid", "encoder_id", "part_fingerprint", "heldout_pair_cos", "image_vec",
-                                           "text_vec", "flipped_image_vec"), part=part)
-    image, text, flipped = embeddings.arrays(rows, "image_vec", "text_vec", "flipped_image_vec")
-    image[0, 3], text[1, 0] = np.inf, -np.inf  # the part rewritten as a damaged copy: it still counts as done
-    uids = rows["uid"].to_list()
-    embeddings.write_part(db, embeddings.open_embeddings(db), part, rows["encoder_id"][0], uids, image, text, flipped,
-                          rows["part_fingerprint"][0], rows["heldout_pair_cos"].to_numpy())
+    uids = hostile.damage_embeddings(db, part)  # inf in uids[0]'s image vector, -inf in uids[1]'s text vector
     result = materialize([raw_pool, pool_embeddings, deduped_pool, deduped_pool_ledger_complete],
                          selection=[deduped_pool.key], resources=resources)
     assert result.success  # includes the blocking ledger-completeness check
@@ -166,11 +160,7 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
     kept = pl.read_parquet(home / "parquet" / "deduped_pool" / "deduped_pool.parquet")["uid"]
     assert not set(uids[:2]) & set(kept) and _metadata(result, deduped_pool)["non_finite_embeddings"] == 2
 
-    cache = TadsPaths(home=str(home), pool=demo_spec).frozen_cache_dir / f"{part}.parquet"
-    frame = pl.read_parquet(cache)
-    feats = embeddings.arrays(frame, "image_feat")[0]
-    feats[5, :] = np.nan
-    frame.with_columns(pl.Series("image_feat", feats, dtype=frame.schema["image_feat"])).write_parquet(cache)
+    hostile.damage_frozen_features(TadsPaths(home=str(home), pool=demo_spec).frozen_cache_dir / f"{part}.parquet", 5)
     recompute = {"ops": {"pool_embeddings": {"config": {"recompute": True}}}}
     failed = materialize([raw_pool, clip_encoder, pool_embeddings], selection=[pool_embeddings.key],
                          resources=resources, run_config=recompute, raise_on_error=False)
