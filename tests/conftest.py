@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 import tads_assets  # noqa: F401  (torchvision import shim before anything imports open_clip)
 from tads_assets.core.demo_pool import DemoConfig, generate_demo_pool
+from tads_assets.core.hostile import tar_bytes
 
 SMALL_DEMO = DemoConfig(
     n_samples=400, seed=3, shard_size=100,
@@ -39,11 +39,7 @@ def image_bytes(color=(200, 30, 30), size=(32, 24), fmt="JPEG") -> bytes:
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(tar_bytes(members))
     return path
 
 

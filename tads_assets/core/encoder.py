@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tads_assets.core.storage import atomic_path, write_json_atomic
+
 log = logging.getLogger(__name__)
 
 IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite0 global-average-pooled head
@@ -202,8 +204,6 @@ def train_projection_heads(image_feats: np.ndarray, text_feats: np.ndarray, conf
 def save_heads(heads: ProjectionHeads, path: str | Path) -> Path:
     """Save with safetensors (no pickle) plus a JSON sidecar holding the config."""
     from safetensors.torch import save_file
-
-    from tads_assets.core.storage import atomic_path, write_json_atomic
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -406,8 +406,6 @@ def write_encoder_info(out_dir: str | Path, info: dict) -> dict:
         st = Path(info["weights"]).stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     info = {**info, "encoder_id": digest.hexdigest()[:16]}
-    from tads_assets.core.storage import write_json_atomic
-
     write_json_atomic(info, out_dir / ENCODER_INFO)
     return info
 

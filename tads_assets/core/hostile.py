@@ -125,7 +125,8 @@ def hostile_captions() -> dict[str, tuple[bytes | None, str]]:
 # --------------------------------------------------------------------------------------------- sources
 
 
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A plain tar of (member name, bytes), in order."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in members:
@@ -183,13 +184,13 @@ def build_webdataset(root: str | Path, n_good: int = 120) -> tuple[str, list[Cas
     for k in range(3):
         shards[2].extend(_sample(f"before-cut-{k}", good_image(900 + k)[0], b"complete before the cut"))
     shards[2].extend(_sample("cut-inside", good_image(904, size=160)[0], b"the archive ends inside me"))
-    full = _tar_bytes(shards[2])
+    full = tar_bytes(shards[2])
     cut_at = full.rfind(b"cut-inside.jpg") + 512 + 700  # header block of the image member, then into its data
     for k in range(3):
         cases.append(Case("sample_before_tar_truncation", "webdataset", f"before-cut-{k}", "kept"))
     cases.append(Case("truncated_tar", "webdataset", "cut-inside", f"ledgered:{formats.TRUNCATED_TAR}"))
-    (root / "00000.tar").write_bytes(_tar_bytes(shards[0]))
-    (root / "00001.tar").write_bytes(_tar_bytes(shards[1]))
+    (root / "00000.tar").write_bytes(tar_bytes(shards[0]))
+    (root / "00001.tar").write_bytes(tar_bytes(shards[1]))
     (root / "00002.tar").write_bytes(full[:cut_at])
     return f"webdataset:{root}/{{00000..00002}}.tar", cases
 
@@ -308,7 +309,7 @@ def task_file_cases(root: str | Path) -> list[tuple[Case, str]]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name in ("v.tar", "t.tar"):
-        (root / name).write_bytes(_tar_bytes([]))
+        (root / name).write_bytes(tar_bytes([]))
     doc = {"tasks": [{"name": "shapes", "kind": "classification", "classes": ["circle", "square"],
                       "templates": ["a photo of a {}."], "weight": 1, "validation": "webdataset:v.tar",
                       "test": "webdataset:t.tar"},

@@ -53,3 +53,8 @@ def resources_for(home, pool: str, tasks: str) -> dict:
     """The resources of a run writing under `home`."""
     return {"paths": TadsPaths(home=str(home), pool=pool, tasks=tasks), "lance": LanceStore(uri=str(home / "lance")),
             "encoder": ClipEncoder(), "device": TorchDevice(), "ocr": Ocr(), "langid": LangId()}
+
+
+def metadata_values(result, node: str) -> dict:
+    """The plain values of the first materialization's metadata of `node` in a run."""
+    return {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}

@@ -21,7 +21,7 @@ from tads_assets.checks import deduped_pool_ledger_complete
 from tads_assets.core import embeddings, hostile
 from tads_assets.core.ledger import Ledger
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
-from tests.assets.conftest import resources_for
+from tests.assets.conftest import metadata_values, resources_for
 from tests.conftest import write_tar
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,11 +57,6 @@ def _materialize_then_kill(select: str, home: Path, pool: str, tasks: str, ready
     return output
 
 
-def _metadata(result, asset) -> dict:
-    mat = result.asset_materializations_for_node(asset.op.name)[0]
-    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
-
-
 def _ledger_rows(home: Path, stage: str) -> pl.DataFrame:
     return Ledger(home / "ledger").read(stage).drop("run_id", "ts")
 
@@ -95,7 +90,7 @@ def test_raw_pool_killed_mid_ingestion_resumes_at_the_first_unfinished_shard(tmp
 
     resumed = materialize([raw_pool], resources=resources_for(home, shard_pool, tasks))
     assert resumed.success
-    meta = _metadata(resumed, raw_pool)
+    meta = metadata_values(resumed, "raw_pool")
     assert meta["shards_resumed"] == len(finished) and meta["n_in"] == 800 and meta["n_dropped"] == 8
 
     fresh = tmp_path / "uninterrupted"
@@ -120,7 +115,7 @@ def test_clip_encoder_killed_mid_features_reuses_finished_parts_and_matches(tmp_
     assert 1 <= len(done) < 4, done
 
     resumed = materialize([raw_pool, clip_encoder], selection=[clip_encoder.key], resources=resources)
-    meta = _metadata(resumed, clip_encoder)
+    meta = metadata_values(resumed, "clip_encoder")
     assert meta["frozen_parts_cached"] == len(done) and meta["frozen_parts_computed"] == 4 - len(done)
     for part in sorted(paths.frozen_cache_dir.glob("part-*.parquet")):
         assert pl.read_parquet(cache / part.name).equals(pl.read_parquet(part)), part.name
@@ -158,7 +153,7 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
                                                                                     uids[1]: "text_vec"}
     assert "recompute: true" in drops["detail"][0]
     kept = pl.read_parquet(home / "parquet" / "deduped_pool" / "deduped_pool.parquet")["uid"]
-    assert not set(uids[:2]) & set(kept) and _metadata(result, deduped_pool)["non_finite_embeddings"] == 2
+    assert not set(uids[:2]) & set(kept) and metadata_values(result, "deduped_pool")["non_finite_embeddings"] == 2
 
     hostile.damage_frozen_features(TadsPaths(home=str(home), pool=demo_spec).frozen_cache_dir / f"{part}.parquet", 5)
     recompute = {"ops": {"pool_embeddings": {"config": {"recompute": True}}}}
@@ -168,9 +163,9 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
     assert not failed.success and f"raw_pool part {part}" in message and uids[5] in message
     assert "materialize clip_encoder" in message
     healed = materialize([raw_pool, clip_encoder], selection=[clip_encoder.key], resources=resources)
-    assert _metadata(healed, clip_encoder)["frozen_parts_computed"] == 1
+    assert metadata_values(healed, "clip_encoder")["frozen_parts_computed"] == 1
     fixed = materialize([raw_pool, clip_encoder, pool_embeddings], selection=[pool_embeddings.key],
                         resources=resources, run_config=recompute)
-    assert _metadata(fixed, pool_embeddings)["parts_computed"] == 4
+    assert metadata_values(fixed, "pool_embeddings")["parts_computed"] == 4
     frame = embeddings.read_embeddings(db, uids=uids[:6])
     assert all(np.isfinite(v).all() for v in embeddings.arrays(frame, "image_vec", "text_vec", "flipped_image_vec"))

@@ -11,13 +11,11 @@ from polars.testing import assert_frame_equal
 from tads_assets.characterize import FEATURE_FILE, feature_table, operator_features
 from tads_assets.pool import (clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool, raw_pool_parts,
                               register_parts)
-from tests.assets.conftest import resources_for
+from tests.assets.conftest import metadata_values, resources_for
 
 GRAPH = [raw_pool, frozen_features, clip_encoder, pool_embeddings, deduped_pool, operator_features, feature_table]
 
 
-def _meta(result, node):
-    return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
 
 def test_register_parts_adds_new_and_removes_stale_partitions():
@@ -42,23 +40,23 @@ def test_backfilled_parts_are_read_back_not_recomputed(tmp_path, demo_spec, demo
     for part in parts:  # what a backfill does, one run per partition
         run = materialize(GRAPH, selection=[frozen_features.key], partition_key=part, resources=resources,
                           instance=instance)
-        meta = _meta(run, "frozen_features")
+        meta = metadata_values(run, "frozen_features")
         assert run.success and meta["computed"] is True and meta["n_in"] == meta["n_out"] > 0 and meta["seconds"] > 0
     run = materialize(GRAPH, selection=[clip_encoder.key, pool_embeddings.key, deduped_pool.key],
                       resources=resources, instance=instance)
     assert run.success
-    assert (_meta(run, "clip_encoder")["frozen_parts_cached"], _meta(run, "clip_encoder")["frozen_parts_computed"]) == (4, 0)
+    assert (metadata_values(run, "clip_encoder")["frozen_parts_cached"], metadata_values(run, "clip_encoder")["frozen_parts_computed"]) == (4, 0)
 
     for part in parts:
         run = materialize(GRAPH, selection=[operator_features.key], partition_key=part, resources=resources,
                           instance=instance)
-        assert run.success and _meta(run, "operator_features")["computed"] is True
+        assert run.success and metadata_values(run, "operator_features")["computed"] is True
     again = materialize(GRAPH, selection=[operator_features.key], partition_key=parts[0], resources=resources,
                         instance=instance)
-    assert _meta(again, "operator_features")["computed"] is False  # nothing changed: read from the cache
+    assert metadata_values(again, "operator_features")["computed"] is False  # nothing changed: read from the cache
     run = materialize(GRAPH, selection=[feature_table.key], resources=resources, instance=instance)
     assert run.success
-    meta = _meta(run, "feature_table")
+    meta = metadata_values(run, "feature_table")
     assert (meta["parts_resumed"], meta["parts_computed"]) == (4, 0)
 
     table = pl.read_parquet(resources["paths"].parquet_dir("feature_table") / FEATURE_FILE)

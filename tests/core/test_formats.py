@@ -1,6 +1,4 @@
 import csv
-import struct
-import zlib
 
 import polars as pl
 import pytest
@@ -8,18 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tads_assets.core import formats, ingest
+from tads_assets.core.hostile import bomb_png
 from tads_assets.core.ledger import Ledger
 from tests.conftest import image_bytes, wds_sample, write_tar
-
-
-def bomb_png(width=30_000, height=30_000) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def run_ingest(tmp_path, spec, **kw):
