@@ -47,6 +47,24 @@ def raw_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
 
 
 @asset_check(asset=raw_pool, blocking=True,
+             description="Every byte of every source accounted for: each tar's bytes were read as members or lie in "
+             "an unreadable range that a ledger row of the latest run names; each table's rows were all read.")
+def raw_pool_sources_fully_read(paths: TadsPaths) -> AssetCheckResult:
+    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    ledgered = set(paths.ledger().read(ingest.STAGE, run_id=manifest["run_id"])["uid"].to_list())
+    rows, problems = ingest.source_coverage(manifest, ledgered)
+    return AssetCheckResult(
+        passed=not problems, severity=AssetCheckSeverity.ERROR,
+        description="every source fully read or its unreadable ranges ledgered" if not problems else
+        f"{len(problems)} problem(s), e.g. {problems[0]}",
+        metadata={"shards": len(rows), "unreadable_ranges": sum(r["unreadable ranges"] for r in rows),
+                  "unreadable_bytes": sum(r["unreadable bytes"] for r in rows), "problems": len(problems),
+                  "coverage": MetadataValue.md(markdown_table(rows[:50])),
+                  **({"first_problems": MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]))} if problems else {})},
+    )
+
+
+@asset_check(asset=raw_pool, blocking=True,
              description="uids unique; captions non-empty; sizes positive; sha256 well-formed.")
 def raw_pool_rows_valid(paths: TadsPaths) -> AssetCheckResult:
     frame = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "width", "height", "sha256").collect()

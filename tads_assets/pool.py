@@ -53,7 +53,11 @@ class RawPoolConfig(Config):
     """Ingestion limits. Samples beyond them are ledgered, not raised."""
 
     max_image_pixels: int = 50_000_000
+    max_image_side: int = 16_384
     max_caption_chars: int = 4_000
+    max_image_bytes: int = 32 << 20
+    max_caption_bytes: int = 64 << 10
+    max_json_bytes: int = 1 << 20
     rows_per_file: int = 5_000
 
 
@@ -70,7 +74,7 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
     spec = paths.pool_spec()
     shards = formats.list_shards(spec)
     context.log.info(f"raw_pool: reading {len(shards)} shard(s) of {spec}")
-    limits = formats.IngestLimits(config.max_image_pixels, config.max_caption_chars)
+    limits = formats.IngestLimits(**{f: getattr(config, f) for f in formats.IngestLimits.__dataclass_fields__})
     result = ingest.ingest_pool(shards, paths.parquet_dir("raw_pool"), paths.ledger(), source=str(spec),
                                 limits=limits, rows_per_file=config.rows_per_file, progress=context.log.info)
     registered = register_parts(context, [p.stem for p in embeddings.raw_pool_parts(result.out_dir)])
@@ -88,7 +92,9 @@ def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsP
                 [{"reason": r, "samples": n} for r, n in result.reasons.items()])),
             "dropped_examples": MetadataValue.md(markdown_table(result.examples, ["uid", "reason", "detail"])),
             "per_shard": MetadataValue.md(markdown_table(
-                [{"shard": s.shard, "seen": s.n_seen, "kept": s.n_kept, "dropped": sum(s.reasons.values())}
+                [{"shard": s.shard, "seen": s.n_seen, "kept": s.n_kept, "dropped": sum(s.reasons.values()),
+                  "bytes": s.coverage.get("bytes_total", ""),
+                  "unreadable bytes": sum(r["end"] - r["start"] for r in s.coverage.get("unreadable", []))}
                  for s in result.shards])),
             "image_formats": MetadataValue.md(markdown_table(
                 sizes.group_by("format").len("samples").sort("samples", descending=True).to_dicts())),

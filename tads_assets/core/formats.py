@@ -15,17 +15,19 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
-import tarfile
+import stat
 import warnings
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
+
+from tads_assets.core import tarscan
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ NON_UTF8_CAPTION = "non_utf8_caption"
 CAPTION_TOO_LONG = "caption_too_long"
 DUPLICATE_KEY = "duplicate_key"
 UNSAFE_PATH = "unsafe_path"
+UNSAFE_MEMBER = "unsafe_member"  # a link, device, FIFO or sparse file inside a tar: never followed or read
+CORRUPT_TAR_REGION = "corrupt_tar_region"  # bytes of a tar that are not headers or data (offsets in the detail)
+INVALID_KEY = "invalid_key"  # a member name that is not UTF-8, a table row without key
+IMAGE_TOO_LARGE = "image_too_large"  # encoded bytes or a side over the limit, checked before decoding
+MEMBER_TOO_LARGE = "member_too_large"  # a metadata member over its limit, skipped unread
+UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # EPS, PSD, ...: Pillow opens only WEB_IMAGE_FORMATS
+INVALID_METADATA = "invalid_metadata"  # a url or path field that is not valid UTF-8
+BAD_ROW = "bad_row"  # a CSV row the csv module cannot parse
+RECORD_ERROR = "record_error"  # any other error while turning this one record into a row (type and message kept)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -79,6 +90,7 @@ class RawRecord:
     url: str | None = None
     problem: str | None = None
     detail: str | None = None
+    value: float | None = None
 
 
 def parse_pool_spec(spec: str) -> PoolSpec:
@@ -95,8 +107,23 @@ def parse_pool_spec(spec: str) -> PoolSpec:
     return PoolSpec(kind, location)
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Expand `{00000..00009}` numeric ranges (zero padding kept) and `{a,b}` lists, like a shell."""
+MAX_BRACE_EXPANSION = 100_000
+
+
+def expand_braces(pattern: str, limit: int = MAX_BRACE_EXPANSION) -> list[str]:
+    """Expand `{00000..00009}` numeric ranges (zero padding kept) and `{a,b}` lists, like a shell. A pattern that
+    would expand to more than `limit` paths is refused before anything is expanded."""
+    n = 1
+    for body in re.findall(r"\{([^{}]*)\}", pattern):
+        rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+        n *= max(0, int(rng.group(2)) - int(rng.group(1)) + 1) if rng else len(body.split(","))
+        if n > limit:
+            raise ValueError(f"pattern {one_line(pattern, 200)!r} expands to more than {limit} paths; name fewer "
+                             "shards (or raise formats.MAX_BRACE_EXPANSION)")
+    return _expand_braces(pattern)
+
+
+def _expand_braces(pattern: str) -> list[str]:
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return [pattern]
@@ -109,7 +136,7 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         items = body.split(",")
     head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [p for item in items for p in expand_braces(head + item + tail)]
+    return [p for item in items for p in _expand_braces(head + item + tail)]
 
 
 def _expand_paths(pattern: str) -> list[str]:
@@ -143,13 +170,18 @@ def list_shards(spec: PoolSpec | str) -> list[Shard]:
     return [Shard("csv", str(path), path.name)]
 
 
-def read_shard(shard: Shard) -> Iterator[RawRecord]:
+def read_shard(shard: Shard, limits: IngestLimits | None = None, coverage: dict | None = None) -> Iterator[RawRecord]:
+    """The records of one shard, each a sample or a problem to ledger; never raises on the data inside a shard
+    (only `SourceError` for a source that cannot be read as configured). `coverage`, if given, receives what the
+    source held when the iteration ends: `bytes_total`/`bytes_read`/`unreadable` for tars (every unreadable range
+    with the ledger uid that names it), `rows_total` for tables."""
+    limits = limits or IngestLimits()
     if shard.kind == "webdataset":
-        return _read_webdataset(shard)
+        return _read_webdataset(shard, limits, coverage)
     if shard.kind == "img2dataset":
-        return _read_img2dataset(shard)
+        return _read_img2dataset(shard, limits, coverage)
     if shard.kind == "csv":
-        return _read_csv(shard)
+        return _read_csv(shard, limits, coverage)
     raise ValueError(f"unknown shard kind {shard.kind!r}")
 
 
@@ -188,40 +220,174 @@ def safe_file_stem(uid: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:120].lstrip(".") + "-" + hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
-def _iter_tar_groups(path: str) -> Iterator[tuple[str, dict[str, bytes]] | tuple[str, Exception]]:
-    """Yield (key, {ext: bytes}) for consecutive members of a tar; on a read error yield (key, exc) last.
+def one_line(text: object, limit: int = 300) -> str:
+    """A message safe to store and print: one line, control and unencodable characters escaped, at most `limit`
+    characters (hostile inputs put escapes, NULs, lone surrogates and megabytes into their names and errors)."""
+    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    s = _CONTROL_ALL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
-    A plain tar cut exactly at a member boundary reads like a short, valid archive; it is caught by the
-    missing end-of-archive marker (two zero blocks), and its last group is reported as truncated. A member
-    whose extension the current group already has starts a new group with the same key (a repeated key,
-    ledgered as a duplicate), so a second sample never silently overwrites the first one's members.
-    """
-    key, group = None, {}
+
+_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _wanted(limits: IngestLimits):
+    """The byte limit per member extension of a sample (None: not needed, skipped unread)."""
+    per_ext = {"txt": limits.max_caption_bytes, "json": limits.max_json_bytes,
+               **{ext: limits.max_image_bytes for ext in IMAGE_EXTS}}
+    return lambda name: per_ext.get(_split_member(name)[1])
+
+
+@dataclass
+class _Group:
+    """The members of one sample as the tar reader assembles them."""
+
+    key: str
+    start: int
+    data: dict[str, bytes] = field(default_factory=dict)  # ext -> bytes, for the members read
+    present: dict[str, str] = field(default_factory=dict)  # ext -> why present but unread ("" when read)
+    sizes: dict[str, int] = field(default_factory=dict)
+    problem: tuple[str, str] | None = None  # the first decisive problem: (reason, detail)
+    near_region: tarscan.Region | None = None  # an unreadable region right before or after this sample's members
+
+    def flag(self, reason: str, detail: str) -> None:
+        if self.problem is None:
+            self.problem = (reason, detail)
+
+
+
+
+def _member_problem(m: tarscan.Member, key: str) -> tuple[str, str] | None:
+    if m.name_error:
+        return INVALID_KEY, f"{m.name_error}: {one_line(m.name)}"
+    if not m.regular:
+        what = "sparse file" if m.sparse else m.kind
+        target = f" -> {one_line(m.linkname, 120)}" if m.linkname and m.kind in ("symlink", "hardlink") else ""
+        return UNSAFE_MEMBER, (f"member {one_line(m.name, 120)} is a {what}{target}: only regular files are read, "
+                               "links and special files are never followed")
+    return None
+
+
+def _group_record(g: _Group, shard: Shard, ref: str, limits: IngestLimits) -> RawRecord:
+    rec = RawRecord(g.key, shard.name, ref, image=_first_image(g.data), caption=g.data.get("txt"),
+                    url=_url_from_json(g.data.get("json")))
+    if g.problem is None and (unsafe := unsafe_name(g.key)):
+        g.flag(UNSAFE_PATH, f"member name {one_line(g.key, 120)} refused ({unsafe}): sample keys must be relative "
+               "paths inside the shard")
+    image_ext = next((e for e in IMAGE_EXTS if e in g.present), None)
+    if g.problem is None and image_ext and g.present[image_ext] == "over the size limit":
+        g.flag(IMAGE_TOO_LARGE, f"image member {g.key}.{image_ext} declares {g.sizes[image_ext]} bytes "
+               f"(limit {limits.max_image_bytes})")
+    if g.problem is None and g.present.get("txt") == "over the size limit":
+        g.flag(CAPTION_TOO_LONG, f"caption member {g.key}.txt declares {g.sizes['txt']} bytes (limit {limits.max_caption_bytes})")
+    if g.problem is None and g.present.get("json") == "over the size limit":
+        g.flag(MEMBER_TOO_LARGE, f"metadata member {g.key}.json declares {g.sizes['json']} bytes (limit {limits.max_json_bytes})")
+    incomplete = rec.image is None or rec.caption is None
+    if g.problem is None and incomplete and g.near_region is not None:
+        r = g.near_region
+        g.flag(CORRUPT_TAR_REGION, f"sample lost member(s) to the unreadable bytes {r.start}-{r.end} of {shard.name} "
+               f"(found: {sorted(g.present)})")
+    if g.problem is None and rec.image is None:
+        g.flag(MISSING_IMAGE, f"no {'/'.join(IMAGE_EXTS)} member (found: {sorted(g.present)})")
+    if g.problem is not None:
+        rec.problem, rec.detail = g.problem
+        rec.image = rec.caption = None
+    return rec
+
+
+def _iter_tar_samples(path: str, shard: Shard, limits: IngestLimits, coverage: dict | None,
+                      key_of=lambda k: k) -> Iterator[RawRecord | tuple[_Group, None]]:
+    """Samples of one tar (WebDataset grouping: consecutive members with one key; a repeated extension starts a
+    same-key sample), and a shard-level record for every unreadable region that no sample's row names. Fills
+    `coverage` (bytes_total, bytes_read, unreadable ranges and the ledger uid naming each)."""
+    scan = tarscan.Scan(path)
+    unreadable: list[dict] = []
+    group: _Group | None = None
+    last_region: tarscan.Region | None = None
+    n_samples = 0
+
+    def region_record(r: tarscan.Region, reason: str) -> RawRecord:
+        uid = f"{path}#bytes-{r.start}-{r.end}"
+        unreadable.append({"start": r.start, "end": r.end, "kind": r.kind, "uid": uid})
+        return RawRecord(uid, shard.name, f"{path}#{r.start}", problem=reason,
+                         detail=f"{r.detail}; {n_samples} sample(s) read before it")
+
+    def finish(g: _Group) -> RawRecord:
+        return _group_record(g, shard, f"{path}#{g.key}", limits)
+
+    leading: list[tarscan.Region] = []  # regions before any member: a file that is no tar at all is one row
     try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _split_member(member.name)
-                if key is not None and (k != key or ext in group):  # a repeated member starts a same-key sample
-                    yield key, group
-                    group = {}
-                key = k
-                fh = tar.extractfile(member)
-                group[ext] = fh.read() if fh is not None else b""
-            end = tar.offset
-        if _is_plain_tar(path) and Path(path).stat().st_size - end < 2 * tarfile.BLOCKSIZE:
-            raise tarfile.ReadError(f"no end-of-archive marker after byte {end}")
-        if key is not None:
-            yield key, group
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        yield (key or ""), exc
-
-
-def _is_plain_tar(path: str) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(265)
-    return len(head) >= 262 and head[257:262] == b"ustar"
+        for ev in tarscan.scan_tar(path, _wanted(limits), scan):
+            if isinstance(ev, tarscan.Region) and scan.n_members == 0 and group is None:
+                leading.append(ev)
+                continue
+            if leading:
+                for r in leading:
+                    yield region_record(r, CORRUPT_TAR_REGION if r.kind == "corrupt" else TRUNCATED_TAR)
+                last_region, leading = leading[-1], []
+            if isinstance(ev, tarscan.Region):
+                if ev.kind == "truncated" and group is not None:  # the sample being read when the archive ended
+                    group.flag(TRUNCATED_TAR, f"the archive ends inside or right after this sample (bytes "
+                               f"{ev.start}-{ev.end}): {ev.detail}; {n_samples} complete sample(s) before it")
+                    unreadable.append({"start": ev.start, "end": ev.end, "kind": ev.kind, "uid": group.key})
+                else:
+                    yield region_record(ev, TRUNCATED_TAR if ev.kind == "truncated" else CORRUPT_TAR_REGION)
+                    if group is not None:
+                        group.near_region = group.near_region or ev
+                    last_region = ev
+                continue
+            name = ev.name
+            if isinstance(ev, tarscan.BadHeader):
+                key, ext = _split_member(name)
+                key = key_of(key)
+                if group is None or group.key != key:
+                    if group is not None:
+                        n_samples += 1
+                        yield finish(group)
+                    group = _Group(key, ev.offset)
+                group.flag(CORRUPT_TAR_REGION, one_line(ev.problem))
+                continue
+            if ev.kind == "directory" and not ev.name_error:
+                continue  # a folder entry holds no sample
+            key, ext = _split_member(name)
+            key = key_of(key)
+            if group is not None and (key != group.key or ext in group.present):
+                n_samples += 1
+                yield finish(group)
+                group = None
+            if group is None:
+                group = _Group(key, ev.offset, near_region=last_region)
+                last_region = None
+            group.present[ext] = ev.skipped if ev.skipped and ev.skipped != "not needed" else ""
+            group.sizes[ext] = ev.size
+            if ev.data is not None:
+                group.data[ext] = ev.data
+            if (problem := _member_problem(ev, key)) is not None:
+                group.flag(*problem)
+        if group is not None and not scan.end_marker and not any(r.kind == "truncated" for r in scan.regions):
+            group.flag(TRUNCATED_TAR, f"the archive ends after this sample without its end-of-archive marker (two zero "
+                       f"blocks): later samples may be missing; {n_samples} complete sample(s) before it")
+            unreadable.append({"start": scan.bytes_total, "end": scan.bytes_total, "kind": "truncated", "uid": group.key})
+        if leading:
+            uid = f"{path}#not-a-tar"
+            unreadable.extend({"start": r.start, "end": r.end, "kind": r.kind, "uid": uid} for r in leading)
+            yield RawRecord(uid, shard.name, path, problem=UNREADABLE_SHARD,
+                            detail=f"not a readable tar: no valid member header in bytes {leading[0].start}-"
+                            f"{leading[-1].end} ({leading[-1].detail})")
+        elif group is None and not scan.end_marker and not scan.regions:
+            r = tarscan.Region(scan.bytes_total, scan.bytes_total, "truncated",
+                               "the archive ends without its end-of-archive marker: later samples may be missing"
+                               if n_samples else "no tar member and no end-of-archive marker: not a tar")
+            scan.regions.append(r)
+            yield region_record(r, TRUNCATED_TAR if n_samples else UNREADABLE_SHARD)
+        if group is not None:
+            yield finish(group)
+    except Exception as exc:  # noqa: BLE001 - a reader defect must not stop the run; the check sees the gap
+        yield RawRecord(f"{path}#reader-error", shard.name, path, problem=UNREADABLE_SHARD,
+                        detail=one_line(f"reading stopped at byte {scan.bytes_total}: {type(exc).__name__}: {exc}"))
+    if coverage is not None:
+        coverage.update(bytes_total=scan.bytes_total, bytes_read=scan.bytes_read, compressed=scan.compressed,
+                        unreadable=unreadable)
 
 
 def _first_image(group: dict[str, bytes]) -> bytes | None:
@@ -232,71 +398,144 @@ def _first_image(group: dict[str, bytes]) -> bytes | None:
 
 
 def _url_from_json(raw: bytes | None) -> str | None:
+    """The `url` of a sample's JSON metadata; None when the JSON is absent, malformed or too deep (the metadata is
+    optional: a sample is not dropped for it)."""
     if not raw:
         return None
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     url = meta.get("url") if isinstance(meta, dict) else None
-    return str(url) if url is not None else None
+    return url if isinstance(url, str) else (str(url) if isinstance(url, int | float) else None)
 
 
-def _read_webdataset(shard: Shard) -> Iterator[RawRecord]:
-    if not Path(shard.path).exists():
-        yield RawRecord(shard.path, shard.name, shard.path, problem=UNREADABLE_SHARD, detail="shard file does not exist")
+def _read_webdataset(shard: Shard, limits: IngestLimits, coverage: dict | None) -> Iterator[RawRecord]:
+    try:
+        if _special_file(shard.path):
+            raise OSError(f"{_special_file(shard.path)}, not a regular file")
+        Path(shard.path).open("rb").close()
+    except OSError as exc:
+        why = "shard file does not exist" if not Path(shard.path).exists() else f"cannot open: {exc}"
+        yield RawRecord(shard.path, shard.name, shard.path, problem=UNREADABLE_SHARD, detail=one_line(why))
+        if coverage is not None:
+            coverage.update(bytes_total=0, bytes_read=0, unreadable=[], missing=True)
         return
-    n = 0
-    for key, payload in _iter_tar_groups(shard.path):
-        ref = f"{shard.path}#{key}"
-        if isinstance(payload, Exception):
-            if key:  # the sample being read when the archive broke off
-                yield RawRecord(key, shard.name, ref, problem=TRUNCATED_TAR,
-                                detail=f"archive ended inside this sample after {n} complete samples: {payload}")
-            elif n == 0:
-                yield RawRecord(shard.path, shard.name, shard.path, problem=UNREADABLE_SHARD,
-                                detail=f"not a readable tar: {payload}")
-            else:
-                yield RawRecord(f"{shard.path}#after-{n}", shard.name, shard.path, problem=TRUNCATED_TAR,
-                                detail=f"archive ended after {n} complete samples: {payload}")
-            return
-        n += 1
-        unsafe = unsafe_name(key)
-        if unsafe:
-            yield RawRecord(key, shard.name, ref, problem=UNSAFE_PATH,
-                            detail=f"member name {key!r} refused ({unsafe}): sample keys must be relative paths "
-                            "inside the shard")
-            continue
-        image = _first_image(payload)
-        rec = RawRecord(key, shard.name, ref, image=image, caption=payload.get("txt"), url=_url_from_json(payload.get("json")))
-        if image is None:
-            rec.problem, rec.detail = MISSING_IMAGE, f"no {'/'.join(IMAGE_EXTS)} member (found: {sorted(payload)})"
-        yield rec
+    yield from _iter_tar_samples(shard.path, shard, limits, coverage)
 
 
-_I2D_REQUIRED = ("key",)
+def _special_file(path: str | Path) -> str | None:
+    """Why `path` must not be opened (a FIFO would hang, a device never ends), or None for a regular file/absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if stat.S_ISREG(st.st_mode) else f"{path} is a {_file_kind(st.st_mode)}"
 
 
-def _read_img2dataset(shard: Shard) -> Iterator[RawRecord]:
-    table = pl.read_parquet(shard.path)
-    missing = [c for c in _I2D_REQUIRED if c not in table.columns]
-    if missing:
-        raise ValueError(f"img2dataset table {shard.path} lacks column(s) {missing}; columns are {table.columns}")
-    rows = {str(r["key"]): r for r in table.iter_rows(named=True)}
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "symbolic link")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_under(root: Path, rel: str, max_bytes: int, what: str = "image_path") -> bytes | tuple[str, str]:
+    """The bytes of the regular file `rel` under the folder `root`, or (reason, detail) why not. The rule for every
+    file a table source names: the path must resolve inside `root`, its last component must not be a symbolic
+    link (links are never followed), it must be a regular file (FIFOs and devices are refused before opening) and
+    no larger than `max_bytes` (checked before reading)."""
+    if "\x00" in rel:
+        return UNSAFE_PATH, f"{what} contains a NUL byte"
+    path = root / rel
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
+        return UNSAFE_PATH, one_line(f"{what} {rel!r} cannot be resolved: {exc}")
+    if not (target == root or root in target.parents):
+        return UNSAFE_PATH, one_line(
+            f"{what} {rel!r} resolves to {target}, outside the source's folder {root}: files must lie under the "
+            "folder holding the table (for a CSV: move it to the top of the image tree)", 500)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return MISSING_FILE, one_line(f"{path}: {exc.strerror or exc}")
+    if stat.S_ISLNK(st.st_mode):
+        return UNSAFE_PATH, one_line(f"{what} {rel!r} is a symbolic link: links are never followed (copy the file in)")
+    if not stat.S_ISREG(st.st_mode):
+        return UNSAFE_PATH, one_line(f"{what} {rel!r} is a {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > max_bytes:
+        return IMAGE_TOO_LARGE if what == "image_path" else MEMBER_TOO_LARGE, one_line(
+            f"{path} has {st.st_size} bytes (limit {max_bytes})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return MISSING_FILE, one_line(f"{path}: {exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped after the lstat
+            return UNSAFE_PATH, one_line(f"{path} is not a regular file")
+        return fh.read(max_bytes + 1)[:max_bytes]
+
+
+class SourceError(ValueError):
+    """A whole source cannot be read as configured (missing or mistyped columns, not a table): names the file,
+    the column and its type, and the fix."""
+
+
+_I2D_COLUMNS = {"key": "required", "url": "optional", "caption": "optional", "status": "optional",
+                "error_message": "optional"}
+
+
+def _check_i2d_table(table: pl.DataFrame, path: str) -> None:
+    if "key" not in table.columns:
+        raise SourceError(f"img2dataset table {path} lacks column(s) ['key']; columns are {table.columns}")
+    for col in _I2D_COLUMNS:
+        if col in table.columns:
+            dtype = table.schema[col]
+            ok = dtype in (pl.Utf8, pl.Null) or (col == "key" and dtype.is_integer())
+            if not ok:
+                raise SourceError(f"img2dataset table {path}: column {col!r} has type {dtype}; expected a string "
+                                  "column (one value per row)")
+
+
+def _read_img2dataset(shard: Shard, limits: IngestLimits, coverage: dict | None) -> Iterator[RawRecord]:
+    try:
+        table = pl.read_parquet(shard.path)
+    except Exception as exc:  # noqa: BLE001 - polars/arrow raise many types for a damaged file
+        raise SourceError(one_line(f"img2dataset table {shard.path} cannot be read as Parquet: {type(exc).__name__}: "
+                                   f"{exc}", 500)) from None
+    _check_i2d_table(table, shard.path)
     base = Path(shard.path).with_suffix("")
+    root = base.parent.resolve()
     tar_path = base.with_suffix(".tar")
     pending: dict[str, dict] = {}
-    for key, r in rows.items():
+    seen: set[str] = set()
+    for i, r in enumerate(table.iter_rows(named=True)):
+        key = None if r["key"] is None else str(r["key"])
+        url = r.get("url")
+        ref = f"{shard.path}#row-{i}"
+        if key is None:
+            yield RawRecord(ref, shard.name, ref, problem=INVALID_KEY, detail=f"row {i} has no key")
+            continue
+        ref = f"{shard.path}#{key}"
         status = r.get("status", "success")
-        unsafe = unsafe_name(key)
-        if unsafe:
-            yield RawRecord(key, shard.name, f"{shard.path}#{key}", url=r.get("url"), problem=UNSAFE_PATH,
-                            detail=f"key {key!r} refused ({unsafe}): img2dataset keys name files beside the table")
+        if key in seen:
+            yield RawRecord(key, shard.name, ref, url=url, problem=DUPLICATE_KEY,
+                            detail=f"key {one_line(key, 120)} listed again in row {i} of {Path(shard.path).name}")
+            continue
+        seen.add(key)
+        if unsafe := unsafe_name(key):
+            yield RawRecord(key, shard.name, ref, url=url, problem=UNSAFE_PATH,
+                            detail=f"key {one_line(key, 120)} refused ({unsafe}): img2dataset keys name files beside "
+                            "the table")
         elif status not in (None, "success"):
-            yield RawRecord(key, shard.name, f"{shard.path}#{key}", url=r.get("url"), problem=DOWNLOAD_FAILED,
-                            detail=str(r.get("error_message") or status))
+            yield RawRecord(key, shard.name, ref, url=url, problem=DOWNLOAD_FAILED,
+                            detail=one_line(r.get("error_message") or status))
         else:
             pending[key] = r
+    if coverage is not None:
+        coverage.update(rows_total=table.height)
 
     def record(key: str, image: bytes | None, text: bytes | None, ref: str) -> RawRecord:
         r = pending.pop(key)
@@ -305,24 +544,34 @@ def _read_img2dataset(shard: Shard) -> Iterator[RawRecord]:
         return RawRecord(key, shard.name, ref, image=image, caption=cap, url=r.get("url"))
 
     if tar_path.exists():
-        for key, payload in _iter_tar_groups(str(tar_path)):
-            if isinstance(payload, Exception):
-                log.warning("img2dataset tar %s broke off: %s", tar_path, payload)
-                break
-            k = key.rpartition("/")[2]
-            if k in pending:
-                image = _first_image(payload)
-                rec = record(k, image, payload.get("txt"), f"{tar_path}#{k}")
-                if image is None:
-                    rec.problem, rec.detail = MISSING_IMAGE, f"tar member set without an image: {sorted(payload)}"
-                yield rec
+        tar_cov: dict = {}
+        for item in _iter_tar_samples(str(tar_path), shard, limits, tar_cov, key_of=lambda k: k.rpartition("/")[2]):
+            if item.uid not in pending:
+                if item.problem in (CORRUPT_TAR_REGION, TRUNCATED_TAR, UNREADABLE_SHARD):
+                    yield item  # an unreadable region of the tar (or a cut inside a member the table does not list)
+                continue
+            rec = record(item.uid, item.image, item.caption, item.ref)
+            if item.problem is not None:
+                rec.problem, rec.detail, rec.image = item.problem, item.detail, None
+            yield rec
+        if coverage is not None:
+            coverage.update({k: v for k, v in tar_cov.items()})
     elif base.is_dir():
         for key in list(pending):
-            image_path = next((base / f"{key}.{ext}" for ext in IMAGE_EXTS if (base / f"{key}.{ext}").exists()), None)
-            if image_path is None:
+            image_ext = next((ext for ext in IMAGE_EXTS if os.path.lexists(base / f"{key}.{ext}")), None)
+            if image_ext is None:
                 continue
-            txt = base / f"{key}.txt"
-            yield record(key, image_path.read_bytes(), txt.read_bytes() if txt.exists() else None, str(image_path))
+            rel = f"{base.name}/{key}"
+            image = read_under(root, f"{rel}.{image_ext}", limits.max_image_bytes)
+            txt = None
+            if isinstance(image, bytes) and os.path.lexists(base / f"{key}.txt"):
+                txt = read_under(root, f"{rel}.txt", limits.max_caption_bytes, "caption file")
+            rec = record(key, image if isinstance(image, bytes) else None, txt if isinstance(txt, bytes) else None,
+                         str(base / f"{key}.{image_ext}"))
+            for got in (image, txt):
+                if isinstance(got, tuple) and rec.problem is None:
+                    rec.problem, rec.detail, rec.image, rec.caption = got[0], got[1], None, None
+            yield rec
     for key, r in list(pending.items()):
         yield RawRecord(key, shard.name, f"{shard.path}#{key}", url=r.get("url"), problem=MISSING_FILE,
                         detail=f"listed as downloaded in {Path(shard.path).name} but no image found in "
@@ -330,52 +579,105 @@ def _read_img2dataset(shard: Shard) -> Iterator[RawRecord]:
 
 
 CSV_REQUIRED = ("image_path", "caption")
+CSV_MAX_LINE_CHARS = 1 << 20  # a longer physical line is refused unread (a caption that long is unusable anyway)
 
 
-def _outside_root(rel: str, root: Path) -> str | None:
-    """Why a CSV image_path is refused, or None: it must resolve (symlinks followed) inside the CSV's folder."""
-    if "\x00" in rel:
-        return "image_path contains a NUL byte"
-    try:
-        target = (root / rel).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
-        return f"image_path {rel!r} cannot be resolved: {exc}"
-    if target == root or root in target.parents:
+class _BoundedLines:
+    """Physical lines of a text file for csv.reader, each at most `limit` characters: a longer line is consumed
+    in bounded reads and replaced by a placeholder, and `overlong` says so until reset."""
+
+    PLACEHOLDER = "\x1e\n"
+
+    def __init__(self, fh, limit: int):
+        self.fh, self.limit, self.overlong = fh, limit, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(self.limit)
+        if not line:
+            raise StopIteration
+        if len(line) == self.limit and not line.endswith("\n"):
+            n = len(line)
+            while (more := self.fh.readline(self.limit)) and not more.endswith("\n"):
+                n += len(more)
+            self.overlong = n + len(more)
+            return self.PLACEHOLDER
+        return line
+
+
+def bad_text(value: str | None, what: str) -> str | None:
+    """Why a text field read from a file cannot be stored (undecodable bytes kept as surrogates), or None."""
+    if value is None:
         return None
-    return (f"image_path {rel!r} resolves to {target}, outside the CSV's folder {root}: image paths must lie under "
-            "the folder holding the CSV (move the CSV to the top of the image tree)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} is not valid UTF-8 (character {exc.start}: {one_line(value[exc.start:exc.start + 1])})"
+    return None
 
 
-def _read_csv(shard: Shard) -> Iterator[RawRecord]:
+def _read_csv(shard: Shard, limits: IngestLimits, coverage: dict | None) -> Iterator[RawRecord]:
     path = Path(shard.path)
     root = path.parent.resolve()
+    if why := _special_file(path):
+        raise SourceError(f"csv source {why}")
+    csv.field_size_limit(CSV_MAX_LINE_CHARS)
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in CSV_REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"CSV pool {path} lacks required column(s) {missing}; found {reader.fieldnames}. "
+        lines = _BoundedLines(fh, CSV_MAX_LINE_CHARS)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise SourceError(f"CSV pool {path}: header line cannot be parsed: {exc}") from None
+        header = [h.strip() for h in header or []]
+        missing = [c for c in CSV_REQUIRED if c not in header]
+        if missing or lines.overlong:
+            raise SourceError(
+                f"CSV pool {path} lacks required column(s) {missing}; found {one_line(header, 200)}. "
                 "The header must name image_path and caption (url is optional)."
             )
-        for i, row in enumerate(reader):
-            uid = f"{path.stem}-{i:09d}"
-            ref = f"{path}:{i + 2}"  # line number, header is line 1
-            caption = row.get("caption")
+        col = {name: header.index(name) for name in ("image_path", "caption", "url") if name in header}
+        i = 0
+        while True:
+            uid, ref = f"{path.stem}-{i:09d}", f"{path}:row {i + 1}"
+            lines.overlong = 0
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield RawRecord(uid, shard.name, ref, problem=BAD_ROW, detail=one_line(f"row cannot be parsed: {exc}"))
+                i += 1
+                continue
+            if not row:
+                continue  # a blank line is no row
+            i += 1
+            if lines.overlong:
+                yield RawRecord(uid, shard.name, ref, problem=CAPTION_TOO_LONG, value=float(lines.overlong),
+                                detail=f"a line of this row has {lines.overlong} characters (limit "
+                                f"{CSV_MAX_LINE_CHARS}); not read")
+                continue
+            get = lambda name: row[col[name]] if name in col and col[name] < len(row) else None  # noqa: E731
+            caption, url, rel = get("caption"), get("url") or None, (get("image_path") or "").strip()
             cap = caption.encode("utf-8", "surrogateescape") if caption is not None else None
-            rel = (row.get("image_path") or "").strip()
-            rec = RawRecord(uid, shard.name, ref, caption=cap, url=(row.get("url") or None))
-            if not rel:
+            rec = RawRecord(uid, shard.name, ref, caption=cap, url=url)
+            bad = bad_text(url, "url") or bad_text(rel, "image_path")
+            if bad:
+                rec.url = None
+                rec.problem, rec.detail = INVALID_METADATA, bad
+            elif not rel:
                 rec.problem, rec.detail = MISSING_IMAGE, "empty image_path"
-            elif (outside := _outside_root(rel, root)) is not None:
-                rec.problem, rec.detail = UNSAFE_PATH, outside
             else:
-                image_path = root / rel
-                try:
-                    rec.image = image_path.read_bytes()
-                    rec.ref = str(image_path)
-                except OSError as exc:
-                    rec.problem, rec.detail = MISSING_FILE, f"{image_path}: {exc.strerror or exc}"
+                got = read_under(root, rel, limits.max_image_bytes)
+                if isinstance(got, tuple):
+                    rec.problem, rec.detail = got
+                else:
+                    rec.image, rec.ref = got, str(root / rel)
             yield rec
+    if coverage is not None:
+        coverage.update(rows_total=i)
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -383,8 +685,15 @@ def _read_csv(shard: Shard) -> Iterator[RawRecord]:
 
 @dataclass(frozen=True)
 class IngestLimits:
+    """Per-sample limits, all checked before the bytes are read or decoded (sizes declared by the tar header or
+    the file system, sides declared by the image header)."""
+
     max_image_pixels: int = 50_000_000  # width * height above this is treated as a decompression bomb
     max_caption_chars: int = 4_000
+    max_image_side: int = 16_384  # a longer side (a 50000 x 1 strip) is refused as image_too_large
+    max_image_bytes: int = 32 << 20  # encoded image
+    max_caption_bytes: int = 64 << 10  # encoded caption member or file
+    max_json_bytes: int = 1 << 20  # a sample's JSON metadata
 
 
 @dataclass(frozen=True)
@@ -442,9 +751,48 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+# The formats a web pool's images come in. Pillow is never asked to identify anything else: its EPS plugin runs
+# Ghostscript, and PSD, PDF-like and legacy formats add attack surface for no sample worth having.
+# (Camera JPEGs that Pillow opens as MPO come through the JPEG opener.)
+Image.init()
+WEB_IMAGE_FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """`Image.open` restricted to WEB_IMAGE_FORMATS; raises UnsupportedImageFormat for a known other format."""
+    try:
+        return Image.open(io.BytesIO(data), formats=WEB_IMAGE_FORMATS)
+    except Image.UnidentifiedImageError:
+        if (fmt := sniff_format(data)) is not None:
+            raise UnsupportedImageFormat(fmt) from None
+        raise
+
+
+class UnsupportedImageFormat(ValueError):
+    def __init__(self, fmt: str):
+        super().__init__(f"{fmt} images are not read (formats read: {', '.join(WEB_IMAGE_FORMATS)})")
+        self.format = fmt
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The name of the Pillow format outside WEB_IMAGE_FORMATS whose signature `data` starts with, by the
+    plugins' prefix tests alone (nothing is parsed or run), or None."""
+    Image.init()
+    prefix = data[:64]
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt in WEB_IMAGE_FORMATS:  # a signature of a format read: the bytes after it are what is broken
+            continue
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # noqa: BLE001,S112 - a prefix test failing on odd bytes just means "not this format"
+            continue
+    return None
+
+
 def decode_rgb(data: bytes) -> Image.Image:
     """Decode raw_pool image bytes for a model: first frame, upright, 8-bit RGB (every stage decodes the same way)."""
-    with Image.open(io.BytesIO(data)) as im:
+    with open_image(data) as im:
         im.load()
         return to_rgb(oriented(im)).copy()
 
@@ -456,11 +804,15 @@ def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, s
         return Rejection(MISSING_IMAGE, "no image")
     if len(data) == 0:
         return Rejection(EMPTY_IMAGE, "image file has zero bytes", 0.0)
+    if len(data) > limits.max_image_bytes:
+        return Rejection(IMAGE_TOO_LARGE, f"image has {len(data)} bytes (limit {limits.max_image_bytes})", float(len(data)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = open_image(data)
             w, h = im.size
+            if max(w, h) > limits.max_image_side:
+                return Rejection(IMAGE_TOO_LARGE, f"{w}x{h}: a side exceeds {limits.max_image_side} pixels", float(max(w, h)))
             if w * h > limits.max_image_pixels:
                 return Rejection(DECOMPRESSION_BOMB, f"{w}x{h} = {w * h} pixels exceeds {limits.max_image_pixels}", float(w * h))
             im.load()
@@ -469,6 +821,8 @@ def inspect_image(data: bytes | None, limits: IngestLimits) -> tuple[int, int, s
             return rgb.width, rgb.height, fmt, tiny_image(rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Rejection(DECOMPRESSION_BOMB, str(exc))
+    except UnsupportedImageFormat as exc:
+        return Rejection(UNSUPPORTED_IMAGE_FORMAT, str(exc), float(len(data)))
     except Image.UnidentifiedImageError:
         return Rejection(CORRUPT_IMAGE, f"not an image format Pillow reads (starts {data[:12]!r})", float(len(data)))
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all mean "corrupt"

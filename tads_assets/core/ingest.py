@@ -51,6 +51,7 @@ class ShardStats:
     n_seen: int = 0
     n_kept: int = 0
     reasons: Counter = field(default_factory=Counter)
+    coverage: dict = field(default_factory=dict)  # what the source held (formats.read_shard's coverage)
 
 
 @dataclass
@@ -80,7 +81,8 @@ class IngestResult:
             "n_kept": self.n_kept,
             "n_dropped": self.n_dropped,
             "reasons": self.reasons,
-            "shards": {s.shard: {"seen": s.n_seen, "kept": s.n_kept, "dropped": dict(s.reasons)} for s in self.shards},
+            "shards": {s.shard: {"seen": s.n_seen, "kept": s.n_kept, "dropped": dict(s.reasons), "coverage": s.coverage}
+                       for s in self.shards},
             "seconds": round(self.seconds, 3),
             "shards_resumed": self.shards_resumed,
         }
@@ -101,6 +103,34 @@ def scan_raw_pool(out_dir: str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(str(Path(out_dir) / "part-*.parquet"), schema=RAW_POOL_SCHEMA)
 
 
+def source_coverage(manifest: dict, ledgered_uids: set[str]) -> tuple[list[dict], list[str]]:
+    """Per shard of a raw_pool manifest: what its source held and how it was accounted for, and every problem: a
+    tar whose bytes read plus unreadable ranges fall short of its size, an unreadable range no ledger row names,
+    a table with rows that yielded no record, a reader that broke off."""
+    rows, problems = [], []
+    for name, info in manifest["shards"].items():
+        cov = info.get("coverage") or {}
+        ranges = cov.get("unreadable", [])
+        bad = sum(r["end"] - r["start"] for r in ranges)
+        row = {"shard": name, "bytes": cov.get("bytes_total", 0), "read": cov.get("bytes_read", 0),
+               "unreadable ranges": len(ranges), "unreadable bytes": bad, "table rows": cov.get("rows_total", "")}
+        rows.append(row)
+        if not cov:
+            problems.append(f"{name}: no coverage recorded (ingested by an older TADS: rematerialize raw_pool)")
+            continue
+        if cov.get("reader_error"):
+            problems.append(f"{name}: the reader broke off: {cov['reader_error']}")
+        if "bytes_total" in cov and not cov.get("missing") and cov["bytes_read"] + bad != cov["bytes_total"]:
+            problems.append(f"{name}: {cov['bytes_total'] - cov['bytes_read'] - bad} of {cov['bytes_total']} bytes "
+                            "neither read nor in a ledgered unreadable range")
+        for r in ranges:
+            if r["uid"] not in ledgered_uids:
+                problems.append(f"{name}: unreadable bytes {r['start']}-{r['end']} have no ledger row ({r['uid']})")
+        if "rows_total" in cov and info["seen"] < cov["rows_total"]:
+            problems.append(f"{name}: {cov['rows_total']} table rows but only {info['seen']} records")
+    return rows, problems
+
+
 def part_fingerprint(part: str | Path) -> str:
     """Content fingerprint of one raw_pool part (its uids, image hashes and captions, in order). Caches
     derived from a part are valid only while this matches: a re-ingested pool can reuse a part's file name
@@ -115,7 +145,7 @@ def part_fingerprint(part: str | Path) -> str:
     return h.hexdigest()[:24]
 
 
-RESUME_VERSION = 1
+RESUME_VERSION = 2
 
 
 def shard_signature(shard: formats.Shard) -> dict:
@@ -202,6 +232,7 @@ def ingest_pool(
         if shard_no in finished:
             info = finished[shard_no]
             st.n_seen, st.n_kept, st.reasons = info["seen"], info["kept"], Counter(info["reasons"])
+            st.coverage = info.get("coverage", {})
             n_seen += st.n_seen
             n_kept += st.n_kept
             drops.extend(pl.read_parquet(drops_file).to_dicts() if drops_file.exists() else [])
@@ -220,15 +251,18 @@ def ingest_pool(
                 chunk += 1
                 buffer = []
 
-        for rec in formats.read_shard(shard):
+        for rec in _records(shard, limits, st.coverage):
             st.n_seen += 1
             n_seen += 1
-            row_or_rejection = _validate(rec, limits, seen_uids)
+            try:
+                row_or_rejection = _validate(rec, limits, seen_uids)
+            except Exception as exc:  # noqa: BLE001 - one sample never stops the run: it becomes its ledger row
+                row_or_rejection = formats.Rejection(formats.RECORD_ERROR, f"{type(exc).__name__}: {exc}")
             if isinstance(row_or_rejection, formats.Rejection):
                 rej = row_or_rejection
                 st.reasons[rej.reason] += 1
-                shard_drops.append({"uid": rec.uid, "decision": DROP, "reason": rej.reason, "value": rej.value,
-                                    "detail": f"{rej.detail} [{rec.ref}]"})
+                shard_drops.append({"uid": formats.one_line(rec.uid, 1000), "decision": DROP, "reason": rej.reason,
+                                    "value": rej.value, "detail": formats.one_line(f"{rej.detail} [{rec.ref}]", 600)})
             else:
                 buffer.append(row_or_rejection)
                 st.n_kept += 1
@@ -245,7 +279,8 @@ def ingest_pool(
         if shard_drops:
             write_parquet_atomic(pl.DataFrame(shard_drops, schema=_DROP_SCHEMA), drops_file)
         write_json_atomic({"signature": plan["shards"][shard_no], "seen": st.n_seen, "kept": st.n_kept,
-                           "reasons": dict(st.reasons), "n_parts": chunk}, staging / f"_shard-{shard_no:05d}.json")
+                           "reasons": dict(st.reasons), "n_parts": chunk, "coverage": st.coverage},
+                          staging / f"_shard-{shard_no:05d}.json")
 
     reasons = dict(Counter(d["reason"] for d in drops).most_common())
     ledger.write_run(STAGE, run_id, drops)
@@ -270,9 +305,35 @@ def ingest_pool(
 _DROP_SCHEMA = {"uid": pl.Utf8, "decision": pl.Utf8, "reason": pl.Utf8, "value": pl.Float64, "detail": pl.Utf8}
 
 
+def _records(shard: formats.Shard, limits: formats.IngestLimits, coverage: dict):
+    """The shard's records; a reader that breaks off (a defect, not bad data: readers turn bad data into records)
+    ends the shard with one record saying so, and the shard's coverage stays short, which the
+    raw_pool_sources_fully_read check reports. A `SourceError` (the source is not what its kind promises) stops
+    the run naming the file."""
+    n = 0
+    try:
+        for rec in formats.read_shard(shard, limits, coverage):
+            n += 1
+            yield rec
+    except formats.SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.exception("raw_pool: reader of %s broke off after %d records", shard.path, n)
+        coverage["reader_error"] = formats.one_line(f"{type(exc).__name__}: {exc}")
+        yield formats.RawRecord(f"{shard.path}#reader-error-{n}", shard.name, shard.path, problem=formats.UNREADABLE_SHARD,
+                                detail=formats.one_line(f"the reader broke off after {n} records: {type(exc).__name__}: "
+                                                        f"{exc}"))
+
+
+_TEXT_FIELDS = (("uid", "key"), ("url", "url"), ("ref", "source path"))
+
+
 def _validate(rec: formats.RawRecord, limits: formats.IngestLimits, seen_uids: set[str]) -> dict | formats.Rejection:
     if rec.problem is not None:
-        return formats.Rejection(rec.problem, rec.detail or rec.problem)
+        return formats.Rejection(rec.problem, rec.detail or rec.problem, rec.value)
+    for attr, what in _TEXT_FIELDS:  # every text stored must be valid Unicode (a lone surrogate from JSON is not)
+        if (why := formats.bad_text(getattr(rec, attr), what)) is not None:
+            return formats.Rejection(formats.INVALID_METADATA, why)
     if rec.uid in seen_uids:
         return formats.Rejection(formats.DUPLICATE_KEY, f"key {rec.uid!r} already ingested from an earlier record")
     caption = formats.clean_caption(rec.caption, limits)
