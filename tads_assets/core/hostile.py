@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import tarfile
 import zlib
@@ -249,6 +250,298 @@ def build_csv_missing_columns(root: str | Path) -> tuple[str, Case]:
     (root / "bad.csv").write_text("path,text\nimages/a.jpg,a caption\n")
     return f"csv:{root / 'bad.csv'}", Case("csv_missing_columns", "csv", None,
                                           r"error:lacks required column\(s\) \['image_path', 'caption'\].*header must name")
+
+
+# --------------------------------------------------------------------------------------------- round 2: sources
+# Each builder writes one small source of its own (so the benchmark measures each case's memory and time alone)
+# and returns (spec, cases). Good samples after the damage are cases too: "kept" proves nothing after it was lost.
+
+
+def member_offsets(data: bytes) -> dict[str, tuple[int, int]]:
+    """Member name -> (header offset, end of its padded data) in a plain tar."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: (m.offset, m.offset_data + (m.size + 511) // 512 * 512) for m in tar.getmembers()}
+
+
+def set_header_field(data: bytes, header_at: int, field_at: int, value: bytes, checksum: bool = True) -> bytes:
+    """`data` with `value` written at `field_at` of the 512-byte header at `header_at`, checksum recomputed."""
+    buf = bytearray(data)
+    buf[header_at + field_at : header_at + field_at + len(value)] = value
+    if checksum:
+        block = buf[header_at : header_at + 512]
+        block[148:156] = b" " * 8
+        buf[header_at + 148 : header_at + 156] = b"%06o\0 " % sum(block)
+    return bytes(buf)
+
+
+def _good_samples(prefix: str, n: int, start: int = 0) -> list[tuple[str, bytes]]:
+    return [m for i in range(start, start + n) for m in _sample(f"{prefix}{i:03d}", good_image(i, 32)[0],
+                                                                     good_image(i, 32)[1].encode())]
+
+
+def _wds(root: Path, files: dict[str, bytes]) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    names = sorted(files)
+    return f"webdataset:{root}/{names[0]}" if len(names) == 1 else f"webdataset:{root}/{{{','.join(names)}}}"
+
+
+def _region_uid(root: Path, name: str, start: int, end: int) -> str:
+    return f"{root / name}#bytes-{start}-{end}"
+
+
+def build_header_bitflip(root: Path) -> tuple[str, list[Case]]:
+    """One flipped bit in the header of sample 20 of 50 (its image member): the bytes of that member are an
+    unreadable region, sample 20 lost its image, samples 21-49 are read on."""
+    data = tar_bytes(_good_samples("a", 50))
+    start, end = member_offsets(data)["a020.jpg"]
+    buf = bytearray(data)
+    buf[start + 3] ^= 0x04
+    spec = _wds(root, {"00000.tar": bytes(buf)})
+    return spec, [Case("tar_header_bitflip", "webdataset", "a020", f"ledgered:{formats.CORRUPT_TAR_REGION}"),
+                  Case("tar_header_bitflip_region", "webdataset", _region_uid(root, "00000.tar", start, end),
+                       f"ledgered:{formats.CORRUPT_TAR_REGION}"),
+                  Case("tar_header_bitflip_after", "webdataset", "a021", "kept"),
+                  Case("tar_header_bitflip_last", "webdataset", "a049", "kept")]
+
+
+def build_concatenated_tars(root: Path) -> tuple[str, list[Case]]:
+    """`cat a.tar b.tar` and a tar with two zero blocks between its samples: everything after is read."""
+    cat = tar_bytes(_good_samples("c", 5)) + tar_bytes(_good_samples("c", 5, 5))
+    first, second = tar_bytes(_good_samples("z", 5)), tar_bytes(_good_samples("z", 5, 5))
+    zeros = first[: member_offsets(first)["z004.json"][1]] + bytes(1024) + second
+    spec = _wds(root, {"cat.tar": cat, "zeros.tar": zeros})
+    return spec, [Case("tars_concatenated", "webdataset", "c005", "kept"),
+                  Case("tars_concatenated_last", "webdataset", "c009", "kept"),
+                  Case("zero_blocks_mid_tar", "webdataset", "z005", "kept"),
+                  Case("zero_blocks_mid_tar_last", "webdataset", "z009", "kept")]
+
+
+def _v7(data: bytes) -> bytes:
+    """The same tar with old-style (v7) headers: no ustar magic, version, owner names or device numbers."""
+    for start, _ in member_offsets(data).values():
+        data = set_header_field(data, start, 257, bytes(512 - 257))
+    return data
+
+
+def build_cut_between_samples(root: Path) -> tuple[str, list[Case]]:
+    """A .tar.gz and a v7 tar, each cut right after sample 5 (no end-of-archive marker): samples 0-4 are kept,
+    sample 5 is ledgered truncated_tar (nothing tells whether it was whole), and the shard says later samples may
+    be missing."""
+    import gzip
+
+    plain = tar_bytes(_good_samples("g", 10))
+    cut = member_offsets(plain)["g006.jpg"][0]
+    v7 = _v7(tar_bytes(_good_samples("v", 10)))
+    v7_cut = member_offsets(tar_bytes(_good_samples("v", 10)))["v006.jpg"][0]
+    spec = _wds(root, {"cut.tar.gz": gzip.compress(plain[:cut]), "v7cut.tar": v7[:v7_cut],
+                       "v7whole.tar": _v7(tar_bytes(_good_samples("w", 3)))})
+    return spec, [Case("tar_gz_cut_between_samples", "webdataset", "g004", "kept"),
+                  Case("tar_gz_cut_between_samples_last", "webdataset", "g005", f"ledgered:{formats.TRUNCATED_TAR}"),
+                  Case("v7_tar_cut_between_samples", "webdataset", "v004", "kept"),
+                  Case("v7_tar_cut_between_samples_last", "webdataset", "v005", f"ledgered:{formats.TRUNCATED_TAR}"),
+                  Case("v7_tar_whole", "webdataset", "w002", "kept")]
+
+
+def build_negative_size(root: Path) -> tuple[str, list[Case]]:
+    """A caption member whose size field is a negative base-256 number: that sample is lost (ledgered), the
+    following samples are read."""
+    data = tar_bytes(_good_samples("n", 8))
+    start, _ = member_offsets(data)["n003.txt"]
+    data = set_header_field(data, start, 124, b"\xff" * 12)
+    spec = _wds(root, {"00000.tar": data})
+    return spec, [Case("tar_member_negative_size", "webdataset", "n003", f"ledgered:{formats.CORRUPT_TAR_REGION}"),
+                  Case("tar_member_negative_size_prev", "webdataset", "n002", "kept"),
+                  Case("tar_member_negative_size_next", "webdataset", "n004", "kept")]
+
+
+def _special_member(name: str, kind: bytes, linkname: str = "") -> tuple[str, tarfile.TarInfo]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return name, info
+
+
+def special_tar(members: list[tuple[str, bytes] | tuple[str, tarfile.TarInfo]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, item in members:
+            if isinstance(item, tarfile.TarInfo):
+                tar.addfile(item)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size = len(item)
+                tar.addfile(info, io.BytesIO(item))
+    return buf.getvalue()
+
+
+def gnu_sparse_member(name: str, real_size: int) -> bytes:
+    """A GNU sparse ('S') header whose file expands to `real_size` bytes from one stored block of data."""
+    info = tarfile.TarInfo(name)
+    info.size = 512
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT)[:512])
+    header[156:157] = b"S"
+    header[386:398] = b"%011o\0" % (real_size - 512)  # sparse map entry 0: offset
+    header[398:410] = b"%011o\0" % 512  # ... and its stored bytes
+    header[483:495] = b"%011o\0" % real_size  # realsize
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + b"spam " * 102 + b"xx"
+
+
+def build_special_members(root: Path) -> tuple[str, list[Case]]:
+    """Samples whose members are links, a FIFO, a device or a sparse file: never followed or read."""
+    img, cap = good_image(7, 32)
+    members = [*_good_samples("s", 2),
+               _special_member("links.jpg", tarfile.SYMTYPE, "/etc/passwd"), _special_member("links.txt", tarfile.LNKTYPE, "s000.txt"),
+               _special_member("fifo.jpg", tarfile.FIFOTYPE), ("fifo.txt", b"a fifo"),
+               _special_member("dev.jpg", tarfile.CHRTYPE), ("dev.txt", b"a device"),
+               ("half-link.jpg", img), _special_member("half-link.txt", tarfile.SYMTYPE, "/etc/shadow"),
+               *_good_samples("s", 2, 2)]
+    body = special_tar(members)
+    end = member_offsets(body)["s003.json"][1]
+    sparse = body[:end] + gnu_sparse_member("sparse.txt", 300_000_000) + tar_bytes(_good_samples("t", 1))
+    spec = _wds(root, {"00000.tar": sparse})
+    return spec, [Case("tar_symlink_and_hardlink_members", "webdataset", "links", f"ledgered:{formats.UNSAFE_MEMBER}"),
+                  Case("tar_fifo_member", "webdataset", "fifo", f"ledgered:{formats.UNSAFE_MEMBER}"),
+                  Case("tar_device_member", "webdataset", "dev", f"ledgered:{formats.UNSAFE_MEMBER}"),
+                  Case("tar_caption_symlink", "webdataset", "half-link", f"ledgered:{formats.UNSAFE_MEMBER}"),
+                  Case("gnu_sparse_300mb_caption", "webdataset", "sparse", f"ledgered:{formats.UNSAFE_MEMBER}"),
+                  Case("tar_after_special_members", "webdataset", "s003", "kept"),
+                  Case("tar_after_sparse_member", "webdataset", "t000", "kept")]
+
+
+def build_hostile_metadata(root: Path) -> tuple[str, list[Case]]:
+    """Per-sample metadata that used to stop the run: a lone surrogate in the JSON url, a 100,000-deep JSON
+    array, a member name with a raw non-UTF-8 byte, an EPS and a PSD named .jpg, a 50000 x 1 PNG."""
+    img, cap = good_image(11, 32)
+    strip = Image.new("L", (50_000, 1), 128)
+    members = [*_good_samples("m", 2),
+               ("surrogate.jpg", img), ("surrogate.txt", cap.encode()), ("surrogate.json", b'{"url": "http://x/\\ud800"}'),
+               ("deep.jpg", img), ("deep.txt", cap.encode()), ("deep.json", b"[" * 100_000 + b"]" * 100_000),
+               ("eps.jpg", _save(Image.new("RGB", (16, 16), (200, 0, 0)), "EPS")), ("eps.txt", b"an EPS file"),
+               ("psd.jpg", b"8BPS\x00\x01" + bytes(40)), ("psd.txt", b"a PSD file"),
+               ("strip.png", _save(strip, "PNG")), ("strip.txt", b"a 50000 pixel wide strip"),
+               *_good_samples("m", 2, 2)]
+    raw_name = tar_bytes([("badXname.jpg", img), ("badXname.txt", cap.encode())])
+    for at, _ in member_offsets(raw_name).values():  # "badXname" -> b"bad\xffname": a name that is not UTF-8
+        raw_name = set_header_field(raw_name, at, 3, b"\xff")
+    spec = _wds(root, {"00000.tar": tar_bytes(members), "00001.tar": raw_name})
+    return spec, [Case("json_url_lone_surrogate", "webdataset", "surrogate", f"ledgered:{formats.INVALID_METADATA}"),
+                  Case("json_100000_deep", "webdataset", "deep", "kept"),
+                  Case("eps_named_jpg", "webdataset", "eps", f"ledgered:{formats.UNSUPPORTED_IMAGE_FORMAT}"),
+                  Case("psd_named_jpg", "webdataset", "psd", f"ledgered:{formats.UNSUPPORTED_IMAGE_FORMAT}"),
+                  Case("png_50000x1", "webdataset", "strip", f"ledgered:{formats.IMAGE_TOO_LARGE}"),
+                  Case("member_name_not_utf8", "webdataset", "bad\\xffname", f"ledgered:{formats.INVALID_KEY}"),
+                  Case("after_hostile_metadata", "webdataset", "m003", "kept")]
+
+
+def build_gz_caption_bomb(root: Path, size: int = 300_000_000) -> tuple[str, list[Case]]:
+    """A small .tar.gz whose caption member inflates to `size` bytes: skipped by streaming, never held."""
+
+    class Spam(io.RawIOBase):
+        def __init__(self, n):
+            self.left = n
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            n = min(len(b), self.left)
+            b[:n] = (b"spam " * (n // 5 + 1))[:n]
+            self.left -= n
+            return n
+
+    root.mkdir(parents=True, exist_ok=True)
+    img, cap = good_image(13, 32)
+    with tarfile.open(root / "bomb.tar.gz", "w:gz", compresslevel=6) as tar:
+        for name, data in _good_samples("b", 1):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, data in (("bomb.jpg", img), ("bomb.txt", None)):
+            info = tarfile.TarInfo(name)
+            info.size = size if data is None else len(data)
+            tar.addfile(info, io.BufferedReader(Spam(size)) if data is None else io.BytesIO(data))
+        for name, data in _good_samples("b", 1, 1):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return f"webdataset:{root}/bomb.tar.gz", [
+        Case("tar_gz_300mb_caption", "webdataset", "bomb", f"ledgered:{formats.CAPTION_TOO_LONG}"),
+        Case("tar_gz_after_caption_bomb", "webdataset", "b001", "kept")]
+
+
+def build_i2d_round2(root: Path) -> tuple[str, list[Case]]:
+    """An img2dataset files layout with a key listed twice and files that are symlinks out of the folder."""
+    root = Path(root)
+    (root / "00000").mkdir(parents=True, exist_ok=True)
+    secret = root.parent / f"{root.name}-secret.txt"
+    secret.write_text("a secret that must never become a caption")
+    keys = ["ok0", "ok1", "dup", "dup", "txtlink", "jpglink"]
+    for k in ("ok0", "ok1", "dup", "txtlink"):
+        (root / "00000" / f"{k}.jpg").write_bytes(good_image(len(k), 32)[0])
+    (root / "00000" / "txtlink.txt").symlink_to(secret)
+    (root / "00000" / "jpglink.jpg").symlink_to("/etc/passwd")
+    pl.DataFrame({"key": keys, "url": [f"https://example.com/{k}" for k in keys], "caption": [None] * 6,
+                  "status": ["success"] * 6}).write_parquet(root / "00000.parquet")
+    for k in ("ok0", "ok1", "dup"):
+        (root / "00000" / f"{k}.txt").write_text(f"caption of {k}")
+    return f"img2dataset:{root}", [
+        Case("img2dataset_duplicate_key", "img2dataset", "dup", f"ledgered:{formats.DUPLICATE_KEY}"),
+        Case("img2dataset_caption_symlink_outside", "img2dataset", "txtlink", f"ledgered:{formats.UNSAFE_PATH}"),
+        Case("img2dataset_image_symlink_etc_passwd", "img2dataset", "jpglink", f"ledgered:{formats.UNSAFE_PATH}"),
+        Case("img2dataset_sample_beside_them", "img2dataset", "ok1", "kept")]
+
+
+def build_i2d_list_url(root: Path) -> tuple[str, Case]:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"key": ["a"], "url": [["https://x/a", "https://y/a"]]}).write_parquet(root / "00000.parquet")
+    return f"img2dataset:{root}", Case("img2dataset_url_column_of_lists", "img2dataset", None,
+                                       r"error:00000\.parquet: column 'url' has type List")
+
+
+def build_csv_round2(root: Path) -> tuple[str, list[Case]]:
+    """CSV rows that used to stop the run or hang it: a 200,000-character caption, non-UTF-8 bytes in url and
+    image_path, an image_path that is a FIFO, and a terminal escape sequence in a path."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        (root / "images" / f"ok{i}.jpg").write_bytes(good_image(820 + i, 32)[0])
+    os.mkfifo(root / "images" / "fifo.jpg")
+    lines = [b"image_path,caption,url", b"images/ok0.jpg,a fine row,https://example.com/0",
+             b"images/ok1.jpg," + b"long " * 40_000 + b",",
+             b"images/ok1.jpg,a url with a latin-1 byte,https://example.com/caf\xe9",
+             b"images/caf\xe9.jpg,a path with a latin-1 byte,",
+             b"images/fifo.jpg,a fifo must not hang the run,",
+             b"images/\x1b[2J\x1b[31mgone.jpg,a path with terminal escapes,",
+             b"images/ok2.jpg,the last fine row,"]
+    (root / "pool.csv").write_bytes(b"\n".join(lines) + b"\n")
+    uid = lambda row: f"pool-{row:09d}"  # noqa: E731
+    return f"csv:{root / 'pool.csv'}", [
+        Case("csv_caption_200000_chars", "csv", uid(1), f"ledgered:{formats.CAPTION_TOO_LONG}"),
+        Case("csv_url_not_utf8", "csv", uid(2), f"ledgered:{formats.INVALID_METADATA}"),
+        Case("csv_image_path_not_utf8", "csv", uid(3), f"ledgered:{formats.INVALID_METADATA}"),
+        Case("csv_image_path_fifo", "csv", uid(4), f"ledgered:{formats.UNSAFE_PATH}"),
+        Case("csv_image_path_terminal_escapes", "csv", uid(5), f"ledgered:{formats.MISSING_FILE}"),
+        Case("csv_row_after_them", "csv", uid(6), "kept")]
+
+
+def build_brace_bomb(root: Path) -> tuple[str, Case]:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return f"webdataset:{root}/{{0..999999}}.tar", Case("brace_range_million", "webdataset", None,
+                                                       "error:expands to more than 100000 paths")
+
+
+ROUND2_SOURCES = {  # name -> builder: sources whose samples are judged in raw_pool
+    "header-bitflip": build_header_bitflip, "concatenated": build_concatenated_tars,
+    "cut-between": build_cut_between_samples, "negative-size": build_negative_size,
+    "special-members": build_special_members, "metadata": build_hostile_metadata,
+    "gz-caption-bomb": build_gz_caption_bomb, "i2d-round2": build_i2d_round2, "csv-round2": build_csv_round2,
+}
+ROUND2_SOURCE_ERRORS = {"i2d-list-url": build_i2d_list_url, "brace-bomb": build_brace_bomb}
 
 
 # --------------------------------------------------------------------------------------------- damaged vectors

@@ -19,7 +19,8 @@ from tads_assets.core.ledger import Ledger
 from tads_assets.core.tasks import Task, TaskSetError, parse_task_set
 from tests.conftest import image_bytes, wds_sample, write_tar
 
-BUILDERS = {"webdataset": hostile.build_webdataset, "img2dataset": hostile.build_img2dataset, "csv": hostile.build_csv}
+BUILDERS = {"webdataset": hostile.build_webdataset, "img2dataset": hostile.build_img2dataset, "csv": hostile.build_csv,
+            **hostile.ROUND2_SOURCES}
 
 
 def ingest_source(tmp_path: Path, spec: str):
@@ -77,6 +78,28 @@ def test_csv_without_its_columns_fails_naming_the_file_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=case.expect.removeprefix("error:")) as err:
         ingest_source(tmp_path, spec)
     assert "bad.csv" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(hostile.ROUND2_SOURCE_ERRORS))
+def test_a_source_that_cannot_be_read_fails_naming_the_file_and_column(tmp_path, name):
+    spec, case = hostile.ROUND2_SOURCE_ERRORS[name](tmp_path / "src")
+    with pytest.raises(ValueError, match=case.expect.removeprefix("error:")):
+        ingest_source(tmp_path, spec)
+
+
+def test_every_source_byte_is_accounted_for_and_the_check_sees_a_gap(tmp_path):
+    spec, _ = hostile.build_header_bitflip(tmp_path / "src")
+    result, rows, drops = ingest_source(tmp_path, spec)
+    manifest = ingest.read_manifest(tmp_path / "raw_pool")
+    coverage, problems = ingest.source_coverage(manifest, set(drops["uid"]))
+    assert problems == [] and coverage[0]["unreadable ranges"] == 1
+    region_uid = manifest["shards"]["00000.tar"]["coverage"]["unreadable"][0]["uid"]
+    _, problems = ingest.source_coverage(manifest, set(drops["uid"]) - {region_uid})
+    assert len(problems) == 1 and "have no ledger row" in problems[0]
+    manifest["shards"]["00000.tar"]["coverage"]["bytes_read"] -= 512
+    _, problems = ingest.source_coverage(manifest, set(drops["uid"]))
+    size = (tmp_path / "src" / "00000.tar").stat().st_size
+    assert problems == [f"00000.tar: 512 of {size} bytes neither read nor in a ledgered unreadable range"]
 
 
 @pytest.mark.parametrize("index", range(len(hostile.TASK_FILE_EDITS) + 1))
