@@ -10,6 +10,14 @@ import os
 import sys
 from pathlib import Path
 
+from tads_assets.core.sanitize import one_line
+
+
+def _safe(text: object) -> str:
+    """Data from the pool as printed: escapes shown, never run by the terminal (ledger details quote file names,
+    captions and keys as the pool had them)."""
+    return one_line(text, limit=None)
+
 
 def _home(args: argparse.Namespace) -> Path:
     return Path(args.home or os.environ.get("TADS_HOME", ".tads")).expanduser().resolve()
@@ -54,14 +62,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         history = Ledger(home / "ledger").history(args.uid, all_runs=True)
         earlier = not history.is_empty()
     if history.is_empty() and not kept_in:
-        print(f"{args.uid}: never seen under {home} (no ledger row in any run, in no stage output)")
+        print(f"{_safe(args.uid)}: never seen under {home} (no ledger row in any run, in no stage output)")
         return 1
-    print(f"sample {args.uid}" + (" (not in the current pool: decisions of earlier runs)" if earlier else ""))
+    print(f"sample {_safe(args.uid)}" + (" (not in the current pool: decisions of earlier runs)" if earlier else ""))
     for row in history.iter_rows(named=True):
         value = "" if row["value"] is None else f" value={row['value']:.4g}"
-        print(f"  {row['ts']:%Y-%m-%d %H:%M:%S}  {row['stage']:<22} {row['decision']:<6} {row['reason']}{value}")
+        print(f"  {row['ts']:%Y-%m-%d %H:%M:%S}  {row['stage']:<22} {row['decision']:<6} {_safe(row['reason'])}{value}")
         if row["detail"]:
-            print(f"      {row['detail']}")
+            print(f"      {_safe(row['detail'])}")
     if kept_in:
         print(f"  present in: {', '.join(kept_in)}")
     return 0
@@ -76,7 +84,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return 0
     print(f"{'stage':<22} {'decision':<8} {'reason':<24} samples")
     for row in summary.iter_rows(named=True):
-        print(f"{row['stage']:<22} {row['decision']:<8} {row['reason']:<24} {row['n']}")
+        print(f"{row['stage']:<22} {row['decision']:<8} {_safe(row['reason']):<24} {row['n']}")
     return 0
 
 
@@ -168,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     pairs = subset_pairs(paths, pl.read_parquet(subset, columns=["uid"])["uid"].to_list())
     missing = pairs.filter(pl.col("bytes").is_null())
     if missing.height:
-        print(f"{missing.height} selected samples are no longer in raw_pool (e.g. {missing['uid'][0]}): the subset "
+        print(f"{missing.height} selected samples are no longer in raw_pool (e.g. {_safe(missing['uid'][0])}): the subset "
               "belongs to an older pool; materialize the selection again", file=sys.stderr)
         return 1
     out = Path(args.out or home / "exports" / f"{args.method}-{args.format}").resolve()

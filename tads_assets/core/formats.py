@@ -28,6 +28,7 @@ import polars as pl
 from PIL import Image, ImageOps
 
 from tads_assets.core import tarscan
+from tads_assets.core.sanitize import one_line
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +219,6 @@ def safe_file_stem(uid: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,150}", uid):
         return uid
     return re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:120].lstrip(".") + "-" + hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """A message safe to store and print: one line, control and unencodable characters escaped, at most `limit`
-    characters (hostile inputs put escapes, NULs, lone surrogates and megabytes into their names and errors)."""
-    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    s = _CONTROL_ALL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _wanted(limits: IngestLimits):

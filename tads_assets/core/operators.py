@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 LAPLACIAN_MAX_SIDE = 256  # blur is measured at a common scale: images are shrunk (never enlarged) to this side
 TEXT_SCAN_HEIGHT = 64  # the OCR pre-filter looks at a grey thumbnail of this height
+TEXT_SCAN_MAX_WIDTH = 16 * TEXT_SCAN_HEIGHT  # ... and at most this wide (a 2048 x 1 strip is not stretched to 131072)
 TEXT_EDGE_FRACTION = 0.25  # a stroke edge is a jump above this share of the image's grey range (p5-p95)
 TEXT_MIN_EDGE = 16.0  # ... and above this many grey levels (0-255), so flat images have no edges
 
@@ -30,7 +31,7 @@ TEXT_MIN_EDGE = 16.0  # ... and above this many grey levels (0-255), so flat ima
 def _grey(img: Image.Image, max_side: int | None = None, height: int | None = None) -> np.ndarray:
     g = img.convert("L")
     if height is not None and g.height != height:
-        g = g.resize((max(1, round(g.width * height / g.height)), height), Image.BILINEAR)
+        g = g.resize((min(TEXT_SCAN_MAX_WIDTH, max(1, round(g.width * height / g.height))), height), Image.BILINEAR)
     elif max_side is not None and max(g.size) > max_side:
         f = max_side / max(g.size)
         g = g.resize((max(1, round(g.width * f)), max(1, round(g.height * f))), Image.BILINEAR)
@@ -61,16 +62,30 @@ def text_likelihood(img: Image.Image) -> float:
     return float(np.quantile(starts.sum(axis=1) / g.shape[1], 0.8))
 
 
+OPERATOR_MAX_SIDE = 2048  # images are shrunk to this longest side before any operator computes on them
+
+
+def bounded(img: Image.Image, max_side: int = OPERATOR_MAX_SIDE) -> Image.Image:
+    """`img`, shrunk (aspect kept) so its longest side is at most `max_side`: an operator's memory and time stay
+    bounded whatever raw_pool kept (a 16384 x 1 strip, a 50-megapixel photo)."""
+    if max(img.size) <= max_side:
+        return img
+    f = max_side / max(img.size)
+    return img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
+
+
 def image_features(img: Image.Image) -> dict:
-    """Resolution, aspect ratio, Laplacian variance and the OCR pre-filter's text likelihood."""
+    """Resolution, aspect ratio (of the image as stored), Laplacian variance and the OCR pre-filter's text
+    likelihood (on the image shrunk to OPERATOR_MAX_SIDE)."""
     w, h = img.size
+    small = bounded(img)
     return {
         "width": w,
         "height": h,
         "resolution": float(w * h),
         "aspect_ratio": float(max(w, h) / max(1, min(w, h))),
-        "laplacian_var": laplacian_variance(img),
-        "text_likelihood": text_likelihood(img),
+        "laplacian_var": laplacian_variance(small),
+        "text_likelihood": text_likelihood(small),
     }
 
 
@@ -368,7 +383,7 @@ def image_part_features(blobs: Sequence[bytes], params: OperatorParams,
     results: dict[int, OcrResult] = {}
     batches = [todo[j : j + params.ocr_batch] for j in range(0, len(todo), max(1, params.ocr_batch))]
     with ThreadPoolExecutor(max_workers=max(1, params.ocr_workers)) as pool:
-        for batch, res in zip(batches, pool.map(lambda b: ocr([images[j] for j in b]), batches)):
+        for batch, res in zip(batches, pool.map(lambda b: ocr([bounded(images[j]) for j in b]), batches)):
             results.update(zip(batch, res))
     for i, r in enumerate(rows):
         res = results.get(i)

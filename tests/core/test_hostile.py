@@ -238,3 +238,19 @@ def test_task_parser_on_arbitrary_text(text):
         parse_task_set(text, "/nonexistent", "tasks.yaml")
     except TaskSetError as exc:
         assert str(exc).startswith("tasks.yaml")
+
+
+def test_tads_explain_never_prints_terminal_escapes(tmp_path, capsys):
+    from tads_assets import cli
+
+    spec, cases = hostile.build_csv_round2(tmp_path / "src")
+    ledger = Ledger(tmp_path / "home" / "ledger")
+    ingest.ingest_pool(formats.list_shards(spec), tmp_path / "home" / "parquet" / "raw_pool", ledger, source=spec)
+    uid = next(c.uid for c in cases if c.kind == "csv_image_path_terminal_escapes")
+    assert "\x1b" in Path(spec.removeprefix("csv:")).read_bytes().decode("latin-1")
+    capsys.readouterr()
+    assert cli.main(["explain", uid, "--home", str(tmp_path / "home")]) == 0
+    out = capsys.readouterr().out
+    assert "missing_file" in out and "\\x1b[2J" in out and "\x1b" not in out
+    assert cli.main(["explain", "evil\x1b]0;title\x07", "--home", str(tmp_path / "home")]) == 1
+    assert "\x1b" not in capsys.readouterr().out

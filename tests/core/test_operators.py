@@ -138,3 +138,22 @@ def test_concreteness_rater_learns_a_linear_rating():
     assert np.allclose(rater(x), y, atol=1e-2)
     again = op.ConcretenessRater.from_tensors(rater.to_tensors())
     assert np.allclose(again(x), rater(x))
+
+
+def test_operators_shrink_extreme_images_before_computing():
+    """A 16384 x 2 strip (within raw_pool's limits) is measured on its bounded copy: numpy's peak allocation stays
+    small (unbounded, the text scan alone allocated > 130 MB), and the stored size is still reported."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from tads_assets.core import operators
+
+    strip = Image.new("RGB", (16_384, 2), (120, 120, 120))
+    tracemalloc.start()
+    row = operators.image_features(strip)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (row["width"], row["height"], row["aspect_ratio"]) == (16_384, 2, 8192.0)
+    assert peak < 40 << 20, peak
+    assert operators.bounded(strip).size == (operators.OPERATOR_MAX_SIDE, 1)
