@@ -3,11 +3,11 @@ import pytest
 from dagster import AssetSelection, materialize
 
 from resources import TadsPaths
-from tads_assets.checks import raw_pool_ledger_complete, raw_pool_rows_valid
-from tads_assets.core import ingest
+from tads_assets.checks import raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read
+from tads_assets.core import hostile, ingest
 from tads_assets.pool import raw_pool
 
-ASSETS = [raw_pool, raw_pool_ledger_complete, raw_pool_rows_valid]
+ASSETS = [raw_pool, raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read]
 
 
 def evaluations(result) -> dict[str, bool]:
@@ -22,7 +22,8 @@ def paths(tmp_path, demo_spec) -> TadsPaths:
 def test_raw_pool_materializes_with_metadata_and_passing_checks(paths, demo_dir):
     result = materialize(ASSETS, resources={"paths": paths})
     assert result.success
-    assert evaluations(result) == {"raw_pool_ledger_complete": True, "raw_pool_rows_valid": True}
+    assert evaluations(result) == {"raw_pool_ledger_complete": True, "raw_pool_rows_valid": True,
+                                   "raw_pool_sources_fully_read": True}
     meta = result.asset_materializations_for_node("raw_pool")[0].metadata
     truth = pl.read_parquet(demo_dir / "truth.parquet")
     n_broken = truth.filter(pl.col("kind").is_in(["corrupt_image", "empty_caption"])).height
@@ -40,6 +41,24 @@ def test_ledger_completeness_check_fails_when_a_row_is_removed(paths):
     result = materialize(ASSETS, resources={"paths": paths},
                          selection=AssetSelection.checks(raw_pool_ledger_complete), raise_on_error=False)
     assert evaluations(result) == {"raw_pool_ledger_complete": False}
+
+
+def test_damaged_shard_through_dagster_every_sample_accounted_and_the_sources_check_blocks_a_gap(tmp_path):
+    spec, cases = hostile.build_header_bitflip(tmp_path / "src")
+    paths = TadsPaths(home=str(tmp_path / "home"), pool=spec)
+    result = materialize(ASSETS, resources={"paths": paths})
+    assert result.success and all(evaluations(result).values())
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "raw_pool_sources_fully_read")
+    assert check.metadata["unreadable_ranges"].value == 1 and check.metadata["unreadable_bytes"].value > 0
+    kept = set(ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid").collect()["uid"])
+    assert {f"a{i:03d}" for i in range(50)} - kept == {"a020"}
+    # a ledger that lost the region's row: the blocking check fails
+    ledger_file = paths.ledger().run_files("raw_pool")[-1]
+    rows = pl.read_parquet(ledger_file)
+    rows.filter(~pl.col("uid").str.contains("#bytes-")).write_parquet(ledger_file)
+    result = materialize(ASSETS, resources={"paths": paths},
+                         selection=AssetSelection.checks(raw_pool_sources_fully_read), raise_on_error=False)
+    assert evaluations(result) == {"raw_pool_sources_fully_read": False}
 
 
 def test_demo_source_generates_the_pool_on_first_use(tmp_path):
