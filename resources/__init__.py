@@ -138,7 +138,9 @@ class ClipEncoder(ConfigurableResource):
     """The encoder (TADS_ENCODER): `builtin` (trained on the pool) or `open_clip:MODEL:WEIGHTS`."""
 
     spec: str = "builtin"
-    batch_size: int = 64
+    batch_size: int = 64  # open_clip encoders
+    # builtin towers' image batches: on 2 CPU cores batch 16 ran 236 images/s at 386 MiB peak, batch 64 96/s at 618 MiB
+    tower_batch_size: int = 16
     image_size: int = 128  # builtin image tower input side
 
     @classmethod
@@ -169,7 +171,7 @@ class ClipEncoder(ConfigurableResource):
         if info["kind"] == "builtin":
             heads = load_heads(Path(models_dir) / "clip_encoder" / info["heads"], device)
             return BuiltinEncoder(heads, FrozenTowers(device=device, image_size=info.get("image_size", self.image_size)),
-                                  batch_size=self.batch_size), info
+                                  batch_size=self.tower_batch_size), info
         return self.open_clip(device), info
 
 

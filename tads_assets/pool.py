@@ -145,7 +145,7 @@ def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: C
                                            "skipped": MetadataValue.text(f"encoder {encoder.spec} has no frozen towers")})
     t0 = time.perf_counter()
     rows, computed = embeddings.frozen_features_for_part(part, paths.frozen_cache_dir, encoder.towers(device.resolve()),
-                                                         encoder.batch_size, context.log.info)
+                                                         encoder.tower_batch_size, context.log.info)
     seconds = time.perf_counter() - t0
     return MaterializeResult(metadata={
         "part": MetadataValue.text(context.partition_key), "n_in": rows, "n_out": rows, "computed": computed,
@@ -176,7 +176,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
                                            "n_in": 0, "n_out": 0, "seconds": round(time.perf_counter() - t0, 2),
                                            "encoder_id": MetadataValue.text(info["encoder_id"]), "device": dev})
     stats = embeddings.cache_frozen_features(paths.parquet_dir("raw_pool"), paths.frozen_cache_dir,
-                                             encoder.towers(dev), encoder.batch_size, progress=context.log.info)
+                                             encoder.towers(dev), encoder.tower_batch_size, progress=context.log.info)
     context.log.info(f"clip_encoder: frozen features {stats}")
     frozen = embeddings.load_frozen_features(paths.frozen_cache_dir)
     img, txt = embeddings.arrays(frozen, "image_feat", "text_feat")

@@ -166,6 +166,8 @@ def list_shards(spec: PoolSpec | str) -> list[Shard]:
             raise FileNotFoundError(f"img2dataset folder {root} holds no *.parquet shard tables")
         return [Shard("img2dataset", str(p), p.stem) for p in parts]
     path = Path(spec.location)
+    if why := _special_file(path):
+        raise SourceError(f"csv source {why}")
     if not path.is_file():
         raise FileNotFoundError(f"csv source {path} does not exist")
     return [Shard("csv", str(path), path.name)]
@@ -490,13 +492,16 @@ def _check_i2d_table(table: pl.DataFrame, path: str) -> None:
 
 
 def _read_img2dataset(shard: Shard, limits: IngestLimits, coverage: dict | None) -> Iterator[RawRecord]:
+    base = Path(shard.path).with_suffix("")
+    for path in (Path(shard.path), base.with_suffix(".tar")):
+        if why := _special_file(path):
+            raise SourceError(f"img2dataset source: {why}")
     try:
         table = pl.read_parquet(shard.path)
     except Exception as exc:  # noqa: BLE001 - polars/arrow raise many types for a damaged file
         raise SourceError(one_line(f"img2dataset table {shard.path} cannot be read as Parquet: {type(exc).__name__}: "
                                    f"{exc}", 500)) from None
     _check_i2d_table(table, shard.path)
-    base = Path(shard.path).with_suffix("")
     root = base.parent.resolve()
     tar_path = base.with_suffix(".tar")
     pending: dict[str, dict] = {}

@@ -481,8 +481,9 @@ def build_i2d_round2(root: Path) -> tuple[str, list[Case]]:
     keys = ["ok0", "ok1", "dup", "dup", "txtlink", "jpglink"]
     for k in ("ok0", "ok1", "dup", "txtlink"):
         (root / "00000" / f"{k}.jpg").write_bytes(good_image(len(k), 32)[0])
-    (root / "00000" / "txtlink.txt").symlink_to(secret)
-    (root / "00000" / "jpglink.jpg").symlink_to("/etc/passwd")
+    for link, target in (("txtlink.txt", secret), ("jpglink.jpg", "/etc/passwd")):
+        (root / "00000" / link).unlink(missing_ok=True)
+        (root / "00000" / link).symlink_to(target)
     pl.DataFrame({"key": keys, "url": [f"https://example.com/{k}" for k in keys], "caption": [None] * 6,
                   "status": ["success"] * 6}).write_parquet(root / "00000.parquet")
     for k in ("ok0", "ok1", "dup"):
@@ -509,6 +510,7 @@ def build_csv_round2(root: Path) -> tuple[str, list[Case]]:
     (root / "images").mkdir(parents=True, exist_ok=True)
     for i in range(3):
         (root / "images" / f"ok{i}.jpg").write_bytes(good_image(820 + i, 32)[0])
+    (root / "images" / "fifo.jpg").unlink(missing_ok=True)
     os.mkfifo(root / "images" / "fifo.jpg")
     lines = [b"image_path,caption,url", b"images/ok0.jpg,a fine row,https://example.com/0",
              b"images/ok1.jpg," + b"long " * 40_000 + b",",
