@@ -259,6 +259,7 @@ def _walk(s: _Stream, want: Callable[[str], int | None], scan: Scan) -> Iterator
         if not _checksum_ok(block):
             if corrupt_start is None:
                 corrupt_start = start
+            pax, long_name = {}, None  # metadata before an unreadable region is not for the member after it
             continue
         yield from close_corrupt(start)
         typeflag = block[156:157]
