@@ -6,13 +6,17 @@ Each reads its defaults from the environment (DESIGN.md "Configuration") in `fro
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import logging
 import os
+import re
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from tads_assets.core import demo_pool
+from tads_assets.core import demo_pool, storage
 from tads_assets.core.formats import PoolSpec, parse_pool_spec
 from tads_assets.core.ledger import Ledger
 
@@ -20,13 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class TadsPaths(ConfigurableResource):
-    """TADS_HOME (outputs), TADS_POOL (raw pool source), TADS_TASKS (task set YAML), demo pool size."""
+    """TADS_HOME (outputs), TADS_POOL (raw pool source), TADS_TASKS (task set YAML), demo pool size, and how long
+    a run waits for an output another run is writing (TADS_LOCK_TIMEOUT_S; 0: as long as it takes)."""
 
     home: str = ".tads"
     pool: str = "demo"
     tasks: str = ""  # empty: the demo pool's tasks.yaml
     demo_samples: int = 10_000
     demo_seed: int = 0
+    lock_timeout_s: float = 0.0  # 0: wait for the other writer however long it takes
 
     @classmethod
     def from_env(cls) -> TadsPaths:
@@ -37,7 +43,15 @@ class TadsPaths(ConfigurableResource):
             tasks=env.get("TADS_TASKS", ""),
             demo_samples=int(env.get("TADS_DEMO_SAMPLES", "10000")),
             demo_seed=int(env.get("TADS_DEMO_SEED", "0")),
+            lock_timeout_s=float(env.get("TADS_LOCK_TIMEOUT_S", "0")),
         )
+
+    def output_lock(self, context, name: str | None = None):
+        """Context manager: hold the lock of the output `context`'s asset writes (`output_lock_name`: the asset,
+        `asset[partition]` for one partition), recording `context.run_id` as its holder. A run that finds it held
+        waits, logging who holds it (policy: `tads_assets.core.storage.output_lock`)."""
+        return storage.output_lock(self.root, name or output_lock_name(context), holder=context.run_id,
+                                   log=context.log.info, timeout_s=self.lock_timeout_s or None)
 
     @property
     def root(self) -> Path:
@@ -92,6 +106,38 @@ class TadsPaths(ConfigurableResource):
         if generate:
             demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
         return self.demo_dir / "tasks.yaml"
+
+
+def output_lock_name(context) -> str:
+    """The lock of what an asset run writes: the asset's name, `asset[partition]` for a one-partition run (a
+    partition key that is not a plain file name goes by a hash of it). A run over a range of partitions locks
+    the asset's name, which does not exclude one-partition runs of the same asset."""
+    name = "__".join(context.asset_key.path)
+    if context.has_partition_key:
+        key = context.partition_key
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,=+@-]{0,150}", key) or ".." in key:
+            key = "sha256-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f"{name}[{key}]"
+    return name
+
+
+def one_writer(fn):
+    """Decorator for an asset body that writes under TADS_HOME (below `@asset`, right above the `def`): the body
+    runs holding its output's lock, `paths.output_lock(context)`, so a second run of the same asset (or
+    partition) into the same TADS_HOME waits for the first instead of writing over it. The body must take
+    `context` and `paths` (the TadsPaths resource)."""
+    sig = inspect.signature(fn)
+    if not {"context", "paths"} <= set(sig.parameters):
+        raise TypeError(f"@one_writer needs an asset taking `context` and `paths`, not {fn.__name__}{sig}")
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs).arguments
+        with bound["paths"].output_lock(bound["context"]):
+            return fn(*args, **kwargs)
+
+    locked.one_writer = True
+    return locked
 
 
 class TorchDevice(ConfigurableResource):

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, asset
 
-from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice, one_writer
 from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
 from tads_assets.core.benchmark import read_eval_set
 from tads_assets.core.dedup import kmeans_clusters
@@ -94,6 +94,7 @@ def _feature_inputs(context: AssetExecutionContext, config: FeatureTableConfig, 
     "(partition = part), written to feature_table's part cache. A backfill over the parts fans out over "
     "processes or machines; feature_table then only reads them back and fits the corpus-level statistics.",
 )
+@one_writer
 def operator_features(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
                       encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
     part = paths.parquet_dir("raw_pool") / f"{context.partition_key}.parquet"
@@ -123,6 +124,7 @@ def operator_features(context: AssetExecutionContext, config: FeatureTableConfig
     "caption information gain over the OCR text. Computed per raw_pool part, resumable; parts an "
     "operator_features backfill computed are read back.",
 )
+@one_writer
 def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths, lance: LanceStore,
                   encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
     inputs, params = _feature_inputs(context, config, paths, lance, encoder, device, ocr, langid)
@@ -177,6 +179,7 @@ class WeakLabelsConfig(Config):
     description="Labelling functions on feature thresholds read off the pool's distributions, combined by a "
     "Snorkel LabelModel into weak labels ŷ_weak = P(good).",
 )
+@one_writer
 def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths: TadsPaths) -> MaterializeResult:
     t0 = time.perf_counter()
     features = _read_features(paths)
@@ -225,6 +228,7 @@ class QualityScoresConfig(Config):
     description="MLP quality predictor q_φ ∈ [0, 1] trained with eq. 7-9: BCE on D_true (high-ŷ_weak pairs and "
     "synthetic negatives by caption shuffling and mismatch injection) plus λ-weighted MSE to ŷ_weak.",
 )
+@one_writer
 def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, paths: TadsPaths, lance: LanceStore,
                    encoder: ClipEncoder, device: TorchDevice, langid: LangId) -> MaterializeResult:
     t0 = time.perf_counter()
@@ -324,6 +328,7 @@ def _captions(paths: TadsPaths, features: pl.DataFrame) -> list[str]:
     "naming the task and field. Its data version is the file's sha256, so a changed task set makes every "
     "asset downstream of it stale (and only those).",
 )
+@one_writer
 def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeResult:
     t0 = time.perf_counter()
     path = paths.tasks_path()
@@ -367,6 +372,7 @@ class RelevanceConfig(Config):
     "class names; a sample of validation captions for retrieval), and h_r = r/(‖r‖+ε); LanceDB table "
     "`relevance_vectors` beside the embeddings, over the deduplicated pool.",
 )
+@one_writer
 def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, paths: TadsPaths, lance: LanceStore,
                       encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
     t0 = time.perf_counter()
@@ -412,6 +418,7 @@ class ClusterDiversityConfig(Config):
     description="Eq. 12: MiniBatch K-Means over the deduplicated pool's joint embeddings [z_I; z_T]; each "
     "sample's cluster, cluster size and diversity factor d(x) = (1/(|C_x|+ε))^δ.",
 )
+@one_writer
 def cluster_diversity(context: AssetExecutionContext, config: ClusterDiversityConfig, paths: TadsPaths,
                       lance: LanceStore) -> MaterializeResult:
     t0 = time.perf_counter()

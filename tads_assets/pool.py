@@ -1,19 +1,18 @@
 """pool group (DESIGN.md): raw_pool, frozen_features (per part), clip_encoder, pool_embeddings, deduped_pool.
 Assets load, call core, write, report."""
 
-import shutil
 import time
 
 import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, DynamicPartitionsDefinition, MaterializeResult, MetadataValue, asset
 
-from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
+from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice, one_writer
 from tads_assets.core import dedup, embeddings, formats, ingest
 from tads_assets.core.dedup import DedupParams
 from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
                                       save_heads, write_encoder_info)
-from tads_assets.core.storage import replace_dir, write_stage_output
+from tads_assets.core.storage import staged_dir, write_stage_output
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table, sample_grid_markdown
 
 
@@ -67,6 +66,7 @@ class RawPoolConfig(Config):
     description="The raw pool (TADS_POOL) as Parquet: uid, url, caption, image_ref, width, height, sha256, bytes. "
     "Unreadable images, bad captions, duplicate keys and broken shards go to the decisions ledger.",
 )
+@one_writer
 def raw_pool(context: AssetExecutionContext, config: RawPoolConfig, paths: TadsPaths) -> MaterializeResult:
     if paths.pool == "demo":
         context.log.info(f"raw_pool: demo pool of {paths.demo_samples} samples under {paths.demo_dir} "
@@ -132,6 +132,7 @@ class ClipEncoderConfig(Config):
     "clip_encoder and pool_embeddings read. A backfill over the parts fans out over processes or machines. "
     "Nothing to do for an open_clip encoder (TADS_ENCODER), whose embeddings are computed by pool_embeddings.",
 )
+@one_writer
 def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder,
                     device: TorchDevice) -> MaterializeResult:
     part = paths.parquet_dir("raw_pool") / f"{context.partition_key}.parquet"
@@ -162,6 +163,7 @@ def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: C
     description="The encoder behind every embedding: `builtin` (frozen EfficientNet-Lite0 + MiniLM towers with "
     "projection heads trained on the pool's pairs, InfoNCE) or the user's open_clip weights (TADS_ENCODER).",
 )
+@one_writer
 def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, paths: TadsPaths,
                  encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
     t0 = time.perf_counter()
@@ -185,15 +187,14 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     heads, report = fit_builtin_encoder(img, txt, heads_config, config.val_fraction, dev, progress=context.log.info)
     heldout = fit_heldout_heads(img, txt, fold_of(frozen["uid"].to_list()), heads_config, dev, context.log.info)
     # heads, held-out heads and encoder.json replace the previous encoder together (never a mix of two runs)
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_heads(heads, staging / "heads.safetensors")
-    heldout_files = [f"heads-heldout-{f}.safetensors" for f in range(len(heldout))]
-    for h, name in zip(heldout, heldout_files):
-        save_heads(h, staging / name)
-    info = write_encoder_info(staging, {"kind": "builtin", "embed_dim": config.embed_dim, "heads": "heads.safetensors",
-                                        "heldout_heads": heldout_files, "image_size": encoder.image_size})
-    replace_dir(staging, out)
+    with staged_dir(out, context.run_id) as staging:
+        save_heads(heads, staging / "heads.safetensors")
+        heldout_files = [f"heads-heldout-{f}.safetensors" for f in range(len(heldout))]
+        for h, name in zip(heldout, heldout_files):
+            save_heads(h, staging / name)
+        info = write_encoder_info(staging, {"kind": "builtin", "embed_dim": config.embed_dim,
+                                            "heads": "heads.safetensors", "heldout_heads": heldout_files,
+                                            "image_size": encoder.image_size})
     return MaterializeResult(metadata={
         "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
         "encoder_id": MetadataValue.text(info["encoder_id"]),
@@ -227,6 +228,7 @@ class PoolEmbeddingsConfig(Config):
     "heldout_pair_cos (each pair scored by a cross-fitted head that never trained on it), written per "
     "raw_pool part so an interrupted run resumes where it stopped.",
 )
+@one_writer
 def pool_embeddings(context: AssetExecutionContext, config: PoolEmbeddingsConfig, paths: TadsPaths,
                     encoder: ClipEncoder, device: TorchDevice, lance: LanceStore) -> MaterializeResult:
     dev = device.resolve()
@@ -272,6 +274,7 @@ class DedupConfig(Config):
     "eq. 2), quality-guided (edit distance, text cosine or tiny-image cosine within a cluster, LanceDB "
     "neighbours, eq. 3-6).",
 )
+@one_writer
 def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: TadsPaths,
                  lance: LanceStore) -> MaterializeResult:
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, StaticPartitionsDefinition, asset
 
-from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
+from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice, one_writer
 from tads_assets.characterize import (DIVERSITY_FILE, cluster_diversity, quality_scores, read_task_set,
                                       relevance_vectors, task_set)
 from tads_assets.core import baselines, clip_train, dvn, embeddings, fdo, proxy, selection
@@ -100,6 +100,7 @@ def target_size(paths: TadsPaths, config: BaselineSubsetsConfig, n_pool: int) ->
     "standardised q_φ, task relevance and log diversity, top at TADS's size, from the deduplicated pool). Every "
     "candidate a method drops gets a ledger row.",
 )
+@one_writer
 def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConfig, paths: TadsPaths,
                      lance: LanceStore) -> MaterializeResult:
     method = context.partition_key
@@ -303,6 +304,7 @@ def _align_tasks(context, config: TrainedDvnConfig, paths, dev: str, tasks, uids
     "skill a target CLIP trained from scratch reaches (task_alignment). Writes the checkpoint and v(x) for every "
     "deduplicated sample.",
 )
+@one_writer
 def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths: TadsPaths, lance: LanceStore,
                 encoder: ClipEncoder, device: TorchDevice) -> MaterializeResult:
     import torch
@@ -415,6 +417,7 @@ class FinalSubsetConfig(Config):
     "Parquet of uids and v, every sample left out in the ledger with its v, and an export to train on "
     "(WebDataset shards and an open_clip CSV).",
 )
+@one_writer
 def final_subset(context: AssetExecutionContext, config: FinalSubsetConfig, paths: TadsPaths) -> MaterializeResult:
     t0 = time.perf_counter()
     scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE)

@@ -7,7 +7,7 @@ import polars as pl
 from dagster import (AssetDep, AssetExecutionContext, Config, MaterializeResult, MetadataValue, StaticPartitionMapping,
                      StaticPartitionsDefinition, asset)
 
-from resources import TadsPaths, TorchDevice
+from resources import TadsPaths, TorchDevice, one_writer
 from tads_assets.core import benchmark, clip_train
 from tads_assets.core.clip_train import TrainParams
 from tads_assets.core.report import bar_plot_png, line_plot_markdown, markdown_table, png_markdown
@@ -46,6 +46,7 @@ def model_dir(paths: TadsPaths, method: str):
     description="An open_clip CLIP trained from scratch on one method's subset for a fixed budget of samples "
     "seen (a smaller subset gets more epochs), seeded; cuda with bf16 autocast when the device has a GPU.",
 )
+@one_writer
 def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, paths: TadsPaths,
                  device: TorchDevice) -> MaterializeResult:
     method = context.partition_key
@@ -88,6 +89,7 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
     "classification task, image→text and text→image R@1 per retrieval task, their average, chance beside "
     "them; the paper's Table 1 layout. Also written to TADS_HOME/reports/benchmark.{md,json,png}.",
 )
+@one_writer
 def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: TorchDevice) -> MaterializeResult:
     dev = device.resolve()
     tasks, tasks_sha256 = read_task_set(paths)

@@ -178,27 +178,23 @@ def smooth(values: Sequence[float], window: int = 10) -> list[float]:
 
 def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, extra: dict | None = None) -> dict:
     """The model's weights (safetensors, never pickle) and what it took to train it; replaced atomically."""
-    import shutil
-
     import open_clip
     from safetensors.torch import save_file
 
-    from tads_assets.core.storage import replace_dir, write_json_atomic
+    from tads_assets.core.storage import staged_dir, write_json_atomic
 
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    save_file(state, str(staging / CHECKPOINT))
-    config = open_clip.get_model_config(params.model)
-    if config is not None:  # kept beside the weights, so the checkpoint loads where the config is not registered
-        (staging / "model_config").mkdir()
-        write_json_atomic(config, staging / "model_config" / f"{params.model}.json")
-    info = {"params": dataclasses.asdict(params), "samples_seen": result.samples_seen, "steps": result.steps,
-            "epochs": result.epochs, "seconds": result.seconds, "final_loss": result.loss_per_step[-1], **(extra or {})}
-    write_json_atomic(info, staging / INFO)
-    replace_dir(staging, out_dir)
+    with staged_dir(out_dir) as staging:  # this writer's own staging folder, removed if anything fails
+        state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, str(staging / CHECKPOINT))
+        config = open_clip.get_model_config(params.model)
+        if config is not None:  # kept beside the weights, so the checkpoint loads where the config is not registered
+            (staging / "model_config").mkdir()
+            write_json_atomic(config, staging / "model_config" / f"{params.model}.json")
+        info = {"params": dataclasses.asdict(params), "samples_seen": result.samples_seen, "steps": result.steps,
+                "epochs": result.epochs, "seconds": result.seconds, "final_loss": result.loss_per_step[-1],
+                **(extra or {})}
+        write_json_atomic(info, staging / INFO)
     return info
 
 
@@ -249,40 +245,37 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
     open_clip CSV (`subset.csv`, tab-separated `filepath`/`title`, images under `images/`), for
     `open_clip_train.main --train-data ... --csv-img-key filepath --csv-caption-key title`."""
     import csv
-    import shutil
 
-    from tads_assets.core.storage import replace_dir
+    from tads_assets.core.storage import staged_dir
 
     unknown = set(kinds) - set(EXPORT_FORMATS)
     if unknown or not kinds:
         raise ValueError(f"export formats must be among {', '.join(EXPORT_FORMATS)}, got {', '.join(kinds) or 'none'}")
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     n_shards = 0
-    if "webdataset" in kinds:
-        (staging / "shards").mkdir()
-    for start in range(0, len(uids) if "webdataset" in kinds else 0, shard_size):
-        with tarfile.open(staging / "shards" / f"{n_shards:05d}.tar", "w") as tar:
-            for uid, blob, fmt, cap in zip(uids[start : start + shard_size], blobs[start : start + shard_size],
-                                           formats[start : start + shard_size], captions[start : start + shard_size]):
-                ext = {"jpeg": "jpg"}.get(fmt, fmt)
-                for name, data in ((f"{uid}.{ext}", blob), (f"{uid}.txt", cap.encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    tar.addfile(info, io.BytesIO(data))
-        n_shards += 1
-    if "csv" in kinds:
-        (staging / "images").mkdir()
-        with open(staging / "subset.csv", "w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t")
-            writer.writerow(["filepath", "title"])
-            for uid, blob, fmt, cap in zip(uids, blobs, formats, captions):
-                path = staging / "images" / f"{safe_file_stem(uid)}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
-                path.write_bytes(blob)
-                writer.writerow([str(out_dir / "images" / path.name), cap])
-    replace_dir(staging, out_dir)
+    # this writer's own staging folder: final_subset and trained_clip[tads] both export to exports/tads
+    with staged_dir(out_dir) as staging:
+        if "webdataset" in kinds:
+            (staging / "shards").mkdir()
+        for start in range(0, len(uids) if "webdataset" in kinds else 0, shard_size):
+            with tarfile.open(staging / "shards" / f"{n_shards:05d}.tar", "w") as tar:
+                for uid, blob, fmt, cap in zip(uids[start : start + shard_size], blobs[start : start + shard_size],
+                                               formats[start : start + shard_size], captions[start : start + shard_size]):
+                    ext = {"jpeg": "jpg"}.get(fmt, fmt)
+                    for name, data in ((f"{uid}.{ext}", blob), (f"{uid}.txt", cap.encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime, info.mode = len(data), 0, 0o644
+                        tar.addfile(info, io.BytesIO(data))
+            n_shards += 1
+        if "csv" in kinds:
+            (staging / "images").mkdir()
+            with open(staging / "subset.csv", "w", newline="") as f:
+                writer = csv.writer(f, delimiter="\t")
+                writer.writerow(["filepath", "title"])
+                for uid, blob, fmt, cap in zip(uids, blobs, formats, captions):
+                    path = staging / "images" / f"{safe_file_stem(uid)}.{ {'jpeg': 'jpg'}.get(fmt, fmt)}"
+                    path.write_bytes(blob)
+                    writer.writerow([str(out_dir / "images" / path.name), cap])
     out = {"samples": len(uids), "shards": n_shards}
     if "webdataset" in kinds:
         out["webdataset"] = str(out_dir / "shards" / (f"{{00000..{n_shards - 1:05d}}}.tar" if n_shards > 1 else "00000.tar"))

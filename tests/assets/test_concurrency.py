@@ -1,0 +1,156 @@
+"""One writer per output: two runs of an asset into one TADS_HOME at once. The second waits for the first (saying
+who holds the output) instead of writing over it, so the table on disk is one run's, whole, and its manifest and
+ledger agree with it."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+from dagster import materialize
+
+import definitions
+from resources import LanceStore, TadsPaths
+from tads_assets.core import hostile, ingest
+from tads_assets.core.storage import lock_holder, output_lock
+from tads_assets.pool import raw_pool
+from tads_assets.select import baseline_subsets
+from tests.conftest import wds_sample, write_tar
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A raw_pool materialization in a process of its own. Its reader is slowed down (15 ms a sample, 3 s for the pool)
+# so that two of them started together overlap for certain; it says "ready" once imported and starts at `go`.
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+
+from dagster import materialize
+
+from resources import TadsPaths
+from tads_assets.core import formats
+from tads_assets.pool import raw_pool
+
+home, pool, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+read_shard = formats.read_shard
+
+
+def slow_read_shard(*args, **kwargs):
+    for rec in read_shard(*args, **kwargs):
+        time.sleep(0.015)
+        yield rec
+
+
+formats.read_shard = slow_read_shard
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+result = materialize([raw_pool], resources={"paths": TadsPaths(home=home, pool=pool)}, raise_on_error=False)
+print(json.dumps({"run_id": result.run_id, "success": result.success}), flush=True)
+"""
+
+
+def small_pool(root: Path, shards: int = 4, per_shard: int = 50) -> str:
+    """`shards` WebDataset shards of distinct good samples, plus two empty captions to ledger."""
+    for s in range(shards):
+        members = []
+        for i in range(s * per_shard, (s + 1) * per_shard):
+            image, caption = hostile.good_image(i, size=32)
+            members += wds_sample(f"s{i:04d}", caption, image)
+        if s == 1:
+            members += wds_sample("empty-1", "", hostile.good_image(900, size=32)[0])
+            members += wds_sample("empty-2", " ", hostile.good_image(901, size=32)[0])
+        write_tar(root / f"{s:05d}.tar", members)
+    return f"webdataset:{root}/{{00000..{shards - 1:05d}}}.tar"
+
+
+def table(paths: TadsPaths) -> pl.DataFrame:
+    return ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "sha256").collect().sort("uid")
+
+
+def test_two_raw_pool_runs_at_once_into_one_home_write_one_whole_table(tmp_path):
+    spec = small_pool(tmp_path / "src")
+    home, go = tmp_path / "home", tmp_path / "go"
+    procs, logs = [], []
+    for n in range(2):
+        out, err = open(tmp_path / f"run{n}.out", "w+"), open(tmp_path / f"run{n}.err", "w+")
+        logs.append((out, err))
+        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, str(home), spec, str(go)], cwd=REPO, stdout=out,
+                                      stderr=err, start_new_session=True))
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(out.name).read_text().startswith("ready") for out, _ in logs):
+            assert all(p.poll() is None for p in procs), [Path(e.name).read_text()[-3000:] for _, e in logs]
+            assert time.monotonic() < deadline, "the runs never got ready"
+            time.sleep(0.02)
+        go.touch()  # both start now; each ingestion takes 3 s, so they overlap
+        for p in procs:
+            p.wait(120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for out, err in logs:
+            out.close()
+            err.close()
+    done = [json.loads(Path(out.name).read_text().splitlines()[-1]) for out, _ in logs]
+    errs = [Path(err.name).read_text() for _, err in logs]
+    assert [d["success"] for d in done] == [True, True], [e[-3000:] for e in errs]
+
+    # exactly one of them found raw_pool locked, and was told by whom
+    waited = [n for n in range(2) if "raw_pool is being written by run" in errs[n]]
+    assert len(waited) == 1, f"expected exactly one run to wait, got {waited}: the two runs wrote raw_pool at once"
+    w, other = waited[0], 1 - waited[0]
+    line = next(ln for ln in errs[w].splitlines() if "raw_pool is being written by run" in ln)
+    assert re.search(rf"raw_pool is being written by run {done[other]['run_id']} \(pid {procs[other].pid} on "
+                     r".*\) since .*; waiting", line), line
+    assert "raw_pool: lock acquired after waiting" in errs[w]
+
+    # the table on disk is one run's, whole: equal to a single run's, and its manifest and ledger agree with it
+    paths = TadsPaths(home=str(home), pool=spec)
+    single = TadsPaths(home=str(tmp_path / "single"), pool=spec)
+    assert materialize([raw_pool], resources={"paths": single}).success
+    got, want = table(paths), table(single)
+    assert got.height == want.height == 200
+    assert got.equals(want)
+    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    assert manifest["n_kept"] == got.height and manifest["n_seen"] == 202 and manifest["n_dropped"] == 2
+    ledger = paths.ledger()
+    assert ledger.latest_run_id("raw_pool") == manifest["run_id"]  # the ledger's latest run is the table's
+    assert len(ledger.run_files("raw_pool")) == 2
+    assert ledger.read("raw_pool").height == manifest["n_dropped"]
+    assert sorted(p.name for p in paths.root.joinpath("parquet").iterdir()) == ["raw_pool"]  # no staging left
+    assert lock_holder(paths.root, "raw_pool") is None
+
+
+def test_every_asset_holds_its_output_lock_while_it_writes():
+    for a in definitions.all_assets:
+        fn = a.op.compute_fn.decorated_fn
+        assert getattr(fn, "one_writer", False), f"{a.key.to_user_string()} writes under TADS_HOME without @one_writer"
+    assert len(definitions.all_assets) == 17
+
+
+def test_a_run_that_finds_its_output_locked_waits_then_gives_up_naming_the_holder(tmp_path, demo_spec):
+    home = tmp_path / "home"
+    paths = TadsPaths(home=str(home), pool=demo_spec, lock_timeout_s=0.5)
+    with output_lock(home, "raw_pool", holder="run-holding"):
+        result = materialize([raw_pool], resources={"paths": paths}, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("raw_pool").error
+    assert re.search(rf"raw_pool is being written by run run-holding \(pid {os.getpid()} on .*\) since .*; gave up "
+                     r"waiting after 0.5 s", failure.cause.message if failure.cause else failure.message)
+    assert not paths.parquet_dir("raw_pool").exists()  # it wrote nothing
+
+    # a partitioned asset locks per partition: baseline_subsets[random] is held, [dbp] is not
+    resources = {"paths": paths, "lance": LanceStore(uri=str(home / "lance"))}
+    with output_lock(home, "baseline_subsets[random]", holder="run-holding"):
+        result = materialize([baseline_subsets], partition_key="random", resources=resources, raise_on_error=False)
+        assert not result.success
+        failure = result.failure_data_for_node("baseline_subsets").error
+        assert "baseline_subsets[random] is being written by run run-holding" in str(failure)
+        result = materialize([baseline_subsets], partition_key="dbp", resources=resources, raise_on_error=False)
+        assert "is being written by" not in str(result.failure_data_for_node("baseline_subsets").error)
