@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResul
 
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice, one_writer
 from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
-from tads_assets.core.benchmark import read_eval_set
+from tads_assets.core.benchmark import check_eval_set, read_eval_set
 from tads_assets.core.dedup import kmeans_clusters
 from tads_assets.core.feature_table import (FeatureInputs, build_feature_table, feature_inputs, part_features,
                                             reference_images, reference_rows)
@@ -19,7 +19,7 @@ from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.storage import atomic_path, write_json_atomic, write_parquet_atomic
-from tads_assets.core.tasks import Task, load_task_set, task_set_hash
+from tads_assets.core.tasks import Task, TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool_parts, scored_samples_grid
 
@@ -333,6 +333,16 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
     t0 = time.perf_counter()
     path = paths.tasks_path()
     tasks = load_task_set(path)
+    sets = []  # every held-out set opened and checked now, so a bad one fails here naming its task, not later
+    for t in tasks:
+        for split in ("validation", "test"):
+            try:
+                es = check_eval_set(t, split)
+            except ValueError as exc:
+                raise TaskSetError(f"{path}: task {t.name!r}.{split}: {exc}") from None
+            hist = (np.bincount(es.labels, minlength=len(t.classes)) if t.kind == "classification" else [])
+            sets.append({"task": t.name, "split": split, "items": len(es.keys),
+                         "labels": ", ".join(f"{c}: {n}" for c, n in zip(t.classes, hist)) or "(captions)"})
     digest = task_set_hash(path)
     write_json_atomic({"path": str(path), "sha256": digest, "tasks": [t.as_dict() for t in tasks]},
                       paths.parquet_dir("task_set") / TASK_SET_FILE)
@@ -344,6 +354,8 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
                                                    "templates": len(t.templates), "weight": t.weight,
                                                    "validation": t.sets["validation"].name, "test": t.sets["test"].name}
                                                   for t in tasks])),
+        "held_out_sets": MetadataValue.md(markdown_table(sets)),
+        "n_held_out_items": sum(r["items"] for r in sets),
     })
 
 

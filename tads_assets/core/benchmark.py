@@ -8,8 +8,8 @@ task's WebDataset tar (members KEY.jpg|png, KEY.cls, KEY.txt).
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from tads_assets.core.encoder import l2_normalize as _unit
-from tads_assets.core.formats import decode_rgb
+from tads_assets.core import tarscan
+from tads_assets.core.formats import decode_rgb, split_member
+from tads_assets.core.sanitize import one_line
 
 
 def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
@@ -82,28 +84,117 @@ class EvalSet:
     captions: list[str]
 
 
+EVAL_MEMBER_LIMIT = 32 << 20  # bytes of one member of a held-out set read at most
+
+
+def _eval_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of the samples of one held-out shard, read by the byte-accounting tar reader: keys keep
+    their folders (`a/x0` and `b/x0` are two samples); any unreadable byte, link or special member, undecodable
+    name or member over EVAL_MEMBER_LIMIT is an error naming the file (a test set is small and must be whole)."""
+    key, group = None, {}
+    for ev in tarscan.scan_tar(str(path), lambda name: EVAL_MEMBER_LIMIT):
+        if isinstance(ev, tarscan.Region | tarscan.BadHeader):
+            what = ev.detail if isinstance(ev, tarscan.Region) else ev.problem
+            raise ValueError(f"{path}: {one_line(what)} (a held-out set must be a whole tar)")
+        if ev.kind == "directory":
+            continue
+        if ev.name_error or not ev.regular or ev.data is None:
+            why = ev.name_error or ev.skipped or ev.kind
+            raise ValueError(f"{path}: member {one_line(ev.name, 120)!r}: {why}")
+        k, ext = split_member(ev.name)
+        if key is not None and (k != key or ext in group):
+            yield key, group
+            group = {}
+        key = k
+        group[ext] = ev.data
+    if key is not None:
+        yield key, group
+
+
+def _text(blob: bytes, path: Path, key: str, ext: str) -> str:
+    try:
+        return blob.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: sample {one_line(key, 120)!r}: {key}.{ext} is not UTF-8 (byte {exc.start})") from None
+
+
+def _label(rec: dict[str, bytes], classes: Sequence[str], path: Path, key: str) -> int:
+    """The class index of a sample from KEY.cls (index or class name), else KEY.json's `label` (or `cls`); -1
+    when the sample has none. Out-of-range indices and unknown names are errors naming file and key."""
+    where = f"{path}: sample {one_line(key, 120)!r}"
+    if "cls" in rec:
+        value: object = _text(rec["cls"], path, key, "cls")
+    elif "json" in rec:
+        try:
+            meta = json.loads(_text(rec["json"], path, key, "json"))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{where}: {key}.json is not valid JSON ({one_line(exc, 120)})") from None
+        value = meta.get("label", meta.get("cls")) if isinstance(meta, dict) else None
+        if value is None:
+            return -1
+    else:
+        return -1
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if value == "":
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{where}: label {one_line(value, 60)!r} is neither a class index nor a class name")
+    if isinstance(value, str):
+        if value not in classes:
+            raise ValueError(f"{where}: label {one_line(value, 60)!r} is not one of the task's classes")
+        return list(classes).index(value)
+    if classes and not 0 <= value < len(classes):
+        raise ValueError(f"{where}: label {value} is out of range for {len(classes)} classes (0..{len(classes) - 1})")
+    return value
+
+
 def read_eval_set(path: str | Path, classes: Sequence[str] = ()) -> EvalSet:
-    """A task's held-out WebDataset tar: KEY.jpg|png with KEY.cls (class index or name) and/or KEY.txt."""
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for m in tar.getmembers():
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.rpartition("/")[2].partition(".")
-            members.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
+    """A task's held-out set: one tar, a shard pattern or a folder of shards (`tasks.set_shards`) of KEY.jpg|png
+    with KEY.cls (class index or name) or KEY.json (`label`), and/or KEY.txt. Raises naming the file and the key
+    for anything it cannot use."""
+    from tads_assets.core.tasks import set_shards
+
+    shards = set_shards(path)
+    if not shards:
+        raise ValueError(f"{path} names no shard file")
     keys, images, labels, captions = [], [], [], []
-    index = {c: i for i, c in enumerate(classes)}
-    for key in sorted(members):
-        rec = members[key]
-        blob = rec.get("jpg") or rec.get("jpeg") or rec.get("png") or rec.get("webp")
-        if blob is None:
-            raise ValueError(f"{path}: sample {key!r} has no image member")
-        images.append(decode_rgb(blob))
-        cls = rec.get("cls", b"").decode().strip()
-        labels.append(int(cls) if cls.lstrip("-").isdigit() else index.get(cls, -1) if cls else -1)
-        captions.append(rec.get("txt", b"").decode().strip())
-        keys.append(key)
-    return EvalSet(keys, images, np.asarray(labels, np.int64), captions)
+    seen: set[str] = set()
+    for shard in shards:
+        for key, rec in _eval_tar_groups(shard):
+            where = f"{shard}: sample {one_line(key, 120)!r}"
+            if key in seen:
+                raise ValueError(f"{where}: key used by more than one sample of the set")
+            seen.add(key)
+            blob = next((rec[e] for e in ("jpg", "jpeg", "png", "webp") if e in rec), None)
+            if blob is None:
+                raise ValueError(f"{where}: no image member (found: {sorted(rec)})")
+            try:
+                images.append(decode_rgb(blob))
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad bytes
+                raise ValueError(f"{where}: the image does not decode ({type(exc).__name__}: {one_line(exc, 120)})") from None
+            labels.append(_label(rec, classes, shard, key) if classes else -1)  # retrieval sets: labels unused
+            captions.append(_text(rec["txt"], shard, key, "txt") if "txt" in rec else "")
+            keys.append(key)
+    order = np.argsort(np.asarray(keys, dtype=object), kind="stable") if keys else np.zeros(0, int)
+    return EvalSet([keys[i] for i in order], [images[i] for i in order], np.asarray(labels, np.int64)[order],
+                   [captions[i] for i in order])
+
+
+def check_eval_set(task, split: str) -> EvalSet:
+    """Read a task's set as every later stage will, and check what they rely on: classification samples all
+    labelled, retrieval samples all captioned, at least one sample. Raises naming the set and the problem."""
+    es = read_eval_set(task.sets[split], task.classes)
+    if not es.keys:
+        raise ValueError(f"{task.sets[split]}: the set holds no sample")
+    if task.kind == "classification" and (es.labels < 0).any():
+        missing = [k for k, lab in zip(es.keys, es.labels) if lab < 0]
+        raise ValueError(f"{len(missing)} sample(s) have no label (KEY.cls or KEY.json 'label'), e.g. "
+                         f"{one_line(missing[0], 120)!r}")
+    if task.kind == "retrieval" and not all(es.captions):
+        missing = [k for k, c in zip(es.keys, es.captions) if not c]
+        raise ValueError(f"{len(missing)} sample(s) have no caption (KEY.txt), e.g. {one_line(missing[0], 120)!r}")
+    return es
 
 
 def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable) -> TaskScores:

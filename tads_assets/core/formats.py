@@ -191,7 +191,7 @@ def read_shard(shard: Shard, limits: IngestLimits | None = None, coverage: dict 
 # ---------------------------------------------------------------------------------------------- readers
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """WebDataset convention: the key is the path up to the first dot of the file name."""
     directory, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
@@ -227,7 +227,7 @@ def _wanted(limits: IngestLimits):
     """The byte limit per member extension of a sample (None: not needed, skipped unread)."""
     per_ext = {"txt": limits.max_caption_bytes, "json": limits.max_json_bytes,
                **{ext: limits.max_image_bytes for ext in IMAGE_EXTS}}
-    return lambda name: per_ext.get(_split_member(name)[1])
+    return lambda name: per_ext.get(split_member(name)[1])
 
 
 @dataclass
@@ -330,7 +330,7 @@ def _iter_tar_samples(path: str, shard: Shard, limits: IngestLimits, coverage: d
                 continue
             name = ev.name
             if isinstance(ev, tarscan.BadHeader):
-                key, ext = _split_member(name)
+                key, ext = split_member(name)
                 key = key_of(key)
                 if group is None or group.key != key:
                     if group is not None:
@@ -341,7 +341,7 @@ def _iter_tar_samples(path: str, shard: Shard, limits: IngestLimits, coverage: d
                 continue
             if ev.kind == "directory" and not ev.name_error:
                 continue  # a folder entry holds no sample
-            key, ext = _split_member(name)
+            key, ext = split_member(name)
             key = key_of(key)
             if group is not None and (key != group.key or ext in group.present):
                 n_samples += 1

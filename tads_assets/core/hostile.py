@@ -592,11 +592,78 @@ TASK_FILE_EDITS = {
     "task_set_not_webdataset": (lambda d: d["tasks"][0].update(validation="/data/v.tar"), r"'shapes'\.validation.*webdataset:PATH"),
     "task_name_repeated": (lambda d: d["tasks"][1].update(name="shapes"), r"'shapes'\.name: used by more than one"),
     "task_list_empty": (lambda d: d.update(tasks=[]), "non-empty list"),
+    "task_template_two_placeholders": (lambda d: d["tasks"][0].update(templates=["a {} next to a {}"]),
+                                       r"'shapes'\.templates.*2 '\{\}' placeholders"),
+    "task_template_named_field": (lambda d: d["tasks"][0].update(templates=["a {place}"]), r"'shapes'\.templates.*\{place"),
+    "task_template_stray_brace": (lambda d: d["tasks"][0].update(templates=["a {} }"]), r"'shapes'\.templates.*Single '\}'"),
+    "task_template_escaped_braces_only": (lambda d: d["tasks"][0].update(templates=["a {{}}"]),
+                                          r"'shapes'\.templates.*0 '\{\}' placeholders"),
+    "task_weight_infinite": (lambda d: d["tasks"][0].update(weight=float("inf")), r"'shapes'\.weight: expected a finite"),
+    "task_classes_null_and_empty": (lambda d: d["tasks"][0].update(classes=[None, ""]), r"'shapes'\.classes: .*non-empty strings"),
 }
 
 
+def eval_tar(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
+    """A held-out set's tar: (key, {ext: bytes}) with an image added to each sample that has none."""
+    members = []
+    for i, (key, rec) in enumerate(samples):
+        rec = {"jpg": good_image(600 + i, 24)[0], **rec}
+        members += [(f"{key}.{ext}", data) for ext, data in rec.items()]
+    return tar_bytes(members)
+
+
+def _good_set(n: int = 4) -> bytes:
+    return eval_tar([(f"s{i}", {"cls": str(i % 2).encode(), "txt": f"caption {i}".encode()}) for i in range(n)])
+
+
+# Task files whose held-out sets or paths are wrong (found when task_set opens and counts the sets), raw YAML that
+# is hostile in itself, and valid layouts that must pass: kind -> (YAML text or None for "the path is a folder",
+# extra files to write beside it, expected outcome).
+def _task_content_cases(doc: dict) -> dict[str, tuple[str | None, dict[str, bytes], str]]:
+    import copy
+
+    import yaml
+
+    def with_validation(value: str) -> str:
+        d = copy.deepcopy(doc)
+        d["tasks"][0]["validation"] = value
+        return yaml.safe_dump(d)
+
+    good = yaml.safe_dump(doc)
+    bomb = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8)) + "tasks: *i\n"
+    nested = eval_tar([(f"{d}/x{i}", {"cls": str(i % 2).encode()}) for d in "ab" for i in range(3)])
+    return {
+        "task_yaml_duplicate_key": (good.replace("kind: classification", "kind: classification\n  kind: retrieval", 1),
+                                    {}, "error:duplicate key 'kind'"),
+        "task_yaml_alias_bomb": (bomb, {}, "error:anchors .* not allowed"),
+        "task_set_not_a_tar": (with_validation("webdataset:notatar.tar"), {"notatar.tar": b"just some text\n" * 100},
+                               r"error:'shapes'\.validation: .*notatar\.tar.*not tar headers"),
+        "task_labels_out_of_range": (with_validation("webdataset:range.tar"),
+                                     {"range.tar": eval_tar([("r0", {"cls": b"7"}), ("r1", {"cls": b"99"})])},
+                                     r"error:'shapes'\.validation: .*'r0': label 7 is out of range for 2 classes"),
+        "task_cls_not_utf8": (with_validation("webdataset:latin.tar"), {"latin.tar": eval_tar([("l0", {"cls": b"caf\xe9"})])},
+                              r"error:'shapes'\.validation: .*'l0': l0\.cls is not UTF-8"),
+        "task_label_unknown_class_name": (with_validation("webdataset:names.tar"),
+                                          {"names.tar": eval_tar([("n0", {"cls": b"hexagon"})])},
+                                          r"error:'shapes'\.validation: .*'hexagon' is not one of the task's classes"),
+        "task_label_from_json": (with_validation("webdataset:json.tar"),
+                                 {"json.tar": eval_tar([(f"j{i}", {"json": json.dumps({"label": i % 2}).encode()})
+                                                        for i in range(4)])}, "kept"),
+        "task_path_is_directory": (None, {}, "error:is a directory"),
+        "task_set_nested_keys": (with_validation("webdataset:nested.tar"), {"nested.tar": nested}, "kept"),
+        "task_set_folder_of_shards": (with_validation("webdataset:shards"),
+                                      {"shards/000.tar": _good_set(), "shards/001.tar": eval_tar(
+                                          [("t0", {"cls": b"1"}), ("t1", {"cls": b"circle"})])}, "kept"),
+        "task_set_brace_pattern": (with_validation("webdataset:part-{0..1}.tar"),
+                                   {"part-0.tar": _good_set(), "part-1.tar": eval_tar([("p9", {"cls": b"0"})])}, "kept"),
+    }
+
+
 def task_file_cases(root: str | Path) -> list[tuple[Case, str]]:
-    """A valid task file edited to have one wrong field at a time: (case, YAML text), all in `root`."""
+    """A valid task file edited to have one wrong field at a time, then the cases of `_task_content_cases`: (case,
+    YAML text or None where the path is a folder), all in `root` (a case's file is `root / f"{case.kind}.yaml"`)."""
     import copy
 
     import yaml
@@ -604,7 +671,7 @@ def task_file_cases(root: str | Path) -> list[tuple[Case, str]]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name in ("v.tar", "t.tar"):
-        (root / name).write_bytes(tar_bytes([]))
+        (root / name).write_bytes(_good_set())
     doc = {"tasks": [{"name": "shapes", "kind": "classification", "classes": ["circle", "square"],
                       "templates": ["a photo of a {}."], "weight": 1, "validation": "webdataset:v.tar",
                       "test": "webdataset:t.tar"},
@@ -615,4 +682,11 @@ def task_file_cases(root: str | Path) -> list[tuple[Case, str]]:
         edit(d)
         out.append((Case(kind, "task file", None, f"error:{pattern}"), yaml.safe_dump(d)))
     out.append((Case("task_file_not_yaml", "task file", None, "error:not valid YAML"), "tasks: [ {name: x"))
+    for kind, (text, files, expect) in _task_content_cases(doc).items():
+        for name, data in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        if text is None:
+            (root / f"{kind}.yaml").mkdir(exist_ok=True)
+        out.append((Case(kind, "task file", None, expect), text))
     return out

@@ -6,14 +6,21 @@ resolved against the task file's folder when relative.
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import math
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from tads_assets.core.sanitize import one_line
+
 KINDS = ("classification", "retrieval")
 SPLITS = ("validation", "test")
+MAX_TASK_FILE_BYTES = 1 << 20  # a task file is a few lines; a larger one is refused before parsing
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 class TaskSetError(ValueError):
@@ -40,22 +47,86 @@ class Task:
                    {s: Path(d[s]) for s in SPLITS if s in d}, tuple(d.get("classes", ())))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases (an alias bomb of a few hundred bytes expands to gigabytes) and with
+    duplicate mapping keys refused (YAML lets the last one win silently)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not allowed in a task file",
+                                                    event.start_mark)
+        if getattr(self.peek_event(), "anchor", None):
+            raise yaml.constructor.ConstructorError(None, None, "anchors (&name) are not allowed in a task file",
+                                                    self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {one_line(key, 80)!r}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_template(t: str, where: str) -> None:
+    """A template formats exactly one class name: one `{}` field, nothing else between braces."""
+    try:
+        specs = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
+    except ValueError as exc:
+        raise TaskSetError(f"{where}.templates: {one_line(t, 120)!r} is not a valid template ({exc}); write "
+                           "literal braces as {{ and }}") from None
+    if len(specs) != 1:
+        raise TaskSetError(f"{where}.templates: {one_line(t, 120)!r} has {len(specs)} '{{}}' placeholders; each "
+                           "template takes exactly one, for the class name")
+    if specs[0] != ("", "", None):
+        raise TaskSetError(f"{where}.templates: {one_line(t, 120)!r} uses '{{{specs[0][0]}...}}'; write the class "
+                           "name's placeholder as a plain '{}'")
+
+
+def set_shards(spec: str | Path) -> list[Path]:
+    """The shard files of a held-out set: a tar (or .tar.gz), a shard pattern (`{000..009}`, `{a,b}`, globs) or a
+    directory of shards; [] when it names nothing."""
+    from tads_assets.core.formats import expand_braces
+
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.name.endswith(SHARD_SUFFIXES) and p.is_file())
+    if any(c in text for c in "{*?["):
+        out = []
+        for p in expand_braces(text):
+            out += [Path(q) for q in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
+        return [p for p in out if p.is_file()]
+    return [path] if path.is_file() else []
+
+
 def _set_path(value: object, where: str, base: Path) -> Path:
     if not isinstance(value, str) or not value.startswith("webdataset:"):
-        raise TaskSetError(f"{where}: expected 'webdataset:PATH' (a tar of KEY.jpg|png with KEY.cls or KEY.txt), got {value!r}")
+        raise TaskSetError(f"{where}: expected 'webdataset:PATH' (a tar, a shard pattern or a folder of shards of "
+                           f"KEY.jpg|png with KEY.cls, KEY.json or KEY.txt), got {one_line(value, 200)!r}")
     path = Path(value.removeprefix("webdataset:")).expanduser()
     path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise TaskSetError(f"{where}: {path} does not exist or is not a file")
+    try:
+        shards = set_shards(path)
+    except ValueError as exc:  # a brace pattern over its bound
+        raise TaskSetError(f"{where}: {exc}") from None
+    if not shards:
+        raise TaskSetError(f"{where}: {path} does not exist or is not a file, a shard pattern or a folder of shards")
     return path
 
 
 def parse_task_set(text: str, base_dir: str | Path, source: str = "task file") -> list[Task]:
     """Tasks of a task-set YAML document (schema in DESIGN.md)."""
+    if len(text) > MAX_TASK_FILE_BYTES:
+        raise TaskSetError(f"{source}: {len(text)} characters; a task file is at most {MAX_TASK_FILE_BYTES}")
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise TaskSetError(f"{source}: not valid YAML: {e}") from e
+        raise TaskSetError(f"{source}: not valid YAML: {one_line(e, 500)}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
         raise TaskSetError(f"{source}: expected a mapping with a non-empty list under 'tasks'")
     base, tasks, names = Path(base_dir), [], set()
@@ -77,18 +148,20 @@ def parse_task_set(text: str, base_dir: str | Path, source: str = "task file") -
         if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
             raise TaskSetError(f"{where}.templates: expected a non-empty list of strings")
         for t in templates:
-            if "{}" not in t:
-                raise TaskSetError(f"{where}.templates: {t!r} has no '{{}}' placeholder for the class name")
+            _check_template(t, where)
         classes = entry.get("classes", [])
         if kind == "classification":
             if not isinstance(classes, list) or len(classes) < 2:
                 raise TaskSetError(f"{where}.classes: a classification task needs a list of at least 2 class names")
-            classes = [str(c) for c in classes]
+            bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
+            if bad:
+                raise TaskSetError(f"{where}.classes: class names must be non-empty strings, got "
+                                   f"{one_line(bad[:3], 120)}")
             if len(set(classes)) != len(classes):
                 raise TaskSetError(f"{where}.classes: class names repeat")
         weight = entry.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
-            raise TaskSetError(f"{where}.weight: expected a number ≥ 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (math.isfinite(weight) and weight >= 0):
+            raise TaskSetError(f"{where}.weight: expected a finite number ≥ 0, got {one_line(weight, 60)!r}")
         sets = {}
         for split in SPLITS:
             if split not in entry:
@@ -100,9 +173,18 @@ def parse_task_set(text: str, base_dir: str | Path, source: str = "task file") -
 
 def load_task_set(path: str | Path) -> list[Task]:
     path = Path(path)
+    if path.is_dir():
+        raise TaskSetError(f"task file {path} is a directory: set TADS_TASKS to a task-set YAML file")
     if not path.is_file():
-        raise TaskSetError(f"task file {path} does not exist (set TADS_TASKS to a task-set YAML)")
-    return parse_task_set(path.read_text(), path.parent, str(path))
+        raise TaskSetError(f"task file {path} does not exist or is not a regular file (set TADS_TASKS to a "
+                           "task-set YAML)")
+    if path.stat().st_size > MAX_TASK_FILE_BYTES:
+        raise TaskSetError(f"{path}: {path.stat().st_size} bytes; a task file is at most {MAX_TASK_FILE_BYTES}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskSetError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return parse_task_set(text, path.parent, str(path))
 
 
 def task_set_hash(path: str | Path) -> str:

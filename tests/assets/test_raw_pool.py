@@ -68,3 +68,33 @@ def test_demo_source_generates_the_pool_on_first_use(tmp_path):
     manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
     assert manifest["n_seen"] == 120
     assert (paths.demo_dir / "truth.parquet").exists() and paths.tasks_path() == paths.demo_dir / "tasks.yaml"
+
+
+def test_task_set_counts_every_held_out_set_and_fails_on_a_bad_one_naming_the_task(tmp_path, demo_dir):
+    from tads_assets.characterize import task_set
+
+    paths = TadsPaths(home=str(tmp_path / "home"), tasks=str(demo_dir / "tasks.yaml"))
+    result = materialize([task_set], resources={"paths": paths})
+    meta = result.asset_materializations_for_node("task_set")[0].metadata
+    table = meta["held_out_sets"].value
+    assert "fashion" in table and "captions" in table and "(captions)" in table
+    import tarfile
+
+    def n_samples(tar):  # counted independently of TADS's reader: one .jpg/.png member per sample
+        with tarfile.open(tar) as t:
+            return sum(m.name.endswith((".jpg", ".png")) for m in t.getmembers())
+
+    assert meta["n_held_out_items"].value == sum(n_samples(f) for f in (demo_dir / "val").glob("*.tar")) + sum(
+        n_samples(f) for f in (demo_dir / "test").glob("*.tar"))
+    # a validation set whose labels the task cannot have: task_set itself fails, naming the task and the label
+    bad = demo_dir / "tasks_bad_labels.yaml"  # beside tasks.yaml: its relative paths resolve
+    (tmp_path / "bad.tar").write_bytes(hostile.eval_tar([("k0", {"cls": b"99"})]))
+    text = (demo_dir / "tasks.yaml").read_text()
+    bad.write_text(text.replace("validation: webdataset:", f"validation: webdataset:{tmp_path}/bad.tar #", 1))
+    result = materialize([task_set], resources={"paths": TadsPaths(home=str(tmp_path / "h2"), tasks=str(bad))},
+                         raise_on_error=False)
+    assert not result.success
+    err = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    while err.cause is not None and err.cls_name.startswith("Dagster"):
+        err = err.cause
+    assert "validation" in err.message and "label 99 is out of range" in err.message

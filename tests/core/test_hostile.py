@@ -16,7 +16,7 @@ from PIL import Image
 
 from tads_assets.core import formats, hostile, ingest
 from tads_assets.core.ledger import Ledger
-from tads_assets.core.tasks import Task, TaskSetError, parse_task_set
+from tads_assets.core.tasks import Task, TaskSetError, load_task_set, parse_task_set
 from tests.conftest import image_bytes, wds_sample, write_tar
 
 BUILDERS = {"webdataset": hostile.build_webdataset, "img2dataset": hostile.build_img2dataset, "csv": hostile.build_csv,
@@ -170,7 +170,7 @@ def test_webdataset_reader_never_raises_and_accounts_for_every_sample(tmp_path_f
     groups = 0
     prev, exts = None, set()
     for name, _ in members:
-        key, ext = formats._split_member(name)
+        key, ext = formats.split_member(name)
         if key != prev or ext in exts:
             groups, exts = groups + 1, set()
         prev = key
@@ -254,3 +254,49 @@ def test_tads_explain_never_prints_terminal_escapes(tmp_path, capsys):
     assert "missing_file" in out and "\\x1b[2J" in out and "\x1b" not in out
     assert cli.main(["explain", "evil\x1b]0;title\x07", "--home", str(tmp_path / "home")]) == 1
     assert "\x1b" not in capsys.readouterr().out
+
+
+def _task_set_outcome(path):
+    """What the task_set asset does with a task file: parse it, then open and check every held-out set."""
+    from tads_assets.core.benchmark import check_eval_set
+
+    tasks = load_task_set(path)
+    for t in tasks:
+        for split in ("validation", "test"):
+            try:
+                check_eval_set(t, split)
+            except ValueError as exc:
+                raise TaskSetError(f"{path}: task {t.name!r}.{split}: {exc}") from None
+    return tasks
+
+
+@pytest.mark.parametrize("index", range(len(hostile.TASK_FILE_EDITS) + 1, len(hostile.TASK_FILE_EDITS) + 12))
+def test_task_set_checks_the_sets_and_the_yaml_it_will_rely_on(tmp_path, index):
+    import re
+    import time
+
+    case, text = hostile.task_file_cases(tmp_path)[index]
+    path = tmp_path / f"{case.kind}.yaml"
+    if text is not None:
+        path.write_text(text)
+    t0 = time.perf_counter()
+    if case.expect == "kept":
+        tasks = _task_set_outcome(path)
+        assert tasks[0].name == "shapes"
+    else:
+        with pytest.raises(TaskSetError) as err:
+            _task_set_outcome(path)
+        assert re.search(case.expect.removeprefix("error:"), str(err.value)), str(err.value)
+        assert f"{case.kind}.yaml" in str(err.value) and len(str(err.value)) < 2000
+    assert time.perf_counter() - t0 < 5  # the alias bomb is refused, not expanded
+
+
+def test_nested_eval_keys_stay_whole_and_labels_come_from_json(tmp_path):
+    from tads_assets.core.benchmark import read_eval_set
+
+    nested = hostile.eval_tar([(f"{d}/x{i}", {"cls": str(i % 2).encode()}) for d in "ab" for i in range(3)])
+    (tmp_path / "n.tar").write_bytes(nested)
+    es = read_eval_set(tmp_path / "n.tar", ("circle", "square"))
+    assert es.keys == ["a/x0", "a/x1", "a/x2", "b/x0", "b/x1", "b/x2"] and es.labels.tolist() == [0, 1, 0, 0, 1, 0]
+    (tmp_path / "j.tar").write_bytes(hostile.eval_tar([("j0", {"json": b'{"label": "square"}'})]))
+    assert read_eval_set(tmp_path / "j.tar", ("circle", "square")).labels.tolist() == [1]
