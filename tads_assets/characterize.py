@@ -18,6 +18,7 @@ from tads_assets.core.feature_table import (FeatureInputs, build_feature_table, 
 from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
 from tads_assets.core.quality_model import QualityParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
+from tads_assets.core.sanitize import one_line
 from tads_assets.core.storage import atomic_path, write_json_atomic, write_parquet_atomic
 from tads_assets.core.tasks import Task, TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.weak_supervision import WeakParams
@@ -333,16 +334,21 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
     t0 = time.perf_counter()
     path = paths.tasks_path()
     tasks = load_task_set(path)
-    sets = []  # every held-out set opened and checked now, so a bad one fails here naming its task, not later
+    sets, hist_rows = [], {}  # every held-out set opened and checked now, so a bad one fails here naming its task
     for t in tasks:
         for split in ("validation", "test"):
             try:
                 es = check_eval_set(t, split)
-            except ValueError as exc:
-                raise TaskSetError(f"{path}: task {t.name!r}.{split}: {exc}") from None
-            hist = (np.bincount(es.labels, minlength=len(t.classes)) if t.kind == "classification" else [])
-            sets.append({"task": t.name, "split": split, "items": len(es.keys),
-                         "labels": ", ".join(f"{c}: {n}" for c, n in zip(t.classes, hist)) or "(captions)"})
+            except (ValueError, OSError) as exc:  # OSError: a shard that cannot be opened (permissions, a FIFO)
+                raise TaskSetError(f"{path}: task {one_line(t.name, 120)!r}.{split}: {one_line(exc, 1000)}") from None
+            row = {"task": t.name, "split": split, "items": len(es.keys), "labels": "(captions)"}
+            if t.kind == "classification":
+                hist = np.bincount(es.labels, minlength=len(t.classes))
+                row["labels"] = (f"{int((hist > 0).sum())} of {len(t.classes)} classes, {int(hist.min())}-"
+                                 f"{int(hist.max())} items each")
+                for c, n in zip(t.classes, hist):
+                    hist_rows.setdefault((t.name, c), {"task": t.name, "class": c})[split] = int(n)
+            sets.append(row)
     digest = task_set_hash(path)
     write_json_atomic({"path": str(path), "sha256": digest, "tasks": [t.as_dict() for t in tasks]},
                       paths.parquet_dir("task_set") / TASK_SET_FILE)
@@ -355,6 +361,7 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
                                                    "validation": t.sets["validation"].name, "test": t.sets["test"].name}
                                                   for t in tasks])),
         "held_out_sets": MetadataValue.md(markdown_table(sets)),
+        "label_histogram": MetadataValue.md(markdown_table(list(hist_rows.values()), max_rows=500)),
         "n_held_out_items": sum(r["items"] for r in sets),
     })
 

@@ -139,11 +139,12 @@ def _label(rec: dict[str, bytes], classes: Sequence[str], path: Path, key: str) 
     if value == "":
         return -1
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{where}: label {one_line(value, 60)!r} is neither a class index nor a class name")
+        raise ValueError(f"{where}: label {one_line(repr(value), 60)} is neither a class index nor a class name")
     if isinstance(value, str):
-        if value not in classes:
-            raise ValueError(f"{where}: label {one_line(value, 60)!r} is not one of the task's classes")
-        return list(classes).index(value)
+        names = [c.strip() for c in classes]  # the task file's names compared as KEY.cls is read: stripped
+        if value.strip() not in names:
+            raise ValueError(f"{where}: label {one_line(repr(value), 60)} is not one of the task's classes")
+        return names.index(value.strip())
     if classes and not 0 <= value < len(classes):
         raise ValueError(f"{where}: label {value} is out of range for {len(classes)} classes (0..{len(classes) - 1})")
     return value

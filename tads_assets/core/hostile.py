@@ -600,6 +600,10 @@ TASK_FILE_EDITS = {
                                           r"'shapes'\.templates.*0 '\{\}' placeholders"),
     "task_weight_infinite": (lambda d: d["tasks"][0].update(weight=float("inf")), r"'shapes'\.weight: expected a finite"),
     "task_classes_null_and_empty": (lambda d: d["tasks"][0].update(classes=[None, ""]), r"'shapes'\.classes: .*non-empty strings"),
+    "task_weight_integer_beyond_float": (lambda d: d["tasks"][0].update(weight=10**400), r"'shapes'\.weight: expected a finite"),
+    "task_weights_all_zero": (lambda d: [t.update(weight=0) for t in d["tasks"]], r"every task has weight 0"),
+    "task_name_with_comma": (lambda d: d["tasks"][0].update(name="shapes,caps"), r"'shapes,caps'\.name: .*','"),
+    "task_retrieval_classes_not_a_list": (lambda d: d["tasks"][1].update(classes="abc"), r"'caps'\.classes: expected a list"),
 }
 
 
