@@ -52,3 +52,11 @@ def wds_sample(key: str, caption: bytes | str | None = "a red square", image: by
         members.append((f"{key}.txt", caption.encode() if isinstance(caption, str) else caption))
     members.append((f"{key}.json", json.dumps({"url": url or f"https://example.com/{key}.jpg"}).encode()))
     return members
+
+
+def step_error_message(result) -> str:
+    """The message of the exception an asset raised in a failed in-process run (Dagster's wrappers unwrapped)."""
+    err = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    while err.cause is not None and err.cls_name.startswith("Dagster"):
+        err = err.cause
+    return err.message

@@ -288,7 +288,7 @@ def _group_record(g: _Group, shard: Shard, ref: str, limits: IngestLimits) -> Ra
 
 
 def _iter_tar_samples(path: str, shard: Shard, limits: IngestLimits, coverage: dict | None,
-                      key_of=lambda k: k) -> Iterator[RawRecord | tuple[_Group, None]]:
+                      key_of=lambda k: k) -> Iterator[RawRecord]:
     """Samples of one tar (WebDataset grouping: consecutive members with one key; a repeated extension starts a
     same-key sample), and a shard-level record for every unreadable region that no sample's row names. Fills
     `coverage` (bytes_total, bytes_read, unreadable ranges and the ledger uid naming each)."""
@@ -550,7 +550,7 @@ def _read_img2dataset(shard: Shard, limits: IngestLimits, coverage: dict | None)
                 rec.problem, rec.detail, rec.image = item.problem, item.detail, None
             yield rec
         if coverage is not None:
-            coverage.update({k: v for k, v in tar_cov.items()})
+            coverage.update(tar_cov)
     elif base.is_dir():
         for key in list(pending):
             image_ext = next((ext for ext in IMAGE_EXTS if os.path.lexists(base / f"{key}.{ext}")), None)

@@ -6,6 +6,7 @@ from resources import TadsPaths
 from tads_assets.checks import raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read
 from tads_assets.core import hostile, ingest
 from tads_assets.pool import raw_pool
+from tests.conftest import step_error_message
 
 ASSETS = [raw_pool, raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read]
 
@@ -94,7 +95,5 @@ def test_task_set_counts_every_held_out_set_and_fails_on_a_bad_one_naming_the_ta
     result = materialize([task_set], resources={"paths": TadsPaths(home=str(tmp_path / "h2"), tasks=str(bad))},
                          raise_on_error=False)
     assert not result.success
-    err = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
-    while err.cause is not None and err.cls_name.startswith("Dagster"):
-        err = err.cause
-    assert "validation" in err.message and "label 99 is out of range" in err.message
+    message = step_error_message(result)
+    assert "validation" in message and "label 99 is out of range" in message

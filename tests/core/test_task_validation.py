@@ -12,6 +12,7 @@ from resources import TadsPaths
 from tads_assets.core import benchmark, hostile, tasks
 from tads_assets.core.tasks import Task, TaskSetError, load_task_set, parse_task_set, resolve_set, set_shards
 from tests.assets.conftest import metadata_values
+from tests.conftest import step_error_message
 
 
 def _task(**kw) -> dict:
@@ -275,7 +276,5 @@ def test_task_set_counts_both_sets_of_every_task_and_fails_naming_task_and_split
     result = materialize([task_set], resources={"paths": TadsPaths(home=str(tmp_path / "h2"), tasks=str(path))},
                          raise_on_error=False)
     assert not result.success
-    err = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
-    while err.cause is not None and err.cls_name.startswith("Dagster"):
-        err = err.cause
-    assert f"{path}: task 'shapes'.test: " in err.message and "1.tar: sample 't1': label 7 is out of range" in err.message
+    message = step_error_message(result)
+    assert f"{path}: task 'shapes'.test: " in message and "1.tar: sample 't1': label 7 is out of range" in message
