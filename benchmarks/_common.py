@@ -19,7 +19,7 @@ def load_demo_pool_with_vectors(tads_home: Path) -> tuple[pl.DataFrame, np.ndarr
     """raw_pool joined with its embeddings and the demo truth; fails with the command that makes them."""
     import lancedb
 
-    from tads_assets.core.embeddings import pool_with_vectors
+    from tads_assets.core.io.embeddings import pool_with_vectors
 
     truth_path = tads_home / "demo" / "truth.parquet"
     if not truth_path.exists() or not (tads_home / "lance").exists():
@@ -43,9 +43,9 @@ class SubsetTrainer:
         import hashlib
         import time
 
-        from tads_assets.core import benchmark, clip_train
-        from tads_assets.core.ingest import scan_raw_pool
-        from tads_assets.core.tasks import load_task_set
+        from tads_assets.core.harness import benchmark, clip_train
+        from tads_assets.core.io.ingest import scan_raw_pool
+        from tads_assets.core.io.tasks import load_task_set
 
         t0 = time.perf_counter()
         self.model, self.budget = model, budget
@@ -85,7 +85,7 @@ class SubsetTrainer:
 
         import torch
 
-        from tads_assets.core import benchmark, clip_train
+        from tads_assets.core.harness import benchmark, clip_train
 
         key = {**self._cache_key, "seed": seed, "uids_sha256": uids_digest(uids)}
         row = self._cached(key)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import home, load_demo_pool_with_vectors  # noqa: E402
 from dedup_quality import dedup_figures  # noqa: E402
 
-from tads_assets.core import dedup  # noqa: E402
+from tads_assets.core.method import dedup  # noqa: E402
 
 
 def main() -> None:

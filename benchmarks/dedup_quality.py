@@ -28,7 +28,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import home, load_demo_pool_with_vectors  # noqa: E402
 
-from tads_assets.core import dedup  # noqa: E402
+from tads_assets.core.method import dedup  # noqa: E402
 
 
 def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
@@ -67,7 +67,7 @@ def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
 
 
 def retrieval_figures(tads_home: Path) -> tuple[float, float, float, int]:
-    from tads_assets.core.encoder import BuiltinEncoder, load_heads, read_encoder_info, retrieval_recall_at
+    from tads_assets.core.method.encoder import BuiltinEncoder, load_heads, read_encoder_info, retrieval_recall_at
     from PIL import Image
 
     info = read_encoder_info(tads_home / "models" / "clip_encoder")

@@ -4,7 +4,7 @@
 
 Each size: random unit image/text vectors (dim each, joint 2*dim) and random captions; 2 % exact
 duplicates (same hash), 2 % near duplicates (vectors jittered, one character of the caption changed).
-Runs the full `tads_assets.core.dedup.deduplicate` (metadata, K-Means, LanceDB neighbours, edit distance)
+Runs the full `tads_assets.core.method.dedup.deduplicate` (metadata, K-Means, LanceDB neighbours, edit distance)
 and prints wall time per size, the growth factor per 10x rows, and how many planted pairs were caught.
 Targets: <= 15x time for 10x rows; 1M rows in <= 10 minutes on 2 cores.
 """
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import tads_assets  # noqa: F401
-from tads_assets.core import dedup
+from tads_assets.core.method import dedup
 
 
 def synthetic(n: int, dim: int, rng: np.random.Generator):

@@ -1,4 +1,4 @@
-"""Hostile inputs through the real pipeline: every case of the hostile corpus (tads_assets.core.hostile) must end
+"""Hostile inputs through the real pipeline: every case of the hostile corpus (tads_assets.core.demo.hostile) must end
 kept (decoded the right way), ledgered (a row naming the sample and the reason) or as a clear error (the run
 stops, naming the input and the fix). Prints, per case, the outcome against the promised one with the peak RSS
 and wall time of the run that judged it, then the totals: crashes, silent drops, reads outside the pool, hangs,
@@ -40,9 +40,10 @@ from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevi
 from tads_assets.checks import (deduped_pool_ledger_complete, raw_pool_ledger_complete,  # noqa: E402
                                 raw_pool_sources_fully_read)
 from tads_assets.characterize import task_set  # noqa: E402
-from tads_assets.core import embeddings, hostile, ingest  # noqa: E402
-from tads_assets.core.hostile import Case  # noqa: E402
-from tads_assets.core.ledger import Ledger  # noqa: E402
+from tads_assets.core.io import embeddings, ingest  # noqa: E402
+from tads_assets.core.demo import hostile
+from tads_assets.core.demo.hostile import Case  # noqa: E402
+from tads_assets.core.io.ledger import Ledger  # noqa: E402
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool  # noqa: E402
 
 
@@ -199,7 +200,7 @@ def nan_frozen_features_fix(out: Outcomes, home: Path, spec: str) -> None:
 def pickle_checkpoint(out: Outcomes, work: Path, spec: str) -> None:
     import torch
 
-    from tads_assets.core.clip_train import create_model
+    from tads_assets.core.harness.clip_train import create_model
 
     class RunsCode:
         def __reduce__(self):

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ingest.py [--n 10000] [--repeats 3] [--workdir DIR]
 
 Generates the demo pool once (and reports how long that took), then runs the streaming ingestion
-(`tads_assets.core.ingest.ingest_pool`: tar streaming, full image decode, caption checks, sha256,
+(`tads_assets.core.io.ingest.ingest_pool`: tar streaming, full image decode, caption checks, sha256,
 Parquet and ledger writes) `--repeats` times and prints the median samples/s.
 """
 
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import tads_assets  # noqa: F401
-from tads_assets.core import formats, ingest
-from tads_assets.core.demo_pool import DemoConfig, demo_shard_pattern, ensure_demo_pool
-from tads_assets.core.ledger import Ledger
+from tads_assets.core.io import formats, ingest
+from tads_assets.core.demo.demo_pool import DemoConfig, demo_shard_pattern, ensure_demo_pool
+from tads_assets.core.io.ledger import Ledger
 
 
 def main() -> None:

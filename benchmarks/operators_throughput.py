@@ -25,7 +25,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import home  # noqa: E402
 
-from tads_assets.core import operators as op  # noqa: E402
+from tads_assets.core.method import operators as op  # noqa: E402
 
 
 def rate(n: int, fn, repeats: int) -> float:

@@ -100,7 +100,7 @@ def main() -> int:
     from dagster import DagsterInstance, materialize
 
     import definitions
-    from tads_assets.core.demo_pool import DemoConfig, generate_demo_pool
+    from tads_assets.core.demo.demo_pool import DemoConfig, generate_demo_pool
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="tads-scaling-")).resolve()
     home, dagster_home = work / "home", work / "dagster"

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SubsetTrainer, beats, home, summarise, took, uids_digest, write_report  # noqa: E402
 
-from tads_assets.core import baselines, clip_train  # noqa: E402
-from tads_assets.core.encoder import read_encoder_info  # noqa: E402
+from tads_assets.core.harness import baselines, clip_train  # noqa: E402
+from tads_assets.core.method.encoder import read_encoder_info  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
 

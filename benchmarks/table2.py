@@ -33,8 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SubsetTrainer, beats, home, summarise, took, write_report  # noqa: E402
 
-from tads_assets.core import clip_train, selection  # noqa: E402
-from tads_assets.core.dvn import DVN_INFO  # noqa: E402
+from tads_assets.core.harness import clip_train  # noqa: E402
+
+from tads_assets.core.method import selection
+from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
 ROWS = {"Q": "q", "Q+R": "q_r", "Q+R+D": "q_r_d", "full (FDO)": "tads"}

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from tads_assets.core import demo_pool, storage
-from tads_assets.core.formats import PoolSpec, parse_pool_spec
-from tads_assets.core.ledger import Ledger
+from tads_assets.core.demo import demo_pool
+
+from tads_assets.core.io import storage
+from tads_assets.core.io.formats import PoolSpec, parse_pool_spec
+from tads_assets.core.io.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class TadsPaths(ConfigurableResource):
     def output_lock(self, context, name: str | None = None):
         """Context manager: hold the lock of the output `context`'s asset writes (`output_lock_name`: the asset,
         `asset[partition]` for one partition), recording `context.run_id` as its holder. A run that finds it held
-        waits, logging who holds it (policy: `tads_assets.core.storage.output_lock`)."""
+        waits, logging who holds it (policy: `tads_assets.core.io.storage.output_lock`)."""
         return storage.output_lock(self.root, name or output_lock_name(context), holder=context.run_id,
                                    log=context.log.info, timeout_s=self.lock_timeout_s or None)
 
@@ -194,24 +196,24 @@ class ClipEncoder(ConfigurableResource):
         return cls(spec=os.environ.get("TADS_ENCODER", "builtin"))
 
     def parsed(self) -> tuple[str, str, str]:
-        from tads_assets.core.encoder import parse_encoder_spec
+        from tads_assets.core.method.encoder import parse_encoder_spec
 
         return parse_encoder_spec(self.spec)
 
     def towers(self, device: str):
-        from tads_assets.core.encoder import FrozenTowers
+        from tads_assets.core.method.encoder import FrozenTowers
 
         return FrozenTowers(device=device, image_size=self.image_size)
 
     def open_clip(self, device: str):
-        from tads_assets.core.encoder import OpenClipEncoder
+        from tads_assets.core.method.encoder import OpenClipEncoder
 
         _, model, weights = self.parsed()
         return OpenClipEncoder(model, weights, device=device, batch_size=self.batch_size)
 
     def load(self, models_dir: Path, device: str):
         """The encoder `clip_encoder` materialized: the builtin towers with the trained heads, or open_clip."""
-        from tads_assets.core.encoder import BuiltinEncoder, FrozenTowers, load_heads, read_encoder_info
+        from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, load_heads, read_encoder_info
 
         info = read_encoder_info(Path(models_dir) / "clip_encoder")
         if info["kind"] == "builtin":
@@ -233,7 +235,7 @@ class Ocr(ConfigurableResource):
         return cls(workers=int(os.environ.get("TADS_OCR_WORKERS", "2")))
 
     def version(self) -> str:
-        from tads_assets.core.operators import tesseract_version
+        from tads_assets.core.method.operators import tesseract_version
 
         return tesseract_version()
 
@@ -249,6 +251,6 @@ class LangId(ConfigurableResource):
         return cls(model_path=os.environ.get("TADS_LANGID_MODEL", ""))
 
     def load(self):
-        from tads_assets.core.operators import LanguageId
+        from tads_assets.core.method.operators import LanguageId
 
         return LanguageId(self.model_path or None)

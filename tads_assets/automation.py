@@ -19,7 +19,7 @@ from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus,
 
 from resources import TadsPaths
 from tads_assets.characterize import TASK_SET_FILE, operator_features, task_set
-from tads_assets.core.tasks import task_set_hash
+from tads_assets.core.io.tasks import task_set_hash
 from tads_assets.pool import frozen_features
 from tads_assets.select import baseline_subsets
 

@@ -10,18 +10,19 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, asset
 
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice, one_writer
-from tads_assets.core import diversity, embeddings, operators, quality_model, relevance, weak_supervision
-from tads_assets.core.benchmark import check_eval_set, read_eval_set
-from tads_assets.core.dedup import kmeans_clusters
-from tads_assets.core.feature_table import (FeatureInputs, build_feature_table, feature_inputs, part_features,
+from tads_assets.core.method import diversity, operators, quality_model, relevance, weak_supervision
+from tads_assets.core.io import embeddings
+from tads_assets.core.harness.benchmark import check_eval_set, read_eval_set
+from tads_assets.core.vectors import kmeans_clusters
+from tads_assets.core.io.feature_table import (FeatureInputs, build_feature_table, feature_inputs, part_features,
                                             reference_images, reference_rows)
-from tads_assets.core.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
-from tads_assets.core.quality_model import QualityParams
+from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix
+from tads_assets.core.method.quality_model import QualityParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown, markdown_table
 from tads_assets.core.sanitize import one_line
-from tads_assets.core.storage import atomic_path, write_json_atomic, write_parquet_atomic
-from tads_assets.core.tasks import Task, TaskSetError, load_task_set, task_set_hash
-from tads_assets.core.weak_supervision import WeakParams
+from tads_assets.core.atomic import atomic_path, write_json_atomic, write_parquet_atomic
+from tads_assets.core.io.tasks import Task, TaskSetError, load_task_set, task_set_hash
+from tads_assets.core.method.weak_supervision import WeakParams
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool_parts, scored_samples_grid
 
 FEATURE_FILE = "feature_table.parquet"
@@ -32,7 +33,7 @@ DIVERSITY_FILE = "cluster_diversity.parquet"
 
 
 class FeatureTableConfig(Config):
-    """Operator settings; defaults from `tads_assets.core.operators.OperatorParams`."""
+    """Operator settings; defaults from `tads_assets.core.method.operators.OperatorParams`."""
 
     ocr_min_text_likelihood: float = OperatorParams.ocr_min_text_likelihood
     max_phrases: int = OperatorParams.max_phrases
@@ -300,7 +301,7 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
 def _heldout_cos(paths: TadsPaths, device: str, uids: list[str], captions: list[str], enc) -> np.ndarray | None:
     """The new pairs' CLIP similarity on the feature table's scale: the builtin encoder's cross-fitted heads
     (None for an open_clip encoder, whose own cosine is already held out)."""
-    from tads_assets.core.encoder import heldout_cosine_for_new_captions, load_heads, read_encoder_info
+    from tads_assets.core.method.encoder import heldout_cosine_for_new_captions, load_heads, read_encoder_info
 
     info = read_encoder_info(paths.models_dir / "clip_encoder")
     if info["kind"] != "builtin" or not info.get("heldout_heads"):
@@ -313,7 +314,7 @@ def _heldout_cos(paths: TadsPaths, device: str, uids: list[str], captions: list[
 
 
 def _captions(paths: TadsPaths, features: pl.DataFrame) -> list[str]:
-    from tads_assets.core.ingest import scan_raw_pool
+    from tads_assets.core.io.ingest import scan_raw_pool
 
     caps = scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption").collect()
     return features.select("uid").join(caps, on="uid", how="left", maintain_order="left")["caption"].to_list()

@@ -9,7 +9,7 @@ import polars.selectors as cs
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from resources import LanceStore, TadsPaths
-from tads_assets.core import embeddings, ingest
+from tads_assets.core.io import embeddings, ingest
 from tads_assets.characterize import (FEATURE_FILE, cluster_diversity, feature_table, operator_features, quality_scores,
                                       relevance_vectors, task_set, weak_labels)
 from tads_assets.core.report import markdown_table
@@ -113,7 +113,7 @@ def _coverage_problems(uids: pl.Series, expected: pl.Series) -> dict[str, int]:
 @asset_check(asset=feature_table, blocking=True,
              description="One row per deduplicated sample; every feature of f(x) finite; ratios and confidences in [0, 1].")
 def feature_table_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.operators import FEATURE_COLUMNS, feature_matrix
+    from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
 
     frame = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
     problems = _coverage_problems(frame["uid"], _deduped_uids(paths))
@@ -177,7 +177,7 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=trained_dvn, blocking=True,
              description="v(x) for every deduplicated sample, each in (0, 1) and finite; the checkpoint on disk.")
 def trained_dvn_scores_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.dvn import DVN_CHECKPOINT
+    from tads_assets.core.method.dvn import DVN_CHECKPOINT
 
     frame = pl.read_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE, columns=["uid", "v"])
     quality = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet", columns=["uid"])
@@ -230,7 +230,7 @@ def final_subset_size_within_bounds(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=clip_encoder, blocking=True,
              description="The encoder's description and weights are on disk; every weight tensor is finite.")
 def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.encoder import read_encoder_info
+    from tads_assets.core.method.encoder import read_encoder_info
 
     out = paths.models_dir / "clip_encoder"
     info = read_encoder_info(out)
@@ -246,7 +246,7 @@ def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=frozen_features, blocking=True,
              description="The part's cached frozen features: one row per raw_pool row of the part, all finite.")
 def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.embeddings import frozen_part_is_current
+    from tads_assets.core.io.embeddings import frozen_part_is_current
 
     rows = []
     for part in sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet")):
@@ -284,7 +284,7 @@ def task_set_valid(paths: TadsPaths) -> AssetCheckResult:
              "(≈ 1 unless r ≈ 0); the tasks are task_set's.")
 def relevance_vectors_valid(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
     from tads_assets.characterize import read_task_set
-    from tads_assets.core.relevance import read_relevance_table
+    from tads_assets.core.method.relevance import read_relevance_table
 
     uids, r, h, names = read_relevance_table(lance.connect())
     tasks, _ = read_task_set(paths)
@@ -321,7 +321,7 @@ def cluster_diversity_valid(paths: TadsPaths) -> AssetCheckResult:
 def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
     import json
 
-    from tads_assets.core import clip_train
+    from tads_assets.core.harness import clip_train
     from tads_assets.train_eval import model_dir, training_partitions
 
     rows = []

@@ -24,7 +24,7 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def cmd_demo_pool(args: argparse.Namespace) -> int:
-    from tads_assets.core.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
+    from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
 
     rates = dict(DEFAULT_RATES)
     for item in args.rate or []:
@@ -46,7 +46,7 @@ def cmd_demo_pool(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from tads_assets.core.ledger import Ledger
+    from tads_assets.core.io.ledger import Ledger
 
     home = _home(args)
     history = Ledger(home / "ledger").history(args.uid, all_runs=args.all_runs)
@@ -76,7 +76,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from tads_assets.core.ledger import Ledger
+    from tads_assets.core.io.ledger import Ledger
 
     summary = Ledger(_home(args) / "ledger").summary()
     if summary.is_empty():
@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import polars as pl
 
     from resources import TadsPaths
-    from tads_assets.core.clip_train import export_subset
+    from tads_assets.core.harness.clip_train import export_subset
     from tads_assets.select import subset_file, subset_pairs
 
     home = _home(args)

@@ -8,11 +8,12 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, DynamicPartitionsDefinition, MaterializeResult, MetadataValue, asset
 
 from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice, one_writer
-from tads_assets.core import dedup, embeddings, formats, ingest
-from tads_assets.core.dedup import DedupParams
-from tads_assets.core.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
+from tads_assets.core.method import dedup
+from tads_assets.core.io import embeddings, formats, ingest
+from tads_assets.core.method.dedup import DedupParams
+from tads_assets.core.method.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, read_encoder_info,
                                       save_heads, write_encoder_info)
-from tads_assets.core.storage import staged_dir, write_stage_output
+from tads_assets.core.io.storage import staged_dir, write_stage_output
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table, sample_grid_markdown
 
 
@@ -252,7 +253,7 @@ def pool_embeddings(context: AssetExecutionContext, config: PoolEmbeddingsConfig
 
 
 class DedupConfig(Config):
-    """§3.1 thresholds; defaults from `tads_assets.core.dedup.DedupParams` (benchmarks/dedup_calibration.py)."""
+    """§3.1 thresholds; defaults from `tads_assets.core.method.dedup.DedupParams` (benchmarks/dedup_calibration.py)."""
 
     alpha_r: float = DedupParams.alpha_r
     alpha_l: float = DedupParams.alpha_l

@@ -11,16 +11,19 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice, one_writer
 from tads_assets.characterize import (DIVERSITY_FILE, cluster_diversity, quality_scores, read_task_set,
                                       relevance_vectors, task_set)
-from tads_assets.core import baselines, clip_train, dvn, embeddings, fdo, proxy, selection
-from tads_assets.core.baselines import BaselineParams
-from tads_assets.core.dedup import kmeans_clusters
-from tads_assets.core.dvn import DvnConfig
-from tads_assets.core.encoder import read_encoder_info
-from tads_assets.core.fdo import FdoParams
-from tads_assets.core.ingest import scan_raw_pool
-from tads_assets.core.proxy import ProxyParams
+from tads_assets.core.harness import baselines, clip_train
+from tads_assets.core.method import dvn, fdo, proxy, selection
+from tads_assets.core.io import embeddings
+from tads_assets.core.harness.baselines import BaselineParams
+from tads_assets.core.vectors import kmeans_clusters
+from tads_assets.core.method.dvn import DvnConfig
+from tads_assets.core.method.encoder import read_encoder_info
+from tads_assets.core.method.fdo import FdoParams
+from tads_assets.core.io.ingest import scan_raw_pool
+from tads_assets.core.method.proxy import ProxyParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, markdown_table
-from tads_assets.core.storage import write_parquet_atomic, write_stage_output
+from tads_assets.core.atomic import write_parquet_atomic
+from tads_assets.core.io.storage import write_stage_output
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool, scored_samples_grid
 
 # Table 1's baselines and Table 2's static rows (Q+R, Q+R+D at TADS's size); `tads` itself is final_subset.
@@ -31,7 +34,7 @@ DVN_SCORES_FILE = "dvn_scores.parquet"
 
 
 class BaselineSubsetsConfig(Config):
-    """Baseline settings; defaults from `tads_assets.core.baselines.BaselineParams`. `size` 0 means: the size
+    """Baseline settings; defaults from `tads_assets.core.harness.baselines.BaselineParams`. `size` 0 means: the size
     of TADS's final_subset when it exists, else keep_fraction of the pool."""
 
     size: int = 0
@@ -232,8 +235,8 @@ def _reward_fn(context, config: TrainedDvnConfig, paths, lance, encoder: ClipEnc
     if config.proxy_mode == "full":
         import torch
 
-        from tads_assets.core import benchmark
-        from tads_assets.core.clip_train import create_model, preprocess_images, TrainParams
+        from tads_assets.core.harness import benchmark
+        from tads_assets.core.harness.clip_train import create_model, preprocess_images, TrainParams
 
         kind, name, weights = encoder.parsed()
 

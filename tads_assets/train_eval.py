@@ -8,10 +8,10 @@ from dagster import (AssetDep, AssetExecutionContext, Config, MaterializeResult,
                      StaticPartitionsDefinition, asset)
 
 from resources import TadsPaths, TorchDevice, one_writer
-from tads_assets.core import benchmark, clip_train
-from tads_assets.core.clip_train import TrainParams
+from tads_assets.core.harness import benchmark, clip_train
+from tads_assets.core.harness.clip_train import TrainParams
 from tads_assets.core.report import bar_plot_png, line_plot_markdown, markdown_table, png_markdown
-from tads_assets.core.storage import write_bytes_atomic, write_json_atomic
+from tads_assets.core.atomic import write_bytes_atomic, write_json_atomic
 from tads_assets.characterize import read_task_set, task_set
 from tads_assets.select import baseline_partitions, baseline_subsets, final_subset, read_subset_uids, subset_pairs
 
@@ -20,7 +20,7 @@ training_partitions = StaticPartitionsDefinition(["tads", *baseline_partitions.g
 
 
 class TrainedClipConfig(Config):
-    """CLIP training; defaults from `tads_assets.core.clip_train.TrainParams`. The same budget for every
+    """CLIP training; defaults from `tads_assets.core.harness.clip_train.TrainParams`. The same budget for every
     method is what makes Table 1 a comparison of data, not of compute."""
 
     model: str = TrainParams.model

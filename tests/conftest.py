@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import tads_assets  # noqa: F401  (torchvision import shim before anything imports open_clip)
-from tads_assets.core.demo_pool import DemoConfig, generate_demo_pool
-from tads_assets.core.hostile import tar_bytes
+from tads_assets.core.demo.demo_pool import DemoConfig, generate_demo_pool
+from tads_assets.core.demo.hostile import tar_bytes
 
 SMALL_DEMO = DemoConfig(
     n_samples=400, seed=3, shard_size=100,

@@ -117,7 +117,7 @@ def sample_grid_markdown(rows: Mapping[str, Sequence[tuple[bytes, str, float]]],
     the image with its score and the start of its caption. `rows` maps a row label to (image bytes, caption, score)."""
     import textwrap
 
-    from tads_assets.core.formats import decode_rgb
+    from tads_assets.core.io.formats import decode_rgb
 
     import matplotlib
 

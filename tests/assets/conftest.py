@@ -8,7 +8,7 @@ from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevi
 from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
                                       weak_labels)
 from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
-from tads_assets.core import baselines
+from tads_assets.core.harness import baselines
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 from tads_assets.select import baseline_subsets, final_subset, trained_dvn
 from tads_assets.train_eval import benchmark_scores, trained_clip

@@ -15,8 +15,9 @@ from dagster import materialize
 
 import definitions
 from resources import LanceStore, TadsPaths
-from tads_assets.core import hostile, ingest
-from tads_assets.core.storage import lock_holder, output_lock
+from tads_assets.core.demo import hostile
+from tads_assets.core.io import ingest
+from tads_assets.core.io.storage import lock_holder, output_lock
 from tads_assets.pool import raw_pool
 from tads_assets.select import baseline_subsets
 from tests.conftest import wds_sample, write_tar
@@ -32,7 +33,7 @@ from pathlib import Path
 from dagster import materialize
 
 from resources import TadsPaths
-from tads_assets.core import formats
+from tads_assets.core.io import formats
 from tads_assets.pool import raw_pool
 
 home, pool, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])

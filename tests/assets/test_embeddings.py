@@ -5,8 +5,8 @@ from dagster import AssetSelection, materialize
 
 from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
 from tads_assets.checks import pool_embeddings_normalised, raw_pool_ledger_complete, raw_pool_rows_valid
-from tads_assets.core import embeddings
-from tads_assets.core.encoder import BuiltinEncoder, HeadsConfig, train_projection_heads
+from tads_assets.core.io import embeddings
+from tads_assets.core.method.encoder import BuiltinEncoder, HeadsConfig, train_projection_heads
 from tads_assets.pool import clip_encoder, pool_embeddings, raw_pool
 
 ASSETS = [raw_pool, clip_encoder, pool_embeddings, raw_pool_ledger_complete, raw_pool_rows_valid,

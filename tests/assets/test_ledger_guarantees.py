@@ -7,7 +7,7 @@ import io
 import polars as pl
 
 from tads_assets import cli
-from tads_assets.core import baselines
+from tads_assets.core.harness import baselines
 from tads_assets.select import SUBSET_FILE, subset_dir
 
 
@@ -66,7 +66,7 @@ def test_tads_explain_tells_the_fate_of_every_uid_ever_seen(built):
 
 
 def test_explain_finds_a_uid_only_earlier_runs_saw(tmp_path):
-    from tads_assets.core.ledger import Ledger, new_run_id
+    from tads_assets.core.io.ledger import Ledger, new_run_id
 
     ledger = Ledger(tmp_path / "ledger")
     ledger.write_run("raw_pool", new_run_id(), [{"uid": "old-1", "decision": "drop", "reason": "corrupt_image"}])

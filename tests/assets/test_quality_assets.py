@@ -7,8 +7,9 @@ from sklearn.metrics import roc_auc_score
 from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
 from tads_assets.characterize import feature_table, quality_scores, weak_labels
 from tads_assets.checks import feature_table_valid, quality_scores_in_range, weak_labels_valid
-from tads_assets.core import embeddings, operators, quality_model
-from tads_assets.core.feature_table import reference_images
+from tads_assets.core.io import embeddings
+from tads_assets.core.method import operators, quality_model
+from tads_assets.core.io.feature_table import reference_images
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 
 ASSETS = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,

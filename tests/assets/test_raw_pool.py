@@ -4,7 +4,8 @@ from dagster import AssetSelection, materialize
 
 from resources import TadsPaths
 from tads_assets.checks import raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read
-from tads_assets.core import hostile, ingest
+from tads_assets.core.demo import hostile
+from tads_assets.core.io import ingest
 from tads_assets.pool import raw_pool
 from tests.conftest import step_error_message
 

@@ -18,8 +18,9 @@ from safetensors.numpy import load_file
 
 from resources import TadsPaths
 from tads_assets.checks import deduped_pool_ledger_complete
-from tads_assets.core import embeddings, hostile
-from tads_assets.core.ledger import Ledger
+from tads_assets.core.io import embeddings
+from tads_assets.core.demo import hostile
+from tads_assets.core.io.ledger import Ledger
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 from tests.assets.conftest import metadata_values, resources_for
 from tests.conftest import write_tar

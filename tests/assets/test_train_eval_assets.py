@@ -10,9 +10,10 @@ from dagster import materialize
 
 from resources import TadsPaths
 from tads_assets.characterize import task_set
-from tads_assets.core import baselines, relevance
-from tads_assets.core.ledger import Ledger
-from tads_assets.core.tasks import task_set_hash
+from tads_assets.core.harness import baselines
+from tads_assets.core.method import relevance
+from tads_assets.core.io.ledger import Ledger
+from tads_assets.core.io.tasks import task_set_hash
 
 
 def _subset(paths, method):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import baselines
+from tads_assets.core.harness import baselines
 
 
 def _blobs(centres: np.ndarray, per: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,7 @@ def test_candidates_refuse_frozen_features_of_another_pool_version(tmp_path):
     import lancedb
     import polars as pl
 
-    from tads_assets.core import embeddings
+    from tads_assets.core.io import embeddings
 
     raw = tmp_path / "raw_pool"
     raw.mkdir()

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import benchmark as bm
-from tads_assets.core.demo_pool import generate_demo_pool
+from tads_assets.core.harness import benchmark as bm
+from tads_assets.core.demo.demo_pool import generate_demo_pool
 
 
 def unit(v):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tads_assets.core import clip_train
+from tads_assets.core.harness import clip_train
 
 
 def pairs(n=48, seed=0):

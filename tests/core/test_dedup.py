@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import dedup
+from tads_assets.core.method import dedup
 
 
 def unit(v):
@@ -114,7 +114,7 @@ def test_deduplicate_removes_planted_duplicates_and_nothing_else():
 def test_tiny_image_vectors_match_a_reposted_picture_and_not_another_one():
     from PIL import Image, ImageDraw
 
-    from tads_assets.core.formats import tiny_image
+    from tads_assets.core.io.formats import tiny_image
 
     def picture(box):
         img = Image.new("RGB", (160, 120), (236, 222, 196))

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tads_assets.core import demo_pool as dp
+from tads_assets.core.demo import demo_pool as dp
 from tests.conftest import SMALL_DEMO
 
 
@@ -186,7 +186,7 @@ def test_two_processes_asking_for_the_demo_pool_at_once_get_one_pool(tmp_path):
     # raw_pool and task_set run at once on a fresh home (multiprocess executor): both call ensure_demo_pool
     import multiprocessing
 
-    from tads_assets.core.demo_pool import DemoConfig
+    from tads_assets.core.demo.demo_pool import DemoConfig
 
     config = DemoConfig(n_samples=60, seed=1, shard_size=30, fashion_val=10, fashion_test=10, digits_val=10,
                         digits_test=10, captions_val=10, captions_test=10)
@@ -198,6 +198,6 @@ def test_two_processes_asking_for_the_demo_pool_at_once_get_one_pool(tmp_path):
 
 
 def _ensure(out_dir, config):
-    from tads_assets.core.demo_pool import ensure_demo_pool
+    from tads_assets.core.demo.demo_pool import ensure_demo_pool
 
     return ensure_demo_pool(out_dir, config)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from tads_assets.core import dvn
+from tads_assets.core.method import dvn
 
 
 def _inputs(n=400, k=3, seed=0):

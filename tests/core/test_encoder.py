@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import tads_assets  # noqa: F401
-from tads_assets.core import encoder as enc
+from tads_assets.core.method import encoder as enc
 
 TINY_CLIP = {
     "embed_dim": 32,

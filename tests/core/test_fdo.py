@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import fdo
+from tads_assets.core.method import fdo
 
 
 def test_finite_differences_recover_a_known_gradient():
@@ -42,7 +42,7 @@ def _cluster_world(seed=0, n_clusters=6, per=200):
     """Six clusters: quality alternates high/low from cluster to cluster, while the first three lie in one
     task direction and the last three in another; the reward pays for the first task only, so the DVN has
     to learn to follow relevance and not quality."""
-    from tads_assets.core import dvn
+    from tads_assets.core.method import dvn
 
     rng = np.random.default_rng(seed)
     clusters = np.repeat(np.arange(n_clusters), per)
@@ -55,7 +55,7 @@ def _cluster_world(seed=0, n_clusters=6, per=200):
 def test_algorithm_1_moves_selection_towards_the_clusters_that_pay_and_the_reward_rises():
     import torch
 
-    from tads_assets.core import dvn
+    from tads_assets.core.method import dvn
 
     clusters, inputs = _cluster_world()
     n = len(clusters)
@@ -79,7 +79,7 @@ def test_algorithm_1_moves_selection_towards_the_clusters_that_pay_and_the_rewar
 def test_the_printed_log_v_surrogate_reaches_less_reward_than_the_chain_rule_one():
     import torch
 
-    from tads_assets.core import dvn
+    from tads_assets.core.method import dvn
 
     clusters, inputs = _cluster_world()
     w = np.array([1.0, 0.5, 1.0, -1.0, -0.5, -1.0])
@@ -116,7 +116,7 @@ def test_budget_probabilities_hold_the_expected_size_and_a_perturbation_moves_ma
 def test_at_a_fixed_budget_the_reward_curve_rises_while_the_selected_count_stays_put():
     import torch
 
-    from tads_assets.core import dvn
+    from tads_assets.core.method import dvn
 
     clusters, inputs = _cluster_world()
     w = np.array([1.0, 0.5, 1.0, -1.0, -0.5, -1.0])

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tads_assets.core import formats, ingest
-from tads_assets.core.hostile import bomb_png
-from tads_assets.core.ledger import Ledger
+from tads_assets.core.io import formats, ingest
+from tads_assets.core.demo.hostile import bomb_png
+from tads_assets.core.io.ledger import Ledger
 from tests.conftest import image_bytes, wds_sample, write_tar
 
 

@@ -1,4 +1,4 @@
-"""The hostile-input corpus (tads_assets.core.hostile) through the readers and the ingestion: every case gets its
+"""The hostile-input corpus (tads_assets.core.demo.hostile) through the readers and the ingestion: every case gets its
 promised outcome, nothing leaves silently; property tests for the readers, path checks and the task parser."""
 
 import io
@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tads_assets.core import formats, hostile, ingest
-from tads_assets.core.ledger import Ledger
-from tads_assets.core.tasks import Task, TaskSetError, load_task_set, parse_task_set
+from tads_assets.core.io import formats, ingest
+
+from tads_assets.core.demo import hostile
+from tads_assets.core.io.ledger import Ledger
+from tads_assets.core.io.tasks import Task, TaskSetError, load_task_set, parse_task_set
 from tests.conftest import image_bytes, wds_sample, write_tar
 
 BUILDERS = {"webdataset": hostile.build_webdataset, "img2dataset": hostile.build_img2dataset, "csv": hostile.build_csv,
@@ -137,7 +139,7 @@ def test_a_path_traversal_tar_member_is_refused_and_never_written(tmp_path):
 
 
 def test_export_never_writes_outside_its_folder(tmp_path):
-    from tads_assets.core.clip_train import export_subset
+    from tads_assets.core.harness.clip_train import export_subset
 
     uids = ["nested/key", "plain", "we:ird key"]
     blob = image_bytes()
@@ -258,7 +260,7 @@ def test_tads_explain_never_prints_terminal_escapes(tmp_path, capsys):
 
 def _task_set_outcome(path):
     """What the task_set asset does with a task file: parse it, then open and check every held-out set."""
-    from tads_assets.core.benchmark import check_eval_set
+    from tads_assets.core.harness.benchmark import check_eval_set
 
     tasks = load_task_set(path)
     for t in tasks:
@@ -292,7 +294,7 @@ def test_task_set_checks_the_sets_and_the_yaml_it_will_rely_on(tmp_path, index):
 
 
 def test_nested_eval_keys_stay_whole_and_labels_come_from_json(tmp_path):
-    from tads_assets.core.benchmark import read_eval_set
+    from tads_assets.core.harness.benchmark import read_eval_set
 
     nested = hostile.eval_tar([(f"{d}/x{i}", {"cls": str(i % 2).encode()}) for d in "ab" for i in range(3)])
     (tmp_path / "n.tar").write_bytes(nested)

@@ -3,7 +3,7 @@ import time
 import polars as pl
 import pytest
 
-from tads_assets.core.ledger import DROP, Ledger, new_run_id
+from tads_assets.core.io.ledger import DROP, Ledger, new_run_id
 
 
 def rows(*uids, reason="corrupt_image"):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from tads_assets.core import operators as op
+from tads_assets.core.method import operators as op
 
 
 def unit(v):
@@ -147,7 +147,7 @@ def test_operators_shrink_extreme_images_before_computing():
 
     from PIL import Image
 
-    from tads_assets.core import operators
+    from tads_assets.core.method import operators
 
     strip = Image.new("RGB", (16_384, 2), (120, 120, 120))
     tracemalloc.start()

@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tads_assets.core import storage
-from tads_assets.core.ledger import Ledger
-from tads_assets.core.storage import OutputLockTimeout, lock_holder, lock_path, output_lock
+from tads_assets.core.io import storage
+from tads_assets.core.io.ledger import Ledger
+from tads_assets.core.io.storage import OutputLockTimeout, lock_holder, lock_path, output_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_a_second_holder_waits_until_the_first_releases_and_is_told_who_holds_it
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    child = ("import sys, time\nfrom tads_assets.core.storage import output_lock\n"
+    child = ("import sys, time\nfrom tads_assets.core.io.storage import output_lock\n"
              "with output_lock(sys.argv[1], 'deduped_pool', holder='run-killed'):\n"
              "    print('held', flush=True)\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from tads_assets.core.proxy import HeadProxy, ProxyParams, ValTask
+from tads_assets.core.method.proxy import HeadProxy, ProxyParams, ValTask
 
 
 def _world(seed=0, n=1200, n_classes=5, dim=32):
@@ -69,7 +69,7 @@ def test_adding_a_few_samples_moves_the_reward_far_less_than_a_new_subset_does()
 
 
 def test_ensemble_averages_seeds_and_keeps_equal_subsets_equal():
-    from tads_assets.core.proxy import ProxyEnsemble
+    from tads_assets.core.method.proxy import ProxyEnsemble
 
     image, text, val, _ = _world(3)
     params = ProxyParams(steps=3, batch_size=64)  # a short adaptation, so that the seeds leave a trace
@@ -88,9 +88,9 @@ def test_ensemble_averages_seeds_and_keeps_equal_subsets_equal():
 def test_full_mode_clip_proxy_fine_tunes_a_whole_clip_and_scores_the_validation_sets(demo_dir):
     import torch
 
-    from tads_assets.core import benchmark, clip_train
-    from tads_assets.core.proxy import ClipProxy
-    from tads_assets.core.tasks import load_task_set
+    from tads_assets.core.harness import benchmark, clip_train
+    from tads_assets.core.method.proxy import ClipProxy
+    from tads_assets.core.io.tasks import load_task_set
 
     tasks = load_task_set(demo_dir / "tasks.yaml")
     val_sets = benchmark.load_eval_sets(tasks, "validation")
@@ -115,7 +115,7 @@ def test_full_mode_clip_proxy_fine_tunes_a_whole_clip_and_scores_the_validation_
 
 
 def test_alignment_factors_zero_a_task_the_target_cannot_learn_and_keep_one_it_learns_as_well():
-    from tads_assets.core.proxy import alignment_factors
+    from tads_assets.core.method.proxy import alignment_factors
 
     chance = {"fashion": 0.1, "digits": 0.1, "captions": 0.005}
     proxy = {"fashion": 0.5, "digits": 0.37, "captions": 0.27}
@@ -128,7 +128,7 @@ def test_alignment_factors_zero_a_task_the_target_cannot_learn_and_keep_one_it_l
 
 
 def test_reweighting_the_tasks_changes_the_reward_and_evaluate_matches_chance_levels():
-    from tads_assets.core.proxy import ProxyEnsemble, chance_levels
+    from tads_assets.core.method.proxy import ProxyEnsemble, chance_levels
 
     image, text, val, bad = _world()
     other = ValTask("echo", "retrieval", 1.0, val.image_feats[:50], caption_feats=val.image_feats[:50] @ np.zeros((48, 24)))

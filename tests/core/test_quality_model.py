@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import quality_model as qm
+from tads_assets.core.method import quality_model as qm
 
 
 def test_true_set_pairs_each_positive_with_a_negative_from_another_cluster():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tads_assets.core.diversity import cluster_sizes, diversity_factor
-from tads_assets.core.relevance import relevance_scores, relevance_vector, support_texts
+from tads_assets.core.method.diversity import cluster_sizes, diversity_factor
+from tads_assets.core.method.relevance import relevance_scores, relevance_vector, support_texts
 
 
 def test_support_texts_fill_every_template_with_every_class_and_sample_retrieval_captions():

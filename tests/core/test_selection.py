@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tads_assets.core import selection
+from tads_assets.core.method import selection
 
 
 def test_relevance_signal_is_the_best_tasks_standardised_relevance():

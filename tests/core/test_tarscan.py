@@ -9,8 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tads_assets.core import formats, hostile, ingest, tarscan
-from tads_assets.core.ledger import Ledger
+from tads_assets.core.io import formats, ingest, tarscan
+
+from tads_assets.core.demo import hostile
+from tads_assets.core.io.ledger import Ledger
 from tests.conftest import image_bytes, wds_sample
 
 

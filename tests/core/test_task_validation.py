@@ -9,8 +9,10 @@ import yaml
 from dagster import materialize
 
 from resources import TadsPaths
-from tads_assets.core import benchmark, hostile, tasks
-from tads_assets.core.tasks import Task, TaskSetError, load_task_set, parse_task_set, resolve_set, set_shards
+from tads_assets.core.harness import benchmark
+from tads_assets.core.demo import hostile
+from tads_assets.core.io import tasks
+from tads_assets.core.io.tasks import Task, TaskSetError, load_task_set, parse_task_set, resolve_set, set_shards
 from tests.assets.conftest import metadata_values
 from tests.conftest import step_error_message
 
@@ -164,7 +166,7 @@ def test_a_set_spec_matching_nothing_names_task_and_field(tmp_path, spec, messag
 
 
 def test_a_brace_expansion_error_propagates_naming_task_and_field(tmp_path, monkeypatch):
-    from tads_assets.core import formats
+    from tads_assets.core.io import formats
 
     def refuse(pattern, *a, **k):
         raise ValueError(f"pattern {pattern!r} expands to too many paths")
@@ -233,7 +235,7 @@ def test_what_task_set_validated_is_all_scoring_and_relevance_need(tmp_path):
     """On a set check_eval_set passed, the support set and the scores build (prompts hold each class name)."""
     import numpy as np
 
-    from tads_assets.core import relevance
+    from tads_assets.core.method import relevance
 
     _tar(tmp_path / "v.tar", [(f"k{i}", {"cls": str(i % 2).encode(), "txt": f"a caption {{{i}}}".encode()})
                               for i in range(4)])

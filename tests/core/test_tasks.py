@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from tads_assets.core.tasks import TaskSetError, load_task_set, parse_task_set, task_set_hash
+from tads_assets.core.io.tasks import TaskSetError, load_task_set, parse_task_set, task_set_hash
 
 
 def _doc(tmp_path):

@@ -1,8 +1,8 @@
 import numpy as np
 import polars as pl
 
-from tads_assets.core import weak_supervision as ws
-from tads_assets.core.weak_supervision import ABSTAIN, BAD, GOOD
+from tads_assets.core.method import weak_supervision as ws
+from tads_assets.core.method.weak_supervision import ABSTAIN, BAD, GOOD
 
 
 def test_robust_bounds_ignore_outliers():

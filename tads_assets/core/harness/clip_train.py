@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tads_assets.core.formats import decode_rgb, safe_file_stem
+from tads_assets.core.io.formats import decode_rgb, safe_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, 
     import open_clip
     from safetensors.torch import save_file
 
-    from tads_assets.core.storage import staged_dir, write_json_atomic
+    from tads_assets.core.io.storage import staged_dir
+
+    from tads_assets.core.atomic import write_json_atomic
 
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as staging:  # this writer's own staging folder, removed if anything fails
@@ -246,7 +248,7 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
     `open_clip_train.main --train-data ... --csv-img-key filepath --csv-caption-key title`."""
     import csv
 
-    from tads_assets.core.storage import staged_dir
+    from tads_assets.core.io.storage import staged_dir
 
     unknown = set(kinds) - set(EXPORT_FORMATS)
     if unknown or not kinds:

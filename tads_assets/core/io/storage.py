@@ -1,5 +1,6 @@
-"""Atomic file writes: a reader never sees a half-written Parquet or JSON file. And one writer per output: a
-lock per stage output under TADS_HOME/locks (`output_lock`), so two runs never write the same output at once."""
+"""Stage outputs: a folder replaced whole (`staged_dir`, `replace_dir`), kept rows + ledger rows written together
+(`write_stage_output`), and one writer per output: a lock per stage output under TADS_HOME/locks (`output_lock`),
+so two runs never write the same output at once. Single files are written by `tads_assets.core.atomic`."""
 
 from __future__ import annotations
 
@@ -22,56 +23,10 @@ from typing import Any
 
 import polars as pl
 
+from tads_assets.core.atomic import write_json_atomic, write_parquet_atomic
+from tads_assets.core.io.ledger import new_run_id
+
 log = logging.getLogger(__name__)
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
-def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> Path:
-    """Write `df` to `path` through a temporary sibling and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary sibling of `path` to write through any writer (safetensors, savefig, ...); renamed onto
-    `path` when the block ends without an exception, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def replace_dir(staging: Path, target: Path) -> None:
@@ -131,7 +86,6 @@ def write_stage_output(out_dir: str | os.PathLike, ledger, stage: str, kept: pl.
     """A filtering stage's result: kept rows as Parquet (`<stage>.parquet` unless `file_name`), drops as one
     ledger run, and a manifest tying the two together (`n_seen` = kept + dropped; `extra` adds the settings a check
     needs, e.g. the size bound), all replaced atomically. Staged in `.<out>.staging-<run_id>`, this run's own."""
-    from tads_assets.core.ledger import new_run_id
 
     out_dir = Path(out_dir)
     run_id = new_run_id()

@@ -360,7 +360,7 @@ FEATURE_COLUMNS = (  # the numeric vector f(x) the weak labels and q_φ see, in 
 
 
 def decode(blob: bytes) -> Image.Image:
-    from tads_assets.core.formats import decode_rgb
+    from tads_assets.core.io.formats import decode_rgb
 
     return decode_rgb(blob)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tads_assets.core.storage import write_parquet_atomic
+from tads_assets.core.atomic import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

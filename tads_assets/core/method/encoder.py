@@ -26,17 +26,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tads_assets.core.storage import atomic_path, write_json_atomic
+from tads_assets.core.atomic import atomic_path, write_json_atomic
+from tads_assets.core.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite0 global-average-pooled head
 TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embedding
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def parse_encoder_spec(spec: str) -> tuple[str, str, str]:
@@ -265,7 +261,7 @@ class OpenClipEncoder:
 
         if weights != "none" and not Path(weights).exists() and "/" in weights:
             raise FileNotFoundError(f"open_clip weights file {weights} does not exist")
-        open_clip.add_model_config(Path(__file__).parent / "model_configs")  # TADS-Tiny-*: a trained_clip checkpoint
+        open_clip.add_model_config(Path(__file__).parents[1] / "harness" / "model_configs")  # TADS-Tiny-*: a trained_clip checkpoint
         if open_clip.get_model_config(model_name) is None:
             raise ValueError(f"unknown open_clip model config {model_name!r} in TADS_ENCODER: use an open_clip name "
                              "(open_clip.list_models()) or TADS-Tiny-ViT / TADS-Tiny-RN")

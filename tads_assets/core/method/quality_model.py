@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tads_assets.core.operators import noun_phrases
+from tads_assets.core.method.operators import noun_phrases
 
 log = logging.getLogger(__name__)
 

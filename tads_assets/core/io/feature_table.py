@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tads_assets.core import operators as op
-from tads_assets.core.embeddings import raw_pool_parts
-from tads_assets.core.ingest import part_fingerprint
-from tads_assets.core.storage import write_parquet_atomic
+from tads_assets.core.method import operators as op
+from tads_assets.core.io.embeddings import raw_pool_parts
+from tads_assets.core.io.ingest import part_fingerprint
+from tads_assets.core.atomic import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
     """`vectors` holds uid, image_vec, text_vec, flipped_image_vec and heldout_pair_cos (the CLIP-similarity
     operator's value) of the pool; every kept sample must have a row. `reference`: the reference images when
     `vectors` is not the whole kept pool (one part's run), else drawn from `vectors`."""
-    from tads_assets.core.embeddings import arrays
+    from tads_assets.core.io.embeddings import arrays
 
     kept = set(kept_uids)
     vectors = vectors.filter(pl.col("uid").is_in(kept_uids))

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tads_assets.core.encoder import l2_normalize as _unit
-from tads_assets.core import tarscan
-from tads_assets.core.formats import decode_rgb, split_member
+from tads_assets.core.vectors import l2_normalize as _unit
+from tads_assets.core.io import tarscan
+from tads_assets.core.io.formats import decode_rgb, split_member
 from tads_assets.core.sanitize import one_line
 
 
@@ -154,7 +154,7 @@ def read_eval_set(path: str | Path, classes: Sequence[str] = ()) -> EvalSet:
     """A task's held-out set: one tar, a shard pattern or a folder of shards (`tasks.set_shards`) of KEY.jpg|png
     with KEY.cls (class index or name) or KEY.json (`label`), and/or KEY.txt. Raises naming the file and the key
     for anything it cannot use."""
-    from tads_assets.core.tasks import set_shards
+    from tads_assets.core.io.tasks import set_shards
 
     shards = set_shards(path)
     if not shards:

@@ -95,7 +95,7 @@ def _check_template(t: str, where: str) -> None:
 def set_shards(spec: str | Path) -> list[Path]:
     """The shard files of a held-out set: a tar (or .tar.gz), a shard pattern (`{000..009}`, `{a,b}`, globs) or a
     directory of shards; [] when it names nothing."""
-    from tads_assets.core.formats import expand_braces
+    from tads_assets.core.io.formats import expand_braces
 
     text = str(spec)
     path = Path(text)

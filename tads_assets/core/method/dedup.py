@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tads_assets.core.vectors import kmeans_clusters
+
 log = logging.getLogger(__name__)
 
 METADATA = "metadata_duplicate"
 SEMANTIC = "semantic_density"
 QUALITY = "quality_duplicate"
 MAX_AUTO_CLUSTERS = 1_000
-KMEANS_FIT_ROWS = 100_000  # K-Means is fitted on at most this many rows, then assigns every row
+
 
 
 @dataclass
@@ -129,24 +131,6 @@ def metadata_dedup(sha256: np.ndarray, url: np.ndarray, score: np.ndarray) -> La
 # ------------------------------------------------------------------------------------------ eq. 2
 
 
-def kmeans_clusters(joint: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 4096,
-                    fit_rows: int = KMEANS_FIT_ROWS) -> np.ndarray:
-    """MiniBatch K-Means over the joint vectors [z_I; z_T]; returns the cluster id of each row.
-    The centroids are fitted on a random sample of at most `fit_rows` rows, then every row is assigned,
-    so the cost grows linearly with the pool."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    joint = np.asarray(joint, np.float32)
-    n_clusters = max(1, min(int(n_clusters), len(joint)))
-    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, n_init=1,
-                         max_iter=50, max_no_improvement=5, reassignment_ratio=0.0)
-    if len(joint) > fit_rows:
-        sample = np.random.default_rng(seed).choice(len(joint), fit_rows, replace=False)
-        km.fit(joint[sample])
-        return np.concatenate([km.predict(joint[i : i + 65536]) for i in range(0, len(joint), 65536)]).astype(np.int64)
-    return km.fit_predict(joint).astype(np.int64)
-
-
 def semantic_dedup(labels: np.ndarray, score: np.ndarray, gamma: float) -> LayerResult:
     """Eq. 2: in each cluster C_j keep the top K_j = ⌈γ·|C_j|⌉ samples by S_init."""
     if not 0.0 < gamma <= 1.0:
@@ -248,7 +232,7 @@ def tiny_image_vectors(tiny: list[bytes | None]) -> np.ndarray:
     """Tiny-image descriptors (formats.tiny_image, 64 grey bytes) as zero-mean unit vectors, so their dot
     product ignores brightness and contrast. A missing or flat descriptor becomes a zero vector (matches
     nothing)."""
-    from tads_assets.core.formats import TINY_SIDE
+    from tads_assets.core.io.formats import TINY_SIDE
 
     n_px = TINY_SIDE * TINY_SIDE
     out = np.zeros((len(tiny), n_px), np.float32)
@@ -360,7 +344,7 @@ def outcome_tables(uids: np.ndarray, captions: list[str], outcome: DedupOutcome,
     """The kept table (uid, cluster, alignment) and the ledger rows of every removed sample."""
     import polars as pl
 
-    from tads_assets.core.ledger import DROP
+    from tads_assets.core.io.ledger import DROP
 
     kept = pl.DataFrame({"uid": uids[outcome.kept], "cluster": outcome.labels[outcome.kept],
                          "alignment": alignment[outcome.kept].astype(np.float32)})

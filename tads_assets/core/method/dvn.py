@@ -96,7 +96,7 @@ def save_dvn(net: DataValueNetwork, out_dir, info: dict) -> dict:
 
     from safetensors.torch import save_file
 
-    from tads_assets.core.storage import write_json_atomic
+    from tads_assets.core.atomic import write_json_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tads_assets.core.dedup import kmeans_clusters
-from tads_assets.core.encoder import l2_normalize as _unit
+from tads_assets.core.vectors import kmeans_clusters
+from tads_assets.core.vectors import l2_normalize as _unit
 
 METHODS = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
 
@@ -214,8 +214,8 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
     `image_vec` itself."""
     import polars as pl
 
-    from tads_assets.core import embeddings
-    from tads_assets.core.ingest import scan_raw_pool
+    from tads_assets.core.io import embeddings
+    from tads_assets.core.io.ingest import scan_raw_pool
 
     uids = scan_raw_pool(raw_pool_dir).select("uid").collect()
     vecs = uids.join(embeddings.read_embeddings(db, ("uid", "image_vec", "heldout_pair_cos")), on="uid", how="left",

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
-from tads_assets.core import formats
-from tads_assets.core.ledger import DROP, Ledger, new_run_id
-from tads_assets.core.storage import replace_dir, write_json_atomic, write_parquet_atomic
+from tads_assets.core.io import formats
+from tads_assets.core.io.ledger import DROP, Ledger, new_run_id
+from tads_assets.core.io.storage import replace_dir
+from tads_assets.core.atomic import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,9 @@ import polars as pl
 import yaml
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from tads_assets.core.storage import replace_dir, write_json_atomic, write_parquet_atomic
+from tads_assets.core.io.storage import replace_dir
+
+from tads_assets.core.atomic import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tads_assets.core.encoder import HeadsConfig, ProjectionHeads, info_nce
+from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads, info_nce
 
 
 @dataclass
@@ -139,7 +139,7 @@ def evaluate_embeddings(val: list[ValTask], embed_images, embed_texts) -> dict[s
     """Eval_k on each validation set from its stored features mapped by `embed_images`/`embed_texts`
     (arrays → arrays; identity for features that already are a CLIP's embeddings), scored the way the
     benchmark scores the test sets (`eval_k`: top-1, or the mean of the two R@1)."""
-    from tads_assets.core import benchmark
+    from tads_assets.core.harness import benchmark
 
     out = {}
     for t in val:
@@ -177,7 +177,7 @@ def validation_tasks(tasks, encode_images, encode_texts, split: str = "validatio
     """Each task's held-out set of `split` as the proxy's frozen features (`encode_images`/`encode_texts`: the
     builtin encoder's FrozenTowers features, or the open_clip encoder's embeddings — whatever the pool's
     proxy features are), at most `max_items` per task (a seeded sample), encoded once per DVN training."""
-    from tads_assets.core.benchmark import read_eval_set
+    from tads_assets.core.harness.benchmark import read_eval_set
 
     out = []
     for t in tasks:
@@ -210,7 +210,7 @@ class ClipProxy:
         self.n_adaptations = 0
 
     def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
-        from tads_assets.core import benchmark, clip_train
+        from tads_assets.core.harness import benchmark, clip_train
 
         idx = torch.as_tensor(np.flatnonzero(np.asarray(mask, bool)))
         if len(idx) < 2:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tads_assets.core.encoder import l2_normalize as _unit
+from tads_assets.core.vectors import l2_normalize as _unit
 
 MODALITIES = ("image", "text", "both")
 
@@ -80,7 +80,7 @@ def write_relevance_table(db, uids: Sequence[str], scores: np.ndarray, h_r: np.n
 
 def read_relevance_table(db):
     """(uids, r, h_r, task names) from the LanceDB table."""
-    from tads_assets.core.embeddings import table_names
+    from tads_assets.core.io.embeddings import table_names
 
     if RELEVANCE_TABLE not in table_names(db):
         raise FileNotFoundError(f"LanceDB table {RELEVANCE_TABLE} does not exist: materialize relevance_vectors first")

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from tads_assets.core import tarscan
+from tads_assets.core.io import tarscan
 from tads_assets.core.sanitize import one_line
 
 log = logging.getLogger(__name__)

@@ -112,7 +112,7 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
     reward's units); one gradient step θ ← θ − η∇L. Returns the history."""
     import torch
 
-    from tads_assets.core.dvn import policy_loss
+    from tads_assets.core.method.dvn import policy_loss
 
     if params.surrogate not in ("v", "log_v"):
         raise ValueError(f"surrogate must be 'v' or 'log_v', got {params.surrogate!r}")
@@ -179,7 +179,7 @@ def input_space_groups(inputs: tuple, n_groups: int, seed: int = 0) -> np.ndarra
     their advantages can only teach the DVN which concepts pay, never which quality does. Groups in the
     input space differ in exactly what v_θ can tell apart (measured on the demo: groups of q ≈ 0.2 and of
     q ≈ 0.75, digit-relevant and garment-relevant groups)."""
-    from tads_assets.core.dedup import kmeans_clusters
+    from tads_assets.core.vectors import kmeans_clusters
 
     x = np.hstack([np.asarray(t, np.float64).reshape(len(t), -1) for t in (np.asarray(a) for a in inputs)])
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)

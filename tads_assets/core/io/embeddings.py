@@ -17,11 +17,11 @@ import polars as pl
 import pyarrow as pa
 from PIL import Image
 
-from tads_assets.core.encoder import FrozenTowers, load_heads
-from tads_assets.core.formats import decode_rgb
-from tads_assets.core.ingest import part_fingerprint
-from tads_assets.core.ledger import DROP
-from tads_assets.core.storage import write_parquet_atomic
+from tads_assets.core.method.encoder import FrozenTowers, load_heads
+from tads_assets.core.io.formats import decode_rgb
+from tads_assets.core.io.ingest import part_fingerprint
+from tads_assets.core.io.ledger import DROP
+from tads_assets.core.atomic import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device:
                           heldout_heads: list[str | Path] = ()) -> Callable[[Path], PartVectors]:
     """Embed a raw_pool part from its cached frozen features with the trained heads (no towers needed);
     the held-out pair cosine comes from the cross-fitted heads (`encoder.fit_heldout_heads`)."""
-    from tads_assets.core.encoder import BuiltinEncoder, fold_of, heldout_pair_cosine
+    from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_pair_cosine
 
     enc = BuiltinEncoder(load_heads(heads_path, device), towers=False)
     folds_heads = [load_heads(p, device) for p in heldout_heads]
@@ -322,7 +322,7 @@ def non_finite_rows(uids: list[str], **vectors: np.ndarray) -> tuple[np.ndarray,
 
 def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray]]:
     """raw_pool's metadata (no image bytes) joined with its image and text vectors, in one row order."""
-    from tads_assets.core.ingest import scan_raw_pool
+    from tads_assets.core.io.ingest import scan_raw_pool
 
     pool = scan_raw_pool(raw_pool_dir).select("uid", "url", "caption", "width", "height", "sha256", "tiny").collect()
     vecs = read_embeddings(db, ("uid", "image_vec", "text_vec"))

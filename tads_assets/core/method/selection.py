@@ -90,7 +90,7 @@ def load_signals(quality_path, db, diversity_path) -> Signals:
     a sample missing from one of them means a stale upstream asset, named in the error."""
     import polars as pl
 
-    from tads_assets.core.relevance import read_relevance_table
+    from tads_assets.core.method.relevance import read_relevance_table
 
     quality = pl.read_parquet(quality_path, columns=["uid", "quality"])
     r_uids, r, h, names = read_relevance_table(db)
