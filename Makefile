@@ -17,12 +17,11 @@ dagster-home:
 # Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool, quality,
 # relevance and diversity stages, the DVN (Algorithm 1) and TADS's final subset, then one run per selection
 # method (its subset and a CLIP trained on it: tads, the baselines, the static ablations), then the benchmark.
-# Every unpartitioned asset up to TADS's subset. The per-part assets (frozen_features, operator_features) are for
-# fanned-out backfills (README "Scale-out"); without them, clip_encoder and feature_table compute every part.
-UNPARTITIONED_UPSTREAM = raw_pool,clip_encoder,pool_embeddings,deduped_pool,feature_table,weak_labels,quality_scores,task_set,relevance_vectors,cluster_diversity,trained_dvn,final_subset
-
+# Job tads_selection (tads_assets/automation.py): every unpartitioned asset up to TADS's subset. The per-part assets
+# (frozen_features, operator_features) are for fanned-out backfills (docs/operations.md); without them,
+# clip_encoder and feature_table compute every part.
 demo: setup dagster-home
-	$(VENV)/bin/dagster asset materialize -m definitions --select $(UNPARTITIONED_UPSTREAM)
+	$(VENV)/bin/dagster job execute -m definitions -j tads_selection
 	for method in $$($(VENV)/bin/python -c 'from tads_assets.train_eval import training_partitions as p; print(*p.get_partition_keys())'); do \
 	  if [ $$method != tads ]; then \
 	    $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets --partition $$method || exit 1; fi; \
@@ -33,6 +32,7 @@ demo: setup dagster-home
 	@cat $(TADS_HOME)/reports/benchmark.md
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q --durations=15
 
 # The Dagster UI on http://127.0.0.1:3000

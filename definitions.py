@@ -1,8 +1,8 @@
-"""The TADS code location: every asset, asset check, job, schedule, sensor and resource (DESIGN.md)."""
+"""The TADS code location: every asset, asset check, job, schedule, sensor and resource (docs/architecture.md)."""
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from resources import resources_from_env
 from tads_assets import automation, characterize, checks, pool, select, train_eval
 
 ASSET_MODULES = [pool, characterize, select, train_eval]
@@ -13,15 +13,8 @@ all_checks = load_asset_checks_from_modules([checks])
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[automation.tads_full_job, automation.task_change_job],
+    jobs=[automation.selection_job, automation.tads_full_job, automation.task_change_job],
     schedules=[automation.weekly_full_refresh],
     sensors=[automation.task_file_sensor],
-    resources={
-        "paths": TadsPaths.from_env(),
-        "device": TorchDevice.from_env(),
-        "lance": LanceStore.from_env(),
-        "encoder": ClipEncoder.from_env(),
-        "ocr": Ocr.from_env(),
-        "langid": LangId.from_env(),
-    },
+    resources=resources_from_env(),
 )

@@ -1,31 +1,43 @@
-"""Shared loading for the benchmark scripts: a materialized TADS_HOME on the demo pool."""
+"""Shared loading for the benchmark scripts: a materialized TADS_HOME on the demo pool, read through its catalogue
+(`tads_assets.core.io.catalog`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
-import tads_assets  # noqa: F401
+import tads_assets  # noqa: F401  (first: the torchvision shim)
+from tads_assets.core.harness import benchmark, clip_train
+from tads_assets.core.io import eval_sets
+from tads_assets.core.io.catalog import Catalog
+from tads_assets.core.io.embeddings import pool_with_vectors
+from tads_assets.core.io.tasks import load_task_set
 
 
 def home(arg: str | None) -> Path:
     return Path(arg or os.environ.get("TADS_HOME", ".tads")).resolve()
 
 
+def demo_truth(cat: Catalog) -> Path:
+    """The demo generator's truth labels (uid, kind, duplicate_of, source, label, lang) of the demo pool."""
+    return cat.demo_dir / "truth.parquet"
+
+
 def load_demo_pool_with_vectors(tads_home: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
     """raw_pool joined with its embeddings and the demo truth; fails with the command that makes them."""
-    import lancedb
-
-    from tads_assets.core.io.embeddings import pool_with_vectors
-
-    truth_path = tads_home / "demo" / "truth.parquet"
-    if not truth_path.exists() or not (tads_home / "lance").exists():
+    cat = Catalog(tads_home)
+    truth_path = demo_truth(cat)
+    if not truth_path.exists() or not cat.lance_dir.exists():
         raise SystemExit(f"{tads_home} holds no materialized demo pool with embeddings: run `make demo` first "
                          "(or pass --home)")
-    pool, (image, text) = pool_with_vectors(tads_home / "parquet" / "raw_pool", lancedb.connect(str(tads_home / "lance")))
+    pool, (image, text) = pool_with_vectors(cat.raw_pool.dir, cat.pool_embeddings.connect())
     truth = pl.read_parquet(truth_path).select("uid", "kind", "duplicate_of", "source", "label")
     pool = pool.join(truth, on="uid", how="left", maintain_order="left")
     return pool, image, text
@@ -40,26 +52,20 @@ class SubsetTrainer:
     way trained_clip + benchmark_scores do, with the pool's images decoded and preprocessed once for all runs."""
 
     def __init__(self, tads_home: Path, model: str, budget: int, tasks_path: str | None = None, cache: bool = True):
-        import hashlib
-        import time
-
-        from tads_assets.core.harness import benchmark, clip_train
-        from tads_assets.core.io.ingest import scan_raw_pool
-        from tads_assets.core.io.tasks import load_task_set
-
         t0 = time.perf_counter()
+        cat = Catalog(tads_home)
         self.model, self.budget = model, budget
-        pool = scan_raw_pool(tads_home / "parquet" / "raw_pool").select("uid", "caption", "bytes").collect()
+        pool = cat.raw_pool.scan().select("uid", "caption", "bytes").collect()
         self.row_of = {u: i for i, u in enumerate(pool["uid"].to_list())}
-        tasks_path = Path(tasks_path or tads_home / "demo" / "tasks.yaml")
+        tasks_path = Path(tasks_path or cat.demo_dir / "tasks.yaml")
         self.tasks = load_task_set(tasks_path)
         # a run's row is a function of these (CPU training is deterministic for a given thread count), so
         # table1 and table2 share runs of equal subsets through TADS_HOME/reports/runs_cache.jsonl
-        self._cache_path = tads_home / "reports" / "runs_cache.jsonl" if cache else None
+        self._cache_path = reports_dir(tads_home) / "runs_cache.jsonl" if cache else None
         self._cache_key = {"model": model, "budget": budget, "threads": torch_threads(),
                            "tasks_sha256": hashlib.sha256(tasks_path.read_bytes()).hexdigest(),
-                           "raw_pool": sorted(p.name for p in (tads_home / "parquet" / "raw_pool").glob("*.parquet"))}
-        self.eval_sets = benchmark.load_eval_sets(self.tasks, "test")
+                           "raw_pool": sorted(p.name for p in cat.raw_pool.dir.glob("*.parquet"))}
+        self.eval_sets = eval_sets.load_eval_sets(self.tasks, "test")
         _, preprocess, tokenizer = clip_train.create_model(model)
         self.images = clip_train.preprocess_images(pool["bytes"].to_list(), preprocess, progress=lambda m: None)
         self.tokens = tokenizer(pool["caption"].to_list())
@@ -67,8 +73,6 @@ class SubsetTrainer:
         self.prepare_seconds = time.perf_counter() - t0
 
     def _cached(self, key: dict) -> dict | None:
-        import json
-
         if self._cache_path is None or not self._cache_path.exists():
             return None
         for line in self._cache_path.read_text().splitlines():
@@ -81,12 +85,6 @@ class SubsetTrainer:
     def run(self, uids, seed: int) -> dict:
         """Table columns (percent) of a CLIP trained with `seed` on the given uids (from the runs cache when
         this very subset was trained with this seed, model, budget, task set and thread count before)."""
-        import json
-
-        import torch
-
-        from tads_assets.core.harness import benchmark, clip_train
-
         key = {**self._cache_key, "seed": seed, "uids_sha256": uids_digest(uids)}
         row = self._cached(key)
         if row is not None:
@@ -109,14 +107,10 @@ class SubsetTrainer:
 
 def took(row: dict, t0: float) -> str:
     """'cached' for a row from the runs cache, else the seconds since t0."""
-    import time
-
     return "cached" if row.get("cached") else f"{time.perf_counter() - t0:.0f}s"
 
 
 def torch_threads() -> int:
-    import torch
-
     return torch.get_num_threads()
 
 
@@ -142,14 +136,16 @@ def beats(summary: dict, a: str, b: str) -> dict:
             "at_least": delta >= 0}
 
 
+def reports_dir(tads_home: Path) -> Path:
+    """Where the benchmark scripts write: TADS_HOME/reports, beside benchmark_scores' report."""
+    return Catalog(tads_home).benchmark_scores.dir
+
+
 def write_report(tads_home: Path, name: str, md: str, payload: dict, t_start: float) -> None:
     """Print the total time and write TADS_HOME/reports/<name>.md and .json (the JSON gets `minutes`)."""
-    import json
-    import time
-
     minutes = (time.perf_counter() - t_start) / 60
     print(f"\ntotal {minutes:.1f} min")
-    reports = tads_home / "reports"
+    reports = reports_dir(tads_home)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{name}.md").write_text(md + "\n")
     (reports / f"{name}.json").write_text(json.dumps({**payload, "minutes": minutes}, indent=2))
@@ -157,6 +153,4 @@ def write_report(tads_home: Path, name: str, md: str, payload: dict, t_start: fl
 
 def uids_digest(uids) -> str:
     """A fingerprint of a subset (order-free), so a later script can tell it is looking at the same one."""
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(map(str, uids))).encode()).hexdigest()

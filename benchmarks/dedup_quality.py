@@ -25,10 +25,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import home, load_demo_pool_with_vectors  # noqa: E402
 
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.method import dedup  # noqa: E402
+from tads_assets.core.method.encoder import BuiltinEncoder, load_heads, retrieval_recall_at  # noqa: E402
 
 
 def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
@@ -67,15 +71,13 @@ def dedup_figures(pool: pl.DataFrame, outcome: dedup.DedupOutcome) -> dict:
 
 
 def retrieval_figures(tads_home: Path) -> tuple[float, float, float, int]:
-    from tads_assets.core.method.encoder import BuiltinEncoder, load_heads, read_encoder_info, retrieval_recall_at
-    from PIL import Image
-
-    info = read_encoder_info(tads_home / "models" / "clip_encoder")
+    cat = Catalog(tads_home)
+    info = cat.clip_encoder.info()
     if info["kind"] != "builtin":
         raise SystemExit("retrieval figure is for the builtin encoder")
-    enc = BuiltinEncoder(load_heads(tads_home / "models" / "clip_encoder" / info["heads"]))
+    enc = BuiltinEncoder(load_heads(cat.clip_encoder.file(info["heads"])))
     members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tads_home / "demo" / "test" / "captions.tar") as tar:
+    with tarfile.open(cat.demo_dir / "test" / "captions.tar") as tar:
         for m in tar.getmembers():
             key, _, ext = m.name.partition(".")
             members.setdefault(key, {})[ext] = tar.extractfile(m).read()

@@ -7,7 +7,9 @@
 TADS's subset with its checks, one baseline subset and one trained CLIP per method, then the benchmark), into a
 fresh TADS_HOME on a demo pool of `--samples` samples. `compare` reads every Parquet file, every LanceDB table
 and the benchmark report of both homes and prints each difference; it exits 1 when there is one. Timings and
-run ids are not outputs: the files compared hold data only (metadata lives in the Dagster instance).
+run ids are not outputs: the files compared hold data only (metadata lives in the Dagster instance), and the
+ledger's `run_id` and `ts` columns are left out. Ledger files are named by stage and run, so they are matched by
+stage: each stage's rows of both homes are compared.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def _ok(result, what: str) -> None:
     print(f"materialized {what}", flush=True)
 
 
+RUN_IDENTITY = ["run_id", "ts"]
+
+
 def _frames(home: Path) -> dict[str, object]:
     import lancedb
     import polars as pl
@@ -57,14 +62,24 @@ def _frames(home: Path) -> dict[str, object]:
     out = {}
     for f in sorted((home / "parquet").rglob("*.parquet")):
         out[f"parquet/{f.relative_to(home / 'parquet')}"] = pl.read_parquet(f)
-    for f in sorted((home / "ledger").rglob("*.parquet")):
-        out[f"ledger/{f.relative_to(home / 'ledger')}"] = pl.read_parquet(f)
+    for stage in sorted(p for p in (home / "ledger").glob("stage=*") if p.is_dir()):  # a run's id and clock are not data
+        files = sorted(stage.glob("*.parquet"))
+        out[f"ledger/{stage.name}"] = pl.concat([pl.read_parquet(f) for f in files]).drop(RUN_IDENTITY, strict=False)
     if (home / "lance").exists():
         db = lancedb.connect(str(home / "lance"))
-        names = db.table_names() if hasattr(db, "table_names") else db.list_tables()
+        listing = db.list_tables()
+        names = list(getattr(listing, "tables", listing))
         for name in sorted(names):
             out[f"lance/{name}"] = pl.from_arrow(db.open_table(name).to_arrow())
     return out
+
+
+def _relative(frames: dict, home: Path) -> dict:
+    """The home's own path inside string values (a sample's image_ref under TADS_HOME/demo) as `<home>`."""
+    import polars as pl
+
+    return {k: f.with_columns(pl.col(pl.Utf8).str.replace_all(str(home), "<home>", literal=True))
+            for k, f in frames.items()}
 
 
 def _same(a, b) -> str | None:
@@ -88,7 +103,7 @@ def _same(a, b) -> str | None:
 
 
 def compare(first: Path, second: Path) -> int:
-    fa, fb = _frames(first), _frames(second)
+    fa, fb = _relative(_frames(first), first), _relative(_frames(second), second)
     problems = [f"only in {first}: {k}" for k in sorted(fa.keys() - fb.keys())]
     problems += [f"only in {second}: {k}" for k in sorted(fb.keys() - fa.keys())]
     for key in sorted(fa.keys() & fb.keys()):

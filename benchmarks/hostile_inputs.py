@@ -34,15 +34,18 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tads_assets  # noqa: E402,F401  (before open_clip: torchvision shim)
-from dagster import materialize  # noqa: E402
+from tads_assets.local import materialize  # noqa: E402
 
-from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice  # noqa: E402
+from resources import ClipEncoder, TadsPaths, TorchDevice, tads_resources  # noqa: E402
+from tads_assets import cli  # noqa: E402
+from tads_assets.characterize import task_set  # noqa: E402
 from tads_assets.checks import (deduped_pool_ledger_complete, raw_pool_ledger_complete,  # noqa: E402
                                 raw_pool_sources_fully_read)
-from tads_assets.characterize import task_set  # noqa: E402
-from tads_assets.core.io import embeddings, ingest  # noqa: E402
-from tads_assets.core.demo import hostile
+from tads_assets.core.demo import hostile  # noqa: E402
 from tads_assets.core.demo.hostile import Case  # noqa: E402
+from tads_assets.core.harness.clip_train import create_model  # noqa: E402
+from tads_assets.core.io import embeddings  # noqa: E402
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.ledger import Ledger  # noqa: E402
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool  # noqa: E402
 
@@ -57,8 +60,9 @@ def run(assets, res, selection=None, run_config=None):
 
 
 def resources(home: Path, pool: str, tasks: str = "", encoder: str = "builtin") -> dict:
-    return {"paths": TadsPaths(home=str(home), pool=pool, tasks=tasks), "lance": LanceStore(uri=str(home / "lance")),
-            "encoder": ClipEncoder(spec=encoder), "device": TorchDevice(device="cpu"), "ocr": Ocr(), "langid": LangId()}
+    """Every resource of the code location (the IO manager included) on `home`, the defaults otherwise, on CPU."""
+    return tads_resources(TadsPaths(home=str(home), pool=pool, tasks=tasks), encoder=ClipEncoder(spec=encoder),
+                          device=TorchDevice(device="cpu"))
 
 
 def failure(result) -> str | None:
@@ -125,9 +129,10 @@ def run_pool_source(out: Outcomes, work: Path, name: str, spec: str, cases: list
     out.add(Case(f"source fully read ({name})", cases[0].source, None, "kept"), "kept" if check.passed else "CRASH",
             f"{check.metadata['unreadable_ranges'].value} unreadable range(s), all ledgered" if check.passed
             else check.description or "", check.passed)
-    manifest = ingest.read_manifest(home / "parquet" / "raw_pool")
-    kept = set(ingest.scan_raw_pool(home / "parquet" / "raw_pool").select("uid").collect()["uid"].to_list())
-    drops = Ledger(home / "ledger").read("raw_pool")
+    cat = Catalog(home)
+    manifest = cat.raw_pool.manifest()
+    kept = set(cat.raw_pool.scan().select("uid").collect()["uid"].to_list())
+    drops = Ledger(cat.ledger_dir).read("raw_pool")
     out.judge_samples(cases, kept, drops, "raw_pool")
     out.account(f"raw_pool ({name})", manifest["n_seen"], len(kept), drops.height)
     return home
@@ -143,7 +148,7 @@ def embed_hostile_pool(out: Outcomes, home: Path, spec: str, cases: list[Case]) 
         for case in odd:
             out.add(Case(f"{case.kind} (embedded)", "embeddings", case.uid, "kept"), "CRASH", failure(result) or "", False)
         return
-    frame = embeddings.read_embeddings(res["lance"].connect(), uids=[c.uid for c in odd])
+    frame = res["paths"].catalog.pool_embeddings.read(uids=[c.uid for c in odd])
     finite = dict(zip(frame["uid"], np.isfinite(np.hstack(embeddings.arrays(frame, "image_vec", "text_vec"))).all(1)))
     for case in odd:
         ok = bool(finite.get(case.uid, False))
@@ -152,26 +157,29 @@ def embed_hostile_pool(out: Outcomes, home: Path, spec: str, cases: list[Case]) 
 
 
 def _first_part(home: Path) -> str:
-    return sorted(p.stem for p in (home / "parquet" / "raw_pool").glob("part-*.parquet"))[0]
+    return Catalog(home).raw_pool.parts()[0].stem
 
 
 def inf_vectors(out: Outcomes, home: Path, spec: str) -> None:
     """inf in LanceDB (LanceDB itself refuses to store NaN) after embedding: deduped_pool ledgers the samples."""
     res = resources(home, spec)
-    uids = hostile.damage_embeddings(res["lance"].connect(), _first_part(home))  # inf in uids[0] and uids[1]
+    db = res["paths"].catalog.pool_embeddings.connect()
+    uids = hostile.damage_embeddings(db, _first_part(home))  # inf in uids[0] and uids[1]
     vec_cases = [Case("inf_image_vector_after_embedding", "embeddings", uids[0],
                       f"ledgered:{embeddings.NON_FINITE_EMBEDDING}"),
                  Case("inf_text_vector_after_embedding", "embeddings", uids[1],
                       f"ledgered:{embeddings.NON_FINITE_EMBEDDING}")]
-    result = run([raw_pool, pool_embeddings, deduped_pool, deduped_pool_ledger_complete], res, [deduped_pool.key])
+    result = run([raw_pool, clip_encoder, pool_embeddings, deduped_pool, deduped_pool_ledger_complete], res,
+                 [deduped_pool.key])
     if not result.success:
         for case in vec_cases:
             out.add(case, "CRASH", failure(result) or "", False)
         return
-    kept = set(pl.read_parquet(home / "parquet" / "deduped_pool" / "deduped_pool.parquet")["uid"].to_list())
-    drops = Ledger(home / "ledger").read("deduped_pool")
+    cat = Catalog(home)
+    kept = set(cat.deduped_pool.uids())
+    drops = Ledger(cat.ledger_dir).read("deduped_pool")
     out.judge_samples(vec_cases, kept, drops, "deduped_pool")
-    n_raw = ingest.scan_raw_pool(home / "parquet" / "raw_pool").select(pl.len()).collect().item()
+    n_raw = cat.raw_pool.height()
     out.account("deduped_pool (hostile WebDataset pool)", n_raw, len(kept), drops.height)
 
 
@@ -181,9 +189,10 @@ RECOMPUTE = {"ops": {"pool_embeddings": {"config": {"recompute": True}}}}
 def nan_frozen_features(out: Outcomes, home: Path, spec: str) -> None:
     """NaN in the frozen-feature cache: pool_embeddings stops before writing, naming the sample and the fix."""
     res = resources(home, spec)
+    cat = res["paths"].catalog
     part = _first_part(home)
-    uids = embeddings.read_embeddings(res["lance"].connect(), ("uid",), part=part)["uid"].to_list()
-    hostile.damage_frozen_features(res["paths"].frozen_cache_dir / f"{part}.parquet", 2)
+    uids = cat.pool_embeddings.read(("uid",), part=part)["uid"].to_list()
+    hostile.damage_frozen_features(cat.frozen_features.dir / f"{part}.parquet", 2)
     result = run([raw_pool, clip_encoder, pool_embeddings], res, [pool_embeddings.key], RECOMPUTE)
     case = Case("nan_frozen_features_after_embedding", "embeddings", None, "error:NaN/inf vectors.*materialize clip_encoder")
     out.judge_error(case, failure(result), uids[2])
@@ -199,8 +208,6 @@ def nan_frozen_features_fix(out: Outcomes, home: Path, spec: str) -> None:
 
 def pickle_checkpoint(out: Outcomes, work: Path, spec: str) -> None:
     import torch
-
-    from tads_assets.core.harness.clip_train import create_model
 
     class RunsCode:
         def __reduce__(self):
@@ -239,8 +246,6 @@ def explain_escapes(out: Outcomes, work: Path) -> None:
     """`tads explain` on a sample whose CSV path holds terminal escapes, and on a uid argument holding one."""
     import contextlib
     import io
-
-    from tads_assets import cli
 
     home = work / "home-csv-round2"
     case = Case("tads_explain_terminal_escapes", "cli", None, "kept")

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import tads_assets  # noqa: F401
-from tads_assets.core.io import formats, ingest
 from tads_assets.core.demo.demo_pool import DemoConfig, demo_shard_pattern, ensure_demo_pool
+from tads_assets.core.io import formats, ingest
+from tads_assets.core.io.catalog import Catalog
 from tads_assets.core.io.ledger import Ledger
 
 
@@ -31,18 +32,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tads-bench-ingest-"))
+    demo = Catalog(work).demo_dir  # the work folder is a TADS_HOME; each run ingests into its own, work/run<i>
     t0 = time.perf_counter()
-    manifest = ensure_demo_pool(work / "demo", DemoConfig(n_samples=args.n))
+    manifest = ensure_demo_pool(demo, DemoConfig(n_samples=args.n))
     gen_s = time.perf_counter() - t0
-    spec = demo_shard_pattern(work / "demo", manifest)
+    spec = demo_shard_pattern(demo, manifest)
     shards = formats.list_shards(spec)
     print(f"demo pool: {manifest['n_samples']} samples, {len(shards)} shards "
           f"(generated in {manifest['seconds']:.1f} s; this call {gen_s:.1f} s)")
 
     rates = []
     for i in range(args.repeats):
-        result = ingest.ingest_pool(shards, work / f"run{i}" / "raw_pool", Ledger(work / f"run{i}" / "ledger"),
-                                    source=spec, progress=lambda _msg: None)
+        run = Catalog(work / f"run{i}")
+        result = ingest.ingest_pool(shards, run.raw_pool.dir, Ledger(run.ledger_dir), source=spec,
+                                    progress=lambda _msg: None)
         rates.append(result.samples_per_s)
         print(f"run {i + 1}: {result.n_seen} seen, {result.n_kept} kept, {result.n_dropped} ledgered, "
               f"{result.seconds:.2f} s, {result.samples_per_s:.0f} samples/s")

@@ -23,8 +23,9 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import home  # noqa: E402
+from _common import demo_truth, home  # noqa: E402
 
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.method import operators as op  # noqa: E402
 
 
@@ -44,11 +45,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     h = home(args.home)
-    files = sorted((h / "parquet" / "raw_pool").glob("part-*.parquet"))
-    if not files:
-        raise SystemExit(f"no raw_pool under {h}: run `make demo` first")
+    cat = Catalog(h)
+    try:
+        files = cat.raw_pool.parts()
+    except FileNotFoundError:
+        raise SystemExit(f"no raw_pool under {h}: run `make demo` first") from None
     raw = pl.concat([pl.read_parquet(f, columns=["uid", "caption", "bytes"]) for f in files])
-    truth_path = h / "demo" / "truth.parquet"
+    truth_path = demo_truth(cat)
     if truth_path.exists():
         raw = raw.join(pl.read_parquet(truth_path).select("uid", "kind"), on="uid", how="left")
     sample = raw.sample(min(args.n, raw.height), seed=0)

@@ -21,7 +21,9 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import home  # noqa: E402
+from _common import demo_truth, home  # noqa: E402
+
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 
 NOISY = ("misaligned", "text_heavy", "blurred", "non_english", "vague", "low_resolution")
 
@@ -36,15 +38,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", default=None)
     args = p.parse_args()
-    h = home(args.home)
-    need = [h / "parquet" / "quality_scores" / "quality_scores.parquet", h / "parquet" / "weak_labels" / "weak_labels.parquet",
-            h / "parquet" / "feature_table" / "feature_table.parquet", h / "demo" / "truth.parquet"]
-    for f in need:
+    cat = Catalog(home(args.home))
+    truth_path = demo_truth(cat)
+    for f in (cat.quality_scores.path, cat.weak_labels.path, cat.feature_table.path, truth_path):
         if not f.exists():
             raise SystemExit(f"{f} missing: run `make demo` first (or pass --home)")
-    truth = pl.read_parquet(need[3]).select("uid", "kind", "lang")
-    frame = (pl.read_parquet(need[0]).join(pl.read_parquet(need[1]), on="uid")
-             .join(pl.read_parquet(need[2]).select("uid", pl.col("lang").alias("lang_pred")), on="uid")
+    truth = pl.read_parquet(truth_path).select("uid", "kind", "lang")
+    frame = (cat.quality_scores.read().join(cat.weak_labels.read(), on="uid")
+             .join(cat.feature_table.read().select("uid", pl.col("lang").alias("lang_pred")), on="uid")
              .join(truth, on="uid"))
     lf_cols = [c for c in frame.columns if c.startswith("lf_")]
     kinds = frame["kind"].to_numpy()

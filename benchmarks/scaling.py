@@ -24,17 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tads_assets  # noqa: E402,F401
+from resources import Ocr, TadsPaths, TorchDevice, tads_resources  # noqa: E402
+from tads_assets.core.demo.demo_pool import DemoConfig, generate_demo_pool  # noqa: E402
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 
 _RESOURCES: dict = {}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # Dagster's per-event log lines
 
 
 def _resources(home: Path, pool: str, tasks: str, ocr_workers: int) -> dict:
-    from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
-
-    return {"paths": TadsPaths(home=str(home), pool=pool, tasks=tasks), "lance": LanceStore(uri=str(home / "lance")),
-            "encoder": ClipEncoder(), "device": TorchDevice(device="cpu"), "ocr": Ocr(workers=ocr_workers),
-            "langid": LangId()}
+    """Every resource of the code location (the IO manager included) on `home`, on CPU, with `ocr_workers`
+    Tesseract processes; the defaults otherwise."""
+    return tads_resources(TadsPaths(home=str(home), pool=pool, tasks=tasks), device=TorchDevice(device="cpu"),
+                          ocr=Ocr(workers=ocr_workers))
 
 
 def _init_worker(home: str, pool: str, tasks: str, dagster_home: str) -> None:
@@ -54,7 +56,8 @@ def _ready() -> int:
 
 
 def _materialize_partition(asset_name: str, part: str) -> float:
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
+    from tads_assets.local import materialize
 
     import definitions
 
@@ -97,10 +100,10 @@ def main() -> int:
     os.environ.setdefault("RUST_LOG", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # inherited by the workers
 
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
+    from tads_assets.local import materialize
 
-    import definitions
-    from tads_assets.core.demo.demo_pool import DemoConfig, generate_demo_pool
+    import definitions  # the code location, loaded after RUST_LOG is set (as _init_worker loads it per worker)
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="tads-scaling-")).resolve()
     home, dagster_home = work / "home", work / "dagster"
@@ -108,7 +111,8 @@ def main() -> int:
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     t0 = time.perf_counter()
-    demo = home / "demo"
+    cat = Catalog(home)
+    demo = cat.demo_dir
     manifest = generate_demo_pool(demo, DemoConfig(n_samples=args.samples, seed=0, shard_size=args.shard_size))
     pool = f"webdataset:{demo}/pool/{{00000..{manifest['n_shards'] - 1:05d}}}.tar"
     tasks = str(demo / "tasks.yaml")
@@ -127,8 +131,8 @@ def main() -> int:
     parts = sorted(instance.get_dynamic_partitions("raw_pool_parts"))
     worker_args = (str(home), pool, tasks, str(dagster_home))
     rows, totals, digests = [], {w: 0.0 for w in args.workers}, {}
-    stages = [("frozen_features", home / "cache" / "frozen_features", ("clip_encoder", "pool_embeddings", "deduped_pool")),
-              ("operator_features", home / "cache" / "feature_parts", ())]
+    stages = [("frozen_features", cat.frozen_features.dir, ("clip_encoder", "pool_embeddings", "deduped_pool")),
+              ("operator_features", cat.operator_features.dir, ())]
     for stage, cache, after in stages:
         row = {"stage": stage, "parts": len(parts)}
         for w in args.workers:

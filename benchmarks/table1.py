@@ -10,7 +10,8 @@ the trained_dvn asset). random/clip_score/semdedup/dbp keep as many samples as T
 and preprocessed once for all runs; every run's row is kept in TADS_HOME/reports/runs_cache.jsonl (keyed by
 the subset's uids, seed, model, budget, task file and torch thread count — CPU training is deterministic for
 a given thread count) and reused on a rerun (`--no-cache` retrains). Prints the table (percent), the issue's criteria (TADS ≥ every
-baseline, TADS > no_filter beyond one std, TADS's share of the deduplicated pool ≤ 40 %) and the sanity
+baseline, TADS > no_filter beyond one std, TADS's share of the deduplicated pool ≤ the data budget,
+`tads_assets.core.settings.BUDGET_FRACTION`) and the sanity
 comparisons against random, and writes TADS_HOME/reports/table1.{md,json}.
 """
 
@@ -21,16 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-import lancedb
-import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SubsetTrainer, beats, home, summarise, took, uids_digest, write_report  # noqa: E402
 
 from tads_assets.core.harness import baselines, clip_train  # noqa: E402
-from tads_assets.core.method.encoder import read_encoder_info  # noqa: E402
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
+from tads_assets.core.settings import BUDGET_FRACTION  # noqa: E402
 
 
 def main() -> None:
@@ -48,18 +48,18 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t_start = time.perf_counter()
 
-    quality_path = h / "parquet" / "quality_scores" / "quality_scores.parquet"
-    final_path = h / "parquet" / "final_subset" / "final_subset.parquet"
-    if not quality_path.exists() or not (h / "lance").exists():
+    cat = Catalog(h)
+    if not cat.quality_scores.exists() or not cat.lance_dir.exists():
         raise SystemExit(f"{h} lacks the materialized pool stages and q_φ: run `make demo` first (or pass --home)")
-    if "tads" in args.methods and not final_path.exists():
-        raise SystemExit(f"{final_path} does not exist: materialize trained_dvn and final_subset (make demo)")
-    builtin = read_encoder_info(h / "models" / "clip_encoder")["kind"] == "builtin"
-    cand = baselines.load_candidates(h / "parquet" / "raw_pool", lancedb.connect(str(h / "lance")), quality_path,
-                                     h / "cache" / "frozen_features" if builtin else None)
+    if "tads" in args.methods and not cat.final_subset.exists():
+        raise SystemExit(f"{cat.final_subset.path} does not exist: materialize trained_dvn and final_subset "
+                         "(make demo)")
+    builtin = cat.clip_encoder.is_builtin()
+    cand = baselines.load_candidates(cat.raw_pool.dir, cat.pool_embeddings.connect(), cat.quality_scores.path,
+                                     cat.frozen_features.dir if builtin else None)
     n_dedup = len(cand.quality_uids)
-    size, _ = baselines.matched_size(final_path, args.keep_fraction, len(cand.uids))
-    tads_uids = pl.read_parquet(final_path, columns=["uid"])["uid"].to_list() if "tads" in args.methods else []
+    size, _ = baselines.matched_size(cat.final_subset.path, args.keep_fraction, len(cand.uids))
+    tads_uids = cat.final_subset.uids() if "tads" in args.methods else []
     trainer = SubsetTrainer(h, args.model, args.budget, args.tasks, cache=not args.no_cache)
     print(f"pool {len(cand.uids)} samples ({n_dedup} after dedup), size-matched subsets {size}, budget {args.budget} "
           f"samples seen, model {args.model}, {args.seeds} seed(s); images preprocessed in "
@@ -91,12 +91,13 @@ def main() -> None:
         share = summary["tads"]["samples"] / n_dedup
         others = [m for m in summary if m != "tads"]
         vs = [beats(summary, "tads", m) for m in others]
-        criteria = {"tads_share_of_deduplicated_pool": share, "share_ok": share <= 0.4 + 1e-9,
+        criteria = {"tads_share_of_deduplicated_pool": share, "budget_fraction": BUDGET_FRACTION,
+                    "share_ok": share <= BUDGET_FRACTION + 1e-9,
                     "tads_at_least_every_baseline": all(v["at_least"] for v in vs),
                     "tads_beats_no_filter_beyond_one_std": next((v["beats"] for v in vs if v["versus"] == "no_filter"), None),
                     "versus": vs}
         print(f"\nCriteria: TADS keeps {summary['tads']['samples']} of {n_dedup} deduplicated samples ({share:.1%}, "
-              f"≤ 40 %: {'yes' if criteria['share_ok'] else 'NO'})")
+              f"≤ the data budget {BUDGET_FRACTION:.0%}: {'yes' if criteria['share_ok'] else 'NO'})")
         for v in vs:
             print(f"  tads vs {v['versus']:>12}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f})  "
                   f"≥: {'yes' if v['at_least'] else 'NO'}  beyond one std: {'yes' if v['beats'] else 'no'}")

@@ -25,17 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, beats, home, summarise, took, write_report  # noqa: E402
+from _common import SubsetTrainer, beats, demo_truth, home, summarise, took, write_report  # noqa: E402
 
 from tads_assets.core.harness import clip_train  # noqa: E402
-
-from tads_assets.core.method import selection
+from tads_assets.core.io.catalog import Catalog  # noqa: E402
+from tads_assets.core.io.embeddings import load_signals  # noqa: E402
+from tads_assets.core.method import selection  # noqa: E402
 from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
@@ -56,19 +56,18 @@ def main() -> None:
     h = home(args.home)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t_start = time.perf_counter()
-    final_path = h / "parquet" / "final_subset" / "final_subset.parquet"
-    if not final_path.exists():
-        raise SystemExit(f"{final_path} does not exist: run `make demo` first (or pass --home)")
-    sig = selection.load_signals(h / "parquet" / "quality_scores" / "quality_scores.parquet", lancedb.connect(str(h / "lance")),
-                                 h / "parquet" / "cluster_diversity" / "cluster_diversity.parquet")
-    tads_uids = pl.read_parquet(final_path, columns=["uid"])["uid"].to_list()
+    cat = Catalog(h)
+    if not cat.final_subset.exists():
+        raise SystemExit(f"{cat.final_subset.path} does not exist: run `make demo` first (or pass --home)")
+    sig = load_signals(cat.quality_scores.path, cat.relevance_vectors.connect(), cat.cluster_diversity.path)
+    tads_uids = cat.final_subset.uids()
     size = len(tads_uids)
     subsets = {"tads": tads_uids}
     for key, signals in selection.ABLATIONS.items():
         score = selection.static_score(sig.q, sig.r, sig.d, signals)
         subsets[key] = sig.uids[selection.threshold_selection(score, -1.0, size / len(score)).keep].tolist()
 
-    truth = h / "demo" / "truth.parquet"
+    truth = demo_truth(cat)
     composition = []
     rows = dict(ROWS)
     if truth.exists():
@@ -110,7 +109,7 @@ def main() -> None:
         print(f"FDO vs {v['versus']}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f}); "
               f"higher: {'yes' if v['at_least'] else 'NO'}, beyond one std: {'yes' if v['beats'] else 'no'}")
 
-    info = json.loads((h / "models" / "trained_dvn" / DVN_INFO).read_text())
+    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
     draws = [r["reward"] for r in info["history"]]
     top = [r["reward_top"] for r in info["history"] if "reward_top" in r] + (
         [info["reward_top_final"]] if "reward_top_final" in info else [])

@@ -1,7 +1,8 @@
-"""Dagster resources of TADS: where things live, which torch device to use, the LanceDB store.
+"""Dagster resources of TADS: where things live (and the catalogue IO manager that hands each asset typed handles
+of its upstream outputs), the data budget, the torch device, the encoder, OCR and language identification.
 
-Each reads its defaults from the environment (DESIGN.md "Configuration") in `from_env()`, which
-`definitions.py` calls once; the resolved values are visible in the Dagster UI's resource page.
+`resources_from_env()` builds them all from the environment, each variable read once (the table `ENV`); the
+defaults are the resource fields. The resolved values show on the Dagster UI's resource page.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ import os
 import re
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 
 from tads_assets.core.demo import demo_pool
 
 from tads_assets.core.io import storage
 from tads_assets.core.io.formats import PoolSpec, parse_pool_spec
+from tads_assets.core.io.catalog import Catalog, ClipEncoderDir, Output
+from tads_assets.core.settings import BUDGET_FRACTION
 from tads_assets.core.io.ledger import Ledger
+from tads_assets.core.method.encoder import parse_encoder_spec
+from tads_assets.core.method.encoder import FrozenTowers
+from tads_assets.core.method.encoder import OpenClipEncoder
+from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, load_heads
+from tads_assets.core.method.operators import tesseract_version
+from tads_assets.core.method.operators import LanguageId
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +45,6 @@ class TadsPaths(ConfigurableResource):
     demo_seed: int = 0
     lock_timeout_s: float = 0.0  # 0: wait for the other writer however long it takes
 
-    @classmethod
-    def from_env(cls) -> TadsPaths:
-        env = os.environ
-        return cls(
-            home=env.get("TADS_HOME", ".tads"),
-            pool=env.get("TADS_POOL", "demo"),
-            tasks=env.get("TADS_TASKS", ""),
-            demo_samples=int(env.get("TADS_DEMO_SAMPLES", "10000")),
-            demo_seed=int(env.get("TADS_DEMO_SEED", "0")),
-            lock_timeout_s=float(env.get("TADS_LOCK_TIMEOUT_S", "0")),
-        )
 
     def output_lock(self, context, name: str | None = None):
         """Context manager: hold the lock of the output `context`'s asset writes (`output_lock_name`: the asset,
@@ -57,38 +55,15 @@ class TadsPaths(ConfigurableResource):
 
     @property
     def root(self) -> Path:
-        return Path(self.home).expanduser().resolve()
-
-    def parquet_dir(self, asset: str) -> Path:
-        return self.root / "parquet" / asset
+        return self.catalog.root
 
     @property
-    def ledger_dir(self) -> Path:
-        return self.root / "ledger"
-
-    @property
-    def lance_dir(self) -> Path:
-        return self.root / "lance"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def frozen_cache_dir(self) -> Path:
-        """Cached frozen-tower features of the builtin encoder, one Parquet file per raw_pool part."""
-        return self.root / "cache" / "frozen_features"
-
-    @property
-    def demo_dir(self) -> Path:
-        return self.root / "demo"
+    def catalog(self) -> Catalog:
+        """Every stage output of this TADS_HOME, as typed handles (`tads_assets.core.io.catalog`)."""
+        return Catalog(self.home)
 
     def ledger(self) -> Ledger:
-        return Ledger(self.ledger_dir)
+        return Ledger(self.catalog.ledger_dir)
 
     def demo_config(self) -> demo_pool.DemoConfig:
         return demo_pool.DemoConfig(n_samples=self.demo_samples, seed=self.demo_seed)
@@ -98,16 +73,16 @@ class TadsPaths(ConfigurableResource):
         spec = parse_pool_spec(self.pool)
         if spec.kind != "demo":
             return spec
-        manifest = demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
-        return parse_pool_spec(demo_pool.demo_shard_pattern(self.demo_dir, manifest))
+        manifest = demo_pool.ensure_demo_pool(self.catalog.demo_dir, self.demo_config())
+        return parse_pool_spec(demo_pool.demo_shard_pattern(self.catalog.demo_dir, manifest))
 
     def tasks_path(self, generate: bool = True) -> Path:
         """TADS_TASKS, or the demo pool's tasks.yaml (generating the demo pool first unless `generate` is False)."""
         if self.tasks:
             return Path(self.tasks).expanduser().resolve()
         if generate:
-            demo_pool.ensure_demo_pool(self.demo_dir, self.demo_config())
-        return self.demo_dir / "tasks.yaml"
+            demo_pool.ensure_demo_pool(self.catalog.demo_dir, self.demo_config())
+        return self.catalog.demo_dir / "tasks.yaml"
 
 
 def output_lock_name(context) -> str:
@@ -147,9 +122,6 @@ class TorchDevice(ConfigurableResource):
 
     device: str = "auto"
 
-    @classmethod
-    def from_env(cls) -> TorchDevice:
-        return cls(device=os.environ.get("TADS_DEVICE", "auto"))
 
     def resolve(self) -> str:
         import torch
@@ -161,27 +133,6 @@ class TorchDevice(ConfigurableResource):
         return self.device
 
 
-class LanceStore(ConfigurableResource):
-    """An on-disk LanceDB database (default TADS_HOME/lance)."""
-
-    uri: str = ".tads/lance"
-
-    @classmethod
-    def from_env(cls) -> LanceStore:
-        return cls(uri=str(Path(os.environ.get("TADS_HOME", ".tads")) / "lance"))
-
-    def connect(self):
-        import lancedb
-
-        Path(self.uri).mkdir(parents=True, exist_ok=True)
-        return lancedb.connect(self.uri)
-
-    def table_names(self) -> list[str]:
-        db = self.connect()
-        listing = db.list_tables()
-        return list(getattr(listing, "tables", listing))
-
-
 class ClipEncoder(ConfigurableResource):
     """The encoder (TADS_ENCODER): `builtin` (trained on the pool) or `open_clip:MODEL:WEIGHTS`."""
 
@@ -191,33 +142,22 @@ class ClipEncoder(ConfigurableResource):
     tower_batch_size: int = 16
     image_size: int = 128  # builtin image tower input side
 
-    @classmethod
-    def from_env(cls) -> ClipEncoder:
-        return cls(spec=os.environ.get("TADS_ENCODER", "builtin"))
 
     def parsed(self) -> tuple[str, str, str]:
-        from tads_assets.core.method.encoder import parse_encoder_spec
-
         return parse_encoder_spec(self.spec)
 
     def towers(self, device: str):
-        from tads_assets.core.method.encoder import FrozenTowers
-
         return FrozenTowers(device=device, image_size=self.image_size)
 
     def open_clip(self, device: str):
-        from tads_assets.core.method.encoder import OpenClipEncoder
-
         _, model, weights = self.parsed()
         return OpenClipEncoder(model, weights, device=device, batch_size=self.batch_size)
 
-    def load(self, models_dir: Path, device: str):
+    def load(self, clip_encoder: ClipEncoderDir, device: str):
         """The encoder `clip_encoder` materialized: the builtin towers with the trained heads, or open_clip."""
-        from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, load_heads, read_encoder_info
-
-        info = read_encoder_info(Path(models_dir) / "clip_encoder")
+        info = clip_encoder.info()
         if info["kind"] == "builtin":
-            heads = load_heads(Path(models_dir) / "clip_encoder" / info["heads"], device)
+            heads = load_heads(clip_encoder.file(info["heads"]), device)
             return BuiltinEncoder(heads, FrozenTowers(device=device, image_size=info.get("image_size", self.image_size)),
                                   batch_size=self.tower_batch_size), info
         return self.open_clip(device), info
@@ -230,13 +170,8 @@ class Ocr(ConfigurableResource):
     workers: int = 2  # parallel Tesseract processes
     batch: int = 16  # images per Tesseract call (stacked on one sheet; starting Tesseract is the slow part)
 
-    @classmethod
-    def from_env(cls) -> Ocr:
-        return cls(workers=int(os.environ.get("TADS_OCR_WORKERS", "2")))
 
     def version(self) -> str:
-        from tads_assets.core.method.operators import tesseract_version
-
         return tesseract_version()
 
 
@@ -246,11 +181,59 @@ class LangId(ConfigurableResource):
 
     model_path: str = ""
 
-    @classmethod
-    def from_env(cls) -> LangId:
-        return cls(model_path=os.environ.get("TADS_LANGID_MODEL", ""))
 
     def load(self):
-        from tads_assets.core.method.operators import LanguageId
-
         return LanguageId(self.model_path or None)
+
+
+class Budget(ConfigurableResource):
+    """The data budget (TADS_BUDGET_FRACTION): the share of the deduplicated pool a selection keeps. One value
+    for Algorithm 1's draws, the DVN's initial value, final_subset's cap and the size-matched baselines."""
+
+    fraction: float = BUDGET_FRACTION
+
+
+class CatalogIOManager(ConfigurableIOManager):
+    """Hands each asset the typed handle of an upstream output (`tads_assets.core.io.catalog`): a location
+    derived from the asset key, never the data. Assets write their outputs themselves (atomically, under a
+    lock, with the ledger) and return a MaterializeResult, so nothing is ever handed to `handle_output`."""
+
+    paths: TadsPaths
+
+    def load_input(self, context: InputContext) -> Output:
+        return self.paths.catalog.of(context.upstream_output.asset_key.path[-1])
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        if obj is not None:
+            raise TypeError(f"{context.asset_key.to_user_string()} returned a value; TADS assets write their output "
+                            "and return a MaterializeResult")
+
+
+# resource key -> (class, {field: environment variable})
+ENV = {
+    "paths": (TadsPaths, {"home": "TADS_HOME", "pool": "TADS_POOL", "tasks": "TADS_TASKS",
+                          "demo_samples": "TADS_DEMO_SAMPLES", "demo_seed": "TADS_DEMO_SEED",
+                          "lock_timeout_s": "TADS_LOCK_TIMEOUT_S"}),
+    "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION"}),
+    "device": (TorchDevice, {"device": "TADS_DEVICE"}),
+    "encoder": (ClipEncoder, {"spec": "TADS_ENCODER"}),
+    "ocr": (Ocr, {"workers": "TADS_OCR_WORKERS"}),
+    "langid": (LangId, {"model_path": "TADS_LANGID_MODEL"}),
+}
+
+
+def tads_resources(paths: TadsPaths | None = None, environ: dict | None = None, **overrides) -> dict:
+    """Every resource of the code location: each from `environ`'s variables (see `ENV`) over the field
+    defaults, `paths` (when given) and `overrides` replacing theirs; the IO manager reads the same `paths`."""
+    environ = {} if environ is None else environ
+    out = {key: cls(**{f: environ[v] for f, v in fields.items() if v in environ}) for key, (cls, fields) in ENV.items()}
+    if paths is not None:
+        out["paths"] = paths
+    out.update(overrides)
+    out["io_manager"] = CatalogIOManager(paths=out["paths"])
+    return out
+
+
+def resources_from_env() -> dict:
+    """The resources `definitions.py` binds: `tads_resources` over `os.environ`."""
+    return tads_resources(environ=dict(os.environ))

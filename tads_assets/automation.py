@@ -1,4 +1,4 @@
-"""Automation (DESIGN.md "Cross-cutting"): a sensor that re-runs the task-dependent part of the graph when the task
+"""Automation (docs/operations.md): a sensor that re-runs the task-dependent part of the graph when the task
 file changes, and a weekly schedule that refreshes the whole graph. Both are on by default.
 
 The weekly refresh runs every unpartitioned asset (the per-part scale-out assets, frozen_features and
@@ -12,16 +12,15 @@ recomputed.
 
 from __future__ import annotations
 
-import json
-
 from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus, RunRequest, ScheduleEvaluationContext,
                      SensorEvaluationContext, SensorResult, SkipReason, define_asset_job, schedule, sensor)
 
 from resources import TadsPaths
-from tads_assets.characterize import TASK_SET_FILE, operator_features, task_set
+from tads_assets.characterize import operator_features, task_set
 from tads_assets.core.io.tasks import task_set_hash
 from tads_assets.pool import frozen_features
 from tads_assets.select import baseline_subsets
+from tads_assets.train_eval import benchmark_scores, trained_clip
 
 TADS_PARTITION = "tads"
 SENSOR_INTERVAL_S = 30
@@ -35,6 +34,14 @@ TASK_DEPENDENT = AssetSelection.assets(task_set).downstream() - AssetSelection.a
 PER_PART = AssetSelection.assets(frozen_features, operator_features)
 WHOLE_GRAPH = AssetSelection.all() - AssetSelection.assets(baseline_subsets) - PER_PART
 
+# every unpartitioned asset up to TADS's subset: what `make demo` runs first, and a user's run on their own pool
+SELECTION = WHOLE_GRAPH - AssetSelection.assets(trained_clip, benchmark_scores)
+
+selection_job = define_asset_job(
+    "tads_selection", selection=SELECTION,
+    description="The pool, its characterisation, trained_dvn and final_subset (TADS's subset, exported): every "
+    "unpartitioned asset up to the selection, with their checks. The baselines and the CLIPs trained per method "
+    "run per partition afterwards (make demo).")
 task_change_job = define_asset_job(
     "tads_task_change", selection=TASK_DEPENDENT,
     description="task_set and everything downstream of it (relevance_vectors, trained_dvn, final_subset, "
@@ -48,10 +55,10 @@ tads_full_job = define_asset_job(
 
 def _materialized_tasks_sha256(paths: TadsPaths) -> str | None:
     """The sha256 of the task file task_set last materialized, or None if it never was."""
-    path = paths.parquet_dir("task_set") / TASK_SET_FILE
-    if not path.exists():
+    tasks = paths.catalog.task_set
+    if not tasks.path.exists():
         return None
-    return json.loads(path.read_text())["sha256"]
+    return tasks.read()[1]
 
 
 def task_change_decision(current: str | None, cursor: str | None, materialized: str | None) -> tuple[bool, str]:

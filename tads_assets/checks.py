@@ -1,31 +1,33 @@
-"""Asset checks: each stage's output is sound and its ledger accounts for every input."""
+"""Asset checks: each stage's output is sound and its ledger accounts for every input. Every output is read
+through the catalogue (`paths.catalog`, `tads_assets.core.io.catalog`)."""
 
-
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import polars.selectors as cs
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from safetensors.numpy import load_file
 
-from resources import LanceStore, TadsPaths
-from tads_assets.core.io import embeddings, ingest
-from tads_assets.characterize import (FEATURE_FILE, cluster_diversity, feature_table, operator_features, quality_scores,
+from resources import TadsPaths
+from tads_assets.characterize import (cluster_diversity, feature_table, operator_features, quality_scores,
                                       relevance_vectors, task_set, weak_labels)
+from tads_assets.core.harness import clip_train
+from tads_assets.core.io import embeddings, ingest
+from tads_assets.core.method.dvn import DVN_CHECKPOINT
+from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
+from tads_assets.core.method.selection import budget_cap
 from tads_assets.core.report import markdown_table
 from tads_assets.pool import clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool
-from tads_assets.select import (DVN_SCORES_FILE, STATIC_ABLATIONS, SUBSET_FILE, baseline_partitions, baseline_subsets,
-                                final_subset, subset_dir, trained_dvn)
-from tads_assets.train_eval import benchmark_scores, trained_clip
+from tads_assets.select import STATIC_ABLATIONS, baseline_partitions, baseline_subsets, final_subset, trained_dvn
+from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
 
 
-def _raw_pool_rows(paths: TadsPaths) -> int:
-    return ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select(pl.len()).collect().item()
-
-
-def _ledger_completeness(paths: TadsPaths, stage: str, n_in: int, n_kept: int, extra: dict) -> AssetCheckResult:
-    """Samples into `stage` = rows it kept + drop rows of its latest ledger run (and any extra counts are 0)."""
-    manifest = ingest.read_manifest(paths.parquet_dir(stage))
+def _ledger_completeness(paths: TadsPaths, stage: str, manifest: dict, n_in: int, n_kept: int,
+                         extra: dict) -> AssetCheckResult:
+    """Samples into `stage` = rows it kept + drop rows of its latest ledger run (`manifest`'s), and any extra
+    counts are 0."""
     report = paths.ledger().completeness(stage, manifest["run_id"], n_in, n_kept)
     problems = {**extra, "manifest_kept_mismatch": int(n_kept != manifest["n_kept"])}
     description = report.describe() if n_kept == manifest["n_kept"] else (
@@ -42,15 +44,16 @@ def _ledger_completeness(paths: TadsPaths, stage: str, n_in: int, n_kept: int, e
 @asset_check(asset=raw_pool, blocking=True,
              description="Ledger completeness: samples read = rows kept + ledgered drops, for the latest run.")
 def raw_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
-    return _ledger_completeness(paths, ingest.STAGE, manifest["n_seen"], _raw_pool_rows(paths), {})
+    pool = paths.catalog.raw_pool
+    manifest = pool.manifest()
+    return _ledger_completeness(paths, ingest.STAGE, manifest, manifest["n_seen"], pool.height(), {})
 
 
 @asset_check(asset=raw_pool, blocking=True,
              description="Every byte of every source accounted for: each tar's bytes were read as members or lie in "
              "an unreadable range that a ledger row of the latest run names; each table's rows were all read.")
 def raw_pool_sources_fully_read(paths: TadsPaths) -> AssetCheckResult:
-    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    manifest = paths.catalog.raw_pool.manifest()
     ledgered = set(paths.ledger().read(ingest.STAGE, run_id=manifest["run_id"])["uid"].to_list())
     rows, problems = ingest.source_coverage(manifest, ledgered)
     return AssetCheckResult(
@@ -67,7 +70,7 @@ def raw_pool_sources_fully_read(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=raw_pool, blocking=True,
              description="uids unique; captions non-empty; sizes positive; sha256 well-formed.")
 def raw_pool_rows_valid(paths: TadsPaths) -> AssetCheckResult:
-    frame = ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "width", "height", "sha256").collect()
+    frame = paths.catalog.raw_pool.scan().select("uid", "caption", "width", "height", "sha256").collect()
     problems = {
         "duplicate_uids": frame.height - frame["uid"].n_unique(),
         "empty_captions": frame.filter(pl.col("caption").is_null() | (pl.col("caption").str.strip_chars() == "")).height,
@@ -79,9 +82,10 @@ def raw_pool_rows_valid(paths: TadsPaths) -> AssetCheckResult:
 
 @asset_check(asset=pool_embeddings, blocking=True,
              description="One row per raw_pool sample; every vector finite and L2-normalised (|norm - 1| < 1e-3).")
-def pool_embeddings_normalised(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
-    frame = embeddings.read_embeddings(lance.connect())
-    problems: dict[str, int] = {"rows_missing": _raw_pool_rows(paths) - frame.height,
+def pool_embeddings_normalised(paths: TadsPaths) -> AssetCheckResult:
+    cat = paths.catalog
+    frame = cat.pool_embeddings.read()
+    problems: dict[str, int] = {"rows_missing": cat.raw_pool.height() - frame.height,
                                 "duplicate_uids": frame.height - frame["uid"].n_unique()}
     for col in ("image_vec", "text_vec", "flipped_image_vec"):
         (vecs,) = embeddings.arrays(frame, col)
@@ -94,13 +98,14 @@ def pool_embeddings_normalised(paths: TadsPaths, lance: LanceStore) -> AssetChec
 @asset_check(asset=deduped_pool, blocking=True,
              description="Ledger completeness: raw_pool rows = deduped rows kept + ledgered dedup drops; no uid twice.")
 def deduped_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    kept = pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])
-    return _ledger_completeness(paths, "deduped_pool", _raw_pool_rows(paths), kept.height,
+    cat = paths.catalog
+    kept = cat.deduped_pool.read(["uid"])
+    return _ledger_completeness(paths, "deduped_pool", cat.deduped_pool.manifest(), cat.raw_pool.height(), kept.height,
                                 {"duplicate_uids": kept.height - kept["uid"].n_unique()})
 
 
 def _deduped_uids(paths: TadsPaths) -> pl.Series:
-    return pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])["uid"]
+    return paths.catalog.deduped_pool.read(["uid"])["uid"]
 
 
 def _coverage_problems(uids: pl.Series, expected: pl.Series) -> dict[str, int]:
@@ -113,9 +118,7 @@ def _coverage_problems(uids: pl.Series, expected: pl.Series) -> dict[str, int]:
 @asset_check(asset=feature_table, blocking=True,
              description="One row per deduplicated sample; every feature of f(x) finite; ratios and confidences in [0, 1].")
 def feature_table_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
-
-    frame = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE)
+    frame = paths.catalog.feature_table.read()
     problems = _coverage_problems(frame["uid"], _deduped_uids(paths))
     problems["rows_non_finite"] = int((~np.isfinite(feature_matrix(frame)).all(axis=1)).sum())
     for col in ("ocr_text_ratio", "lang_confidence", "grounding_confidence", "caption_info_gain"):
@@ -127,8 +130,9 @@ def feature_table_valid(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=weak_labels, blocking=True,
              description="One row per feature-table sample; ŷ_weak in [0, 1]; at least 8 labelling functions; votes in {-1, 0, 1}.")
 def weak_labels_valid(paths: TadsPaths) -> AssetCheckResult:
-    frame = pl.read_parquet(paths.parquet_dir("weak_labels") / "weak_labels.parquet")
-    features = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE, columns=["uid"])
+    cat = paths.catalog
+    frame = cat.weak_labels.read()
+    features = cat.feature_table.read(["uid"])
     lfs = [c for c in frame.columns if c.startswith("lf_")]
     problems = _coverage_problems(frame["uid"], features["uid"])
     problems["y_weak_out_of_range"] = frame.filter(~pl.col("y_weak").is_between(0, 1)).height
@@ -140,11 +144,12 @@ def weak_labels_valid(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=quality_scores, blocking=True,
              description="One score per feature-table sample, finite and in [0, 1]; the q_φ checkpoint exists.")
 def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
-    frame = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet")
-    features = pl.read_parquet(paths.parquet_dir("feature_table") / FEATURE_FILE, columns=["uid"])
+    cat = paths.catalog
+    frame = cat.quality_scores.read()
+    features = cat.feature_table.read(["uid"])
     problems = _coverage_problems(frame["uid"], features["uid"])
     problems["out_of_range"] = frame.filter(~pl.col("quality").is_between(0, 1) | pl.col("quality").is_nan()).height
-    problems["checkpoint_missing"] = int(not (paths.models_dir / "quality_scores" / "q_phi.safetensors").exists())
+    problems["checkpoint_missing"] = int(not cat.quality_scores.checkpoint.exists())
     q = frame["quality"]
     return AssetCheckResult(passed=not any(problems.values()),
                             metadata={"rows": frame.height, "median": float(q.median() or 0.0), **problems})
@@ -154,17 +159,18 @@ def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
              description="For every materialized method: its candidates (raw_pool rows; quality_scores rows for "
              "quality_only) = subset rows + ledgered drops of that method's latest run; no uid both kept and dropped.")
 def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    per_method, ok = [], True
-    n_quality = pl.scan_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet").select(pl.len()).collect().item()
+    cat, per_method, ok = paths.catalog, [], True
+    n_quality = cat.quality_scores.height()
     for method in baseline_partitions.get_partition_keys():
-        out = subset_dir(paths, method)
-        if not (out / "_manifest.json").exists():
+        subset = cat.baseline_subsets.of(method)
+        try:
+            manifest = subset.manifest()
+        except FileNotFoundError:  # this method was never materialized
             continue
-        manifest = ingest.read_manifest(out)
-        kept = pl.read_parquet(out / SUBSET_FILE, columns=["uid"])
+        kept = subset.read(["uid"])
         drops = paths.ledger().read(f"baseline_{method}", run_id=manifest["run_id"])
         overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
-        n_in = n_quality if method in ("quality_only", *STATIC_ABLATIONS) else _raw_pool_rows(paths)
+        n_in = n_quality if method in ("quality_only", *STATIC_ABLATIONS) else cat.raw_pool.height()
         report = paths.ledger().completeness(f"baseline_{method}", manifest["run_id"], n_in, kept.height)
         ok &= report.ok and not overlap
         per_method.append({"method": method, "in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
@@ -177,13 +183,12 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=trained_dvn, blocking=True,
              description="v(x) for every deduplicated sample, each in (0, 1) and finite; the checkpoint on disk.")
 def trained_dvn_scores_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.method.dvn import DVN_CHECKPOINT
-
-    frame = pl.read_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE, columns=["uid", "v"])
-    quality = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet", columns=["uid"])
+    cat = paths.catalog
+    frame = cat.trained_dvn.read(["uid", "v"])
+    quality = cat.quality_scores.read(["uid"])
     problems = _coverage_problems(frame["uid"], quality["uid"])
     problems["out_of_range"] = frame.filter(~pl.col("v").is_between(0, 1) | pl.col("v").is_nan()).height
-    problems["checkpoint_missing"] = int(not (paths.models_dir / "trained_dvn" / DVN_CHECKPOINT).exists())
+    problems["checkpoint_missing"] = int(not (cat.trained_dvn.models / DVN_CHECKPOINT).exists())
     return AssetCheckResult(passed=not any(problems.values()),
                             metadata={"rows": frame.height, "mean_v": float(frame["v"].mean() or 0.0), **problems})
 
@@ -192,11 +197,11 @@ def trained_dvn_scores_valid(paths: TadsPaths) -> AssetCheckResult:
              description="trained_dvn's samples = final_subset rows + ledgered drops of the latest run; no uid both "
              "kept and dropped; the subset is not empty.")
 def final_subset_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
-    out = paths.parquet_dir("final_subset")
-    manifest = ingest.read_manifest(out)
-    kept = pl.read_parquet(out / "final_subset.parquet", columns=["uid"])
+    cat = paths.catalog
+    manifest = cat.final_subset.manifest()
+    kept = cat.final_subset.read(["uid"])
     drops = paths.ledger().read("final_subset", run_id=manifest["run_id"])
-    n_in = pl.scan_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE).select(pl.len()).collect().item()
+    n_in = cat.trained_dvn.height()
     report = paths.ledger().completeness("final_subset", manifest["run_id"], n_in, kept.height)
     overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
     return AssetCheckResult(passed=report.ok and not overlap and kept.height > 0,
@@ -206,20 +211,19 @@ def final_subset_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
 
 def _finite_tensors(path: Path) -> tuple[int, int]:
     """(tensors, tensors holding NaN or inf) of a safetensors file."""
-    from safetensors.numpy import load_file
-
     tensors = load_file(str(path))
     return len(tensors), sum(int(not np.isfinite(t).all()) for t in tensors.values() if t.dtype.kind == "f")
 
 
 @asset_check(asset=final_subset, blocking=True,
-             description="Subset size within the configured bounds: 1 ≤ kept ≤ ⌊max_fraction · n⌋ (final_subset's "
-             "config, kept in its manifest), every kept v finite and in (0, 1), no uid twice.")
+             description="Subset size within the data budget: 1 ≤ kept ≤ ⌊max_fraction · n⌋ (the budget "
+             "final_subset ran under, kept in its manifest), every kept v finite and in (0, 1), no uid twice.")
 def final_subset_size_within_bounds(paths: TadsPaths) -> AssetCheckResult:
-    kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet", columns=["uid", "score"])
-    n_in = pl.scan_parquet(paths.parquet_dir("trained_dvn") / DVN_SCORES_FILE).select(pl.len()).collect().item()
-    max_fraction = float(ingest.read_manifest(paths.parquet_dir("final_subset")).get("max_fraction", 1.0))
-    cap = max(1, int(np.floor(max_fraction * n_in)))
+    cat = paths.catalog
+    kept = cat.final_subset.read(["uid", "score"])
+    n_in = cat.trained_dvn.height()
+    max_fraction = float(cat.final_subset.manifest().get("max_fraction", 1.0))
+    cap = budget_cap(n_in, max_fraction)
     problems = {"empty": int(kept.height == 0), "above_budget": max(0, kept.height - cap),
                 "duplicate_uids": kept.height - kept["uid"].n_unique(),
                 "score_out_of_range": kept.filter(~pl.col("score").is_between(0, 1) | pl.col("score").is_nan()).height}
@@ -230,13 +234,12 @@ def final_subset_size_within_bounds(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=clip_encoder, blocking=True,
              description="The encoder's description and weights are on disk; every weight tensor is finite.")
 def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.method.encoder import read_encoder_info
-
-    out = paths.models_dir / "clip_encoder"
-    info = read_encoder_info(out)
-    files = [info["heads"], *info.get("heldout_heads", [])] if info["kind"] == "builtin" else []
-    problems = {"files_missing": sum(int(not (out / f).exists()) for f in files)}
-    counts = [_finite_tensors(out / f) for f in files if (out / f).exists()]
+    encoder = paths.catalog.clip_encoder
+    info = encoder.info()
+    names = [info["heads"], *info.get("heldout_heads", [])] if info["kind"] == "builtin" else []
+    files = [encoder.file(f) for f in names]
+    problems = {"files_missing": sum(int(not f.exists()) for f in files)}
+    counts = [_finite_tensors(f) for f in files if f.exists()]
     problems["tensors_non_finite"] = sum(bad for _, bad in counts)
     return AssetCheckResult(passed=not any(problems.values()), metadata={
         "kind": MetadataValue.text(info["kind"]), "weight_files": len(files),
@@ -246,16 +249,16 @@ def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=frozen_features, blocking=True,
              description="The part's cached frozen features: one row per raw_pool row of the part, all finite.")
 def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.core.io.embeddings import frozen_part_is_current
-
+    cat = paths.catalog
+    cache = cat.frozen_features.dir
     rows = []
-    for part in sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet")):
-        cached = paths.frozen_cache_dir / part.name
+    for part in cat.raw_pool.parts():
+        cached = cache / part.name
         if not cached.exists():
             continue
         frame = pl.read_parquet(cached)
-        vecs = [embeddings.arrays(frame, c)[0] for c in ("image_feat", "flip_feat", "text_feat")]
-        rows.append({"part": part.stem, "rows": frame.height, "current": frozen_part_is_current(paths.frozen_cache_dir, part),
+        vecs = [embeddings.arrays(frame, c)[0] for c in embeddings.FROZEN_COLUMNS]
+        rows.append({"part": part.stem, "rows": frame.height, "current": embeddings.frozen_part_is_current(cache, part),
                      "non_finite_rows": int(sum((~np.isfinite(v).all(axis=1)).sum() for v in vecs))})
     ok = all(r["current"] and not r["non_finite_rows"] for r in rows)
     return AssetCheckResult(passed=ok, metadata={"parts_cached": len(rows),
@@ -266,9 +269,7 @@ def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
              description="At least one task; unique names; weights φ_k ≥ 0, not all 0; classification tasks have ≥ 2 "
              "classes; every validation and test set exists.")
 def task_set_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.characterize import read_task_set
-
-    tasks, digest = read_task_set(paths)
+    tasks, digest = paths.catalog.task_set.read()
     names = [t.name for t in tasks]
     problems = {"no_tasks": int(not tasks), "duplicate_names": len(names) - len(set(names)),
                 "negative_weights": sum(int(t.weight < 0) for t in tasks),
@@ -282,12 +283,10 @@ def task_set_valid(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=relevance_vectors, blocking=True,
              description="One row per deduplicated sample; r_k finite and in [-1, 1]; h_r = r/(‖r‖+ε) has norm ≤ 1 "
              "(≈ 1 unless r ≈ 0); the tasks are task_set's.")
-def relevance_vectors_valid(paths: TadsPaths, lance: LanceStore) -> AssetCheckResult:
-    from tads_assets.characterize import read_task_set
-    from tads_assets.core.method.relevance import read_relevance_table
-
-    uids, r, h, names = read_relevance_table(lance.connect())
-    tasks, _ = read_task_set(paths)
+def relevance_vectors_valid(paths: TadsPaths) -> AssetCheckResult:
+    cat = paths.catalog
+    uids, r, h, names = cat.relevance_vectors.read()
+    tasks, _ = cat.task_set.read()
     norms_h, norms_r = np.linalg.norm(h, axis=1), np.linalg.norm(r, axis=1)
     problems = _coverage_problems(pl.Series(uids, dtype=pl.Utf8), _deduped_uids(paths))
     problems["non_finite_rows"] = int((~np.isfinite(r).all(axis=1) | ~np.isfinite(h).all(axis=1)).sum())
@@ -302,9 +301,7 @@ def relevance_vectors_valid(paths: TadsPaths, lance: LanceStore) -> AssetCheckRe
              description="One row per deduplicated sample; d(x) finite and in (0, 1]; cluster_size matches the "
              "cluster's member count.")
 def cluster_diversity_valid(paths: TadsPaths) -> AssetCheckResult:
-    from tads_assets.characterize import DIVERSITY_FILE
-
-    frame = pl.read_parquet(paths.parquet_dir("cluster_diversity") / DIVERSITY_FILE)
+    frame = paths.catalog.cluster_diversity.read()
     counts = frame.group_by("cluster").len("members")
     joined = frame.join(counts, on="cluster")
     problems = _coverage_problems(frame["uid"], _deduped_uids(paths))
@@ -319,14 +316,9 @@ def cluster_diversity_valid(paths: TadsPaths) -> AssetCheckResult:
              description="For every trained method: the checkpoint's tensors are finite and the run spent its budget "
              "of samples seen.")
 def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
-    import json
-
-    from tads_assets.core.harness import clip_train
-    from tads_assets.train_eval import model_dir, training_partitions
-
     rows = []
     for method in training_partitions.get_partition_keys():
-        out = model_dir(paths, method)
+        out = paths.catalog.trained_clip.of(method)
         if not (out / clip_train.CHECKPOINT).exists():
             continue
         info = json.loads((out / clip_train.INFO).read_text())
@@ -340,9 +332,10 @@ def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
 @asset_check(asset=benchmark_scores, blocking=True,
              description="Every score finite and within [0, 100] percent; a chance row; every trained method scored.")
 def benchmark_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
-    import json
-
-    report = json.loads((paths.reports_dir / "benchmark.json").read_text())
+    path = paths.catalog.benchmark_scores.file("json")
+    if not path.exists():
+        raise paths.catalog.benchmark_scores.missing(path)
+    report = json.loads(path.read_text())
     rows = report["rows"]
     values = [v for r in rows for k, v in r.items() if k not in ("method", "samples", "samples_seen") and v is not None]
     problems = {"out_of_range": sum(int(not (np.isfinite(v) and 0 <= v <= 100)) for v in values),
@@ -356,10 +349,11 @@ def benchmark_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
              description="Every cached feature part: one row per kept sample of its raw_pool part, every numeric "
              "feature finite.")
 def operator_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
-    cache = paths.root / "cache" / "feature_parts"
+    cat = paths.catalog
+    cache = cat.operator_features.dir
     kept = set(_deduped_uids(paths).to_list())
     rows = []
-    for part in sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet")):
+    for part in cat.raw_pool.parts():
         cached = cache / part.name
         if not cached.exists():
             continue

@@ -1,5 +1,7 @@
 """`tads` command line: generate the demo pool, the state of every asset (status), a sample's history (explain), the
-ledger's summary, and exporting a selection to train on (export)."""
+ledger's summary, and exporting a selection to train on (export). Stage outputs are read through the catalogue
+(`tads_assets.core.io.catalog`); Dagster, the code location and torch are imported by the commands that need them,
+so `tads --help` stays fast."""
 
 from __future__ import annotations
 
@@ -8,8 +10,14 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
+import polars as pl
+
+from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
+from tads_assets.core.io.catalog import Catalog
+from tads_assets.core.io.ledger import Ledger
 from tads_assets.core.sanitize import one_line
 
 
@@ -23,9 +31,11 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home or os.environ.get("TADS_HOME", ".tads")).expanduser().resolve()
 
 
-def cmd_demo_pool(args: argparse.Namespace) -> int:
-    from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
+def _catalog(args: argparse.Namespace) -> Catalog:
+    return Catalog(_home(args))
 
+
+def cmd_demo_pool(args: argparse.Namespace) -> int:
     rates = dict(DEFAULT_RATES)
     for item in args.rate or []:
         kind, sep, value = item.partition("=")
@@ -44,22 +54,19 @@ def cmd_demo_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from tads_assets.core.io.ledger import Ledger
-
-    home = _home(args)
-    history = Ledger(home / "ledger").history(args.uid, all_runs=args.all_runs)
+    cat = _catalog(args)
+    home, ledger = cat.root, Ledger(cat.ledger_dir)
+    history = ledger.history(args.uid, all_runs=args.all_runs)
     kept_in = []
-    outputs = sorted({f.parent for f in (home / "parquet").rglob("*.parquet") if not f.name.startswith(".")})
-    for folder in outputs:  # an asset's folder, or one partition's (baseline_subsets/<method>)
+    base = cat.raw_pool.dir.parent  # the folder holding every asset's Parquet output
+    for folder in cat.parquet_outputs():  # an asset's folder, or one partition's (baseline_subsets/<method>)
         files = sorted(str(f) for f in folder.glob("*.parquet") if not f.name.startswith("."))
         if pl.scan_parquet(files).filter(pl.col("uid") == args.uid).select(pl.len()).collect().item():
-            rel = folder.relative_to(home / "parquet").parts
+            rel = folder.relative_to(base).parts
             kept_in.append(rel[0] if len(rel) == 1 else f"{rel[0]}[{'/'.join(rel[1:])}]")
     earlier = False
     if history.is_empty() and not kept_in and not args.all_runs:  # seen only by runs the latest ones superseded
-        history = Ledger(home / "ledger").history(args.uid, all_runs=True)
+        history = ledger.history(args.uid, all_runs=True)
         earlier = not history.is_empty()
     if history.is_empty() and not kept_in:
         print(f"{_safe(args.uid)}: never seen under {home} (no ledger row in any run, in no stage output)")
@@ -76,9 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from tads_assets.core.io.ledger import Ledger
-
-    summary = Ledger(_home(args) / "ledger").summary()
+    summary = Ledger(_catalog(args).ledger_dir).summary()
     if summary.is_empty():
         print("ledger is empty: nothing has been dropped yet (or nothing has run)")
         return 0
@@ -97,8 +102,6 @@ def _dagster_home(args: argparse.Namespace) -> Path:
 def asset_status_rows(instance, asset_graph) -> list[dict]:
     """One row per asset: group, last materialization, and Dagster's own staleness (fresh, stale with its root
     cause, missing); partitioned assets report how many partitions are materialized and which are stale."""
-    from datetime import datetime
-
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._core.loader import LoadingContext
 
@@ -160,26 +163,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import polars as pl
+    from tads_assets.core.harness.clip_train import export_subset  # torch
 
-    from resources import TadsPaths
-    from tads_assets.core.harness.clip_train import export_subset
-    from tads_assets.select import subset_file, subset_pairs
-
-    home = _home(args)
-    paths = TadsPaths(home=str(home))
-    subset = subset_file(paths, args.method)
+    cat = _catalog(args)
+    subset = cat.subsets.of(args.method)
     if not subset.exists():
         what = "final_subset" if args.method == "tads" else f"baseline_subsets, partition {args.method}"
-        print(f"{subset} missing: materialize {what} first", file=sys.stderr)
+        print(f"{subset.path} missing: materialize {what} first", file=sys.stderr)
         return 1
-    pairs = subset_pairs(paths, pl.read_parquet(subset, columns=["uid"])["uid"].to_list())
+    pairs = cat.raw_pool.rows(subset.uids(), ("caption", "bytes", "format"))
     missing = pairs.filter(pl.col("bytes").is_null())
     if missing.height:
         print(f"{missing.height} selected samples are no longer in raw_pool (e.g. {_safe(missing['uid'][0])}): the subset "
               "belongs to an older pool; materialize the selection again", file=sys.stderr)
         return 1
-    out = Path(args.out or home / "exports" / f"{args.method}-{args.format}").resolve()
+    out = Path(args.out or cat.export_dir(f"{args.method}-{args.format}")).resolve()
     result = export_subset(pairs["uid"].to_list(), pairs["bytes"].to_list(), pairs["format"].to_list(),
                            pairs["caption"].to_list(), out, shard_size=args.shard_size, kinds=(args.format,))
     print(f"exported {result['samples']} samples of {args.method} as {args.format} -> {result[args.format]}")

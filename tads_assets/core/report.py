@@ -7,6 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from tads_assets.core.io.formats import decode_rgb
 
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, max_rows: int = 50) -> str:
@@ -116,8 +117,6 @@ def sample_grid_markdown(rows: Mapping[str, Sequence[tuple[bytes, str, float]]],
     """A grid of samples like the paper's Figure 6: one row per group (e.g. highest and lowest scored), each cell
     the image with its score and the start of its caption. `rows` maps a row label to (image bytes, caption, score)."""
     import textwrap
-
-    from tads_assets.core.io.formats import decode_rgb
 
     import matplotlib
 

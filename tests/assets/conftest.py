@@ -2,9 +2,9 @@
 
 import polars as pl
 import pytest
-from dagster import materialize
+from tads_assets.local import materialize
 
-from resources import ClipEncoder, LanceStore, LangId, Ocr, TadsPaths, TorchDevice
+from resources import TadsPaths, tads_resources
 from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
                                       weak_labels)
 from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
@@ -28,9 +28,7 @@ SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledg
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, demo_spec, demo_dir):
     home = tmp_path_factory.mktemp("train_eval")
-    resources = {"paths": TadsPaths(home=str(home), pool=demo_spec, tasks=str(demo_dir / "tasks.yaml")),
-                 "lance": LanceStore(uri=str(home / "lance")), "encoder": ClipEncoder(), "device": TorchDevice(),
-                 "ocr": Ocr(), "langid": LangId()}
+    resources = resources_for(home, demo_spec, str(demo_dir / "tasks.yaml"))
     runs = {"upstream": materialize(UPSTREAM, resources=resources)}
     assert runs["upstream"].success
     runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
@@ -51,8 +49,7 @@ def built(tmp_path_factory, demo_spec, demo_dir):
 
 def resources_for(home, pool: str, tasks: str) -> dict:
     """The resources of a run writing under `home`."""
-    return {"paths": TadsPaths(home=str(home), pool=pool, tasks=tasks), "lance": LanceStore(uri=str(home / "lance")),
-            "encoder": ClipEncoder(), "device": TorchDevice(), "ocr": Ocr(), "langid": LangId()}
+    return tads_resources(TadsPaths(home=str(home), pool=pool, tasks=tasks))
 
 
 def metadata_values(result, node: str) -> dict:

@@ -6,7 +6,8 @@ import shutil
 
 import numpy as np
 import polars as pl
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection
+from tads_assets.local import materialize
 from safetensors.numpy import load_file, save_file
 
 from tests.assets.conftest import resources_for

@@ -10,7 +10,8 @@ import tarfile
 from pathlib import Path
 
 import polars as pl
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
+from tads_assets.local import materialize
 
 from tads_assets.characterize import relevance_vectors, task_set
 from tads_assets.cli import asset_status_rows
@@ -60,7 +61,7 @@ def test_status_shows_fresh_then_stale_after_a_task_change(built, tmp_path, demo
 
 def test_export_writes_webdataset_or_csv(built, tmp_path):
     paths, _, _ = built
-    kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet")["uid"].to_list()
+    kept = pl.read_parquet(paths.catalog.final_subset.path)["uid"].to_list()
     env = {**os.environ, "TADS_HOME": str(paths.root)}
     out = subprocess.run([str(BIN / "tads"), "export", "--method", "tads", "--format", "webdataset", "--out",
                           str(tmp_path / "wds"), "--shard-size", "50"], env=env, capture_output=True, text=True,
@@ -76,7 +77,7 @@ def test_export_writes_webdataset_or_csv(built, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / "csv" / "subset.csv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    random_uids = pl.read_parquet(paths.parquet_dir("baseline_subsets") / "random" / "subset.parquet")["uid"]
+    random_uids = pl.read_parquet(paths.catalog.subsets.of("random").path)["uid"]
     assert len(rows) == len(random_uids) and all(Path(r["filepath"]).exists() for r in rows)
 
     out = subprocess.run([str(BIN / "tads"), "export", "--method", "semdedup"], env={**env, "TADS_HOME": str(tmp_path)},

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import polars as pl
-from dagster import materialize
+from tads_assets.local import materialize
 
 import definitions
-from resources import LanceStore, TadsPaths
+from resources import TadsPaths, tads_resources
 from tads_assets.core.demo import hostile
 from tads_assets.core.io import ingest
 from tads_assets.core.io.storage import lock_holder, output_lock
@@ -30,7 +30,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 
-from dagster import materialize
+from tads_assets.local import materialize
 
 from resources import TadsPaths
 from tads_assets.core.io import formats
@@ -70,7 +70,7 @@ def small_pool(root: Path, shards: int = 4, per_shard: int = 50) -> str:
 
 
 def table(paths: TadsPaths) -> pl.DataFrame:
-    return ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid", "caption", "sha256").collect().sort("uid")
+    return ingest.scan_raw_pool(paths.catalog.raw_pool.dir).select("uid", "caption", "sha256").collect().sort("uid")
 
 
 def test_two_raw_pool_runs_at_once_into_one_home_write_one_whole_table(tmp_path):
@@ -118,7 +118,7 @@ def test_two_raw_pool_runs_at_once_into_one_home_write_one_whole_table(tmp_path)
     got, want = table(paths), table(single)
     assert got.height == want.height == 200
     assert got.equals(want)
-    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    manifest = ingest.read_manifest(paths.catalog.raw_pool.dir)
     assert manifest["n_kept"] == got.height and manifest["n_seen"] == 202 and manifest["n_dropped"] == 2
     ledger = paths.ledger()
     assert ledger.latest_run_id("raw_pool") == manifest["run_id"]  # the ledger's latest run is the table's
@@ -144,10 +144,10 @@ def test_a_run_that_finds_its_output_locked_waits_then_gives_up_naming_the_holde
     failure = result.failure_data_for_node("raw_pool").error
     assert re.search(rf"raw_pool is being written by run run-holding \(pid {os.getpid()} on .*\) since .*; gave up "
                      r"waiting after 0.5 s", failure.cause.message if failure.cause else failure.message)
-    assert not paths.parquet_dir("raw_pool").exists()  # it wrote nothing
+    assert not paths.catalog.raw_pool.dir.exists()  # it wrote nothing
 
     # a partitioned asset locks per partition: baseline_subsets[random] is held, [dbp] is not
-    resources = {"paths": paths, "lance": LanceStore(uri=str(home / "lance"))}
+    resources = tads_resources(paths)
     with output_lock(home, "baseline_subsets[random]", holder="run-holding"):
         result = materialize([baseline_subsets], partition_key="random", resources=resources, raise_on_error=False)
         assert not result.success

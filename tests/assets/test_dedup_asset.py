@@ -1,14 +1,13 @@
 import polars as pl
-from dagster import materialize
+from tads_assets.local import materialize
 
-from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
+from resources import TadsPaths, tads_resources
 from tads_assets.checks import deduped_pool_ledger_complete
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 
 
 def test_deduped_pool_removes_every_exact_duplicate_and_ledgers_each_drop(tmp_path, demo_spec, demo_dir):
-    resources = {"paths": TadsPaths(home=str(tmp_path), pool=demo_spec), "lance": LanceStore(uri=str(tmp_path / "lance")),
-                 "encoder": ClipEncoder(), "device": TorchDevice()}
+    resources = tads_resources(TadsPaths(home=str(tmp_path), pool=demo_spec))
     result = materialize([raw_pool, clip_encoder, pool_embeddings, deduped_pool, deduped_pool_ledger_complete],
                          resources=resources)
     assert result.success

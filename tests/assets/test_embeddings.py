@@ -1,9 +1,10 @@
 import numpy as np
 import polars as pl
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection
+from tads_assets.local import materialize
 
-from resources import ClipEncoder, LanceStore, TadsPaths, TorchDevice
+from resources import TadsPaths, tads_resources
 from tads_assets.checks import pool_embeddings_normalised, raw_pool_ledger_complete, raw_pool_rows_valid
 from tads_assets.core.io import embeddings
 from tads_assets.core.method.encoder import BuiltinEncoder, HeadsConfig, train_projection_heads
@@ -16,8 +17,7 @@ ASSETS = [raw_pool, clip_encoder, pool_embeddings, raw_pool_ledger_complete, raw
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, demo_spec):
     home = tmp_path_factory.mktemp("emb")
-    resources = {"paths": TadsPaths(home=str(home), pool=demo_spec), "lance": LanceStore(uri=str(home / "lance")),
-                 "encoder": ClipEncoder(), "device": TorchDevice()}
+    resources = tads_resources(TadsPaths(home=str(home), pool=demo_spec))
     result = materialize(ASSETS, resources=resources)
     return resources, result
 
@@ -36,7 +36,7 @@ def test_encoder_and_embeddings_materialize_with_passing_checks(built):
 
 def test_flipped_images_stay_close(built):
     resources, _ = built
-    frame = embeddings.read_embeddings(resources["lance"].connect())
+    frame = embeddings.read_embeddings(resources["paths"].catalog.pool_embeddings.connect())
     img, flip = embeddings.arrays(frame, "image_vec", "flipped_image_vec")
     assert np.median(np.sum(img * flip, 1)) > 0.5  # a flipped garment still looks like itself
 
@@ -44,7 +44,7 @@ def test_flipped_images_stay_close(built):
 def test_heads_score_unseen_clean_pairs_above_unseen_misaligned_ones(built, demo_dir):
     """Alignment must generalise: heads trained on one half of the pool rank the other half's pairs."""
     resources, _ = built
-    frozen = embeddings.load_frozen_features(resources["paths"].frozen_cache_dir)
+    frozen = embeddings.load_frozen_features(resources["paths"].catalog.frozen_cache_dir)
     kinds = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind")
     frozen = frozen.join(kinds, on="uid")
     train, held = frozen[::2], frozen[1::2]
@@ -59,7 +59,7 @@ def test_heads_score_unseen_clean_pairs_above_unseen_misaligned_ones(built, demo
 
 def test_rerun_resumes_finished_parts_and_recomputes_a_lost_one(built):
     resources, _ = built
-    db = resources["lance"].connect()
+    db = resources["paths"].catalog.pool_embeddings.connect()
     table = embeddings.open_embeddings(db)
     before = table.count_rows()
     table.delete("part = 'part-00001-000'")  # as if the run died before writing this part
@@ -74,7 +74,7 @@ def test_a_part_rewritten_with_the_same_name_and_size_is_recomputed_not_served_f
     """A re-ingested pool can reuse a part's file name and row count with other samples in it."""
     resources, _ = built
     paths = resources["paths"]
-    part = sorted(paths.parquet_dir("raw_pool").glob("part-*.parquet"))[2]
+    part = sorted(paths.catalog.raw_pool.dir.glob("part-*.parquet"))[2]
     frame = pl.read_parquet(part)
     uid = frame["uid"][0]
     new_caption = "a bright yellow umbrella on a sandy beach"
@@ -88,6 +88,6 @@ def test_a_part_rewritten_with_the_same_name_and_size_is_recomputed_not_served_f
                          selection=AssetSelection.assets(clip_encoder, pool_embeddings))
     meta = result.asset_materializations_for_node("clip_encoder")[0].metadata
     assert meta["frozen_parts_computed"].value == 1 and meta["frozen_parts_cached"].value == 3
-    cached = embeddings.load_frozen_features(paths.frozen_cache_dir).filter(pl.col("uid") == uid)
+    cached = embeddings.load_frozen_features(paths.catalog.frozen_cache_dir).filter(pl.col("uid") == uid)
     expected = resources["encoder"].towers("cpu").text_features([new_caption])
     assert np.allclose(embeddings.arrays(cached, "text_feat")[0], expected, atol=1e-5)

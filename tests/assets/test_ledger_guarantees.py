@@ -8,7 +8,6 @@ import polars as pl
 
 from tads_assets import cli
 from tads_assets.core.harness import baselines
-from tads_assets.select import SUBSET_FILE, subset_dir
 
 
 def _uids(path) -> set[str]:
@@ -36,7 +35,7 @@ def test_every_sample_is_kept_or_ledgered_at_every_stage(built):
     assert quality == deduped  # scoring drops nothing
     for method in (*baselines.METHODS, "q_r", "q_r_d"):
         received = quality if method in ("quality_only", "q_r", "q_r_d") else raw
-        _accounts(ledger, f"baseline_{method}", received, _uids(subset_dir(paths, method) / SUBSET_FILE))
+        _accounts(ledger, f"baseline_{method}", received, _uids(paths.catalog.subsets.of(method).path))
 
 
 def _explain(home, uid: str) -> tuple[int, str]:

@@ -1,6 +1,7 @@
 import polars as pl
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection
+from tads_assets.local import materialize
 
 from resources import TadsPaths
 from tads_assets.checks import raw_pool_ledger_complete, raw_pool_rows_valid, raw_pool_sources_fully_read
@@ -32,7 +33,7 @@ def test_raw_pool_materializes_with_metadata_and_passing_checks(paths, demo_dir)
     assert meta["n_in"].value == truth.height
     assert meta["n_dropped"].value == n_broken
     assert meta["n_kept"].value == truth.height - n_broken
-    assert "empty_caption" in meta["dropped_by_reason"].value
+    assert "empty_caption" in [r.data["reason"] for r in meta["dropped_by_reason"].records]
     assert "data:image/png;base64" in meta["image_sizes"].value
 
 
@@ -52,7 +53,7 @@ def test_damaged_shard_through_dagster_every_sample_accounted_and_the_sources_ch
     assert result.success and all(evaluations(result).values())
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "raw_pool_sources_fully_read")
     assert check.metadata["unreadable_ranges"].value == 1 and check.metadata["unreadable_bytes"].value > 0
-    kept = set(ingest.scan_raw_pool(paths.parquet_dir("raw_pool")).select("uid").collect()["uid"])
+    kept = set(ingest.scan_raw_pool(paths.catalog.raw_pool.dir).select("uid").collect()["uid"])
     assert {f"a{i:03d}" for i in range(50)} - kept == {"a020"}
     # a ledger that lost the region's row: the blocking check fails
     ledger_file = paths.ledger().run_files("raw_pool")[-1]
@@ -67,9 +68,9 @@ def test_demo_source_generates_the_pool_on_first_use(tmp_path):
     paths = TadsPaths(home=str(tmp_path / "home"), pool="demo", demo_samples=120)
     result = materialize(ASSETS, resources={"paths": paths})
     assert result.success
-    manifest = ingest.read_manifest(paths.parquet_dir("raw_pool"))
+    manifest = ingest.read_manifest(paths.catalog.raw_pool.dir)
     assert manifest["n_seen"] == 120
-    assert (paths.demo_dir / "truth.parquet").exists() and paths.tasks_path() == paths.demo_dir / "tasks.yaml"
+    assert (paths.catalog.demo_dir / "truth.parquet").exists() and paths.tasks_path() == paths.catalog.demo_dir / "tasks.yaml"
 
 
 def test_task_set_counts_every_held_out_set_and_fails_on_a_bad_one_naming_the_task(tmp_path, demo_dir):
@@ -78,8 +79,8 @@ def test_task_set_counts_every_held_out_set_and_fails_on_a_bad_one_naming_the_ta
     paths = TadsPaths(home=str(tmp_path / "home"), tasks=str(demo_dir / "tasks.yaml"))
     result = materialize([task_set], resources={"paths": paths})
     meta = result.asset_materializations_for_node("task_set")[0].metadata
-    table = meta["held_out_sets"].value
-    assert "fashion" in table and "captions" in table and "(captions)" in table
+    sets = [r.data for r in meta["held_out_sets"].value.records]
+    assert {"fashion", "captions"} <= {r["task"] for r in sets} and "(captions)" in {r["labels"] for r in sets}
     import tarfile
 
     def n_samples(tar):  # counted independently of TADS's reader: one .jpg/.png member per sample

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from dagster import materialize
+from tads_assets.local import materialize
 from safetensors.numpy import load_file
 
 from resources import TadsPaths
@@ -109,7 +109,7 @@ def test_clip_encoder_killed_mid_features_reuses_finished_parts_and_matches(tmp_
     home = tmp_path / "home"
     resources = resources_for(home, demo_spec, tasks)
     assert materialize([raw_pool], resources=resources).success
-    cache = TadsPaths(home=str(home), pool=demo_spec, tasks=tasks).frozen_cache_dir
+    cache = TadsPaths(home=str(home), pool=demo_spec, tasks=tasks).catalog.frozen_cache_dir
     _materialize_then_kill("clip_encoder", home, demo_spec, tasks,
                            ready=lambda: cache.exists() and any(cache.glob("part-*.parquet")))
     done = sorted(p.name for p in cache.glob("part-*.parquet"))
@@ -118,9 +118,9 @@ def test_clip_encoder_killed_mid_features_reuses_finished_parts_and_matches(tmp_
     resumed = materialize([raw_pool, clip_encoder], selection=[clip_encoder.key], resources=resources)
     meta = metadata_values(resumed, "clip_encoder")
     assert meta["frozen_parts_cached"] == len(done) and meta["frozen_parts_computed"] == 4 - len(done)
-    for part in sorted(paths.frozen_cache_dir.glob("part-*.parquet")):
+    for part in sorted(paths.catalog.frozen_cache_dir.glob("part-*.parquet")):
         assert pl.read_parquet(cache / part.name).equals(pl.read_parquet(part)), part.name
-    ours, theirs = home / "models" / "clip_encoder", paths.models_dir / "clip_encoder"
+    ours, theirs = home / "models" / "clip_encoder", paths.catalog.models_dir / "clip_encoder"
     for name in ("heads.safetensors", "heads-heldout-0.safetensors"):
         a, b = load_file(ours / name), load_file(theirs / name)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
@@ -143,7 +143,7 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
     home = tmp_path / "copy"
     shutil.copytree(paths.root, home)
     resources = resources_for(home, demo_spec, str(demo_dir / "tasks.yaml"))
-    db = resources["lance"].connect()
+    db = resources["paths"].catalog.pool_embeddings.connect()
     part = sorted(p.stem for p in (home / "parquet" / "raw_pool").glob("part-*.parquet"))[0]
     uids = hostile.damage_embeddings(db, part)  # inf in uids[0]'s image vector, -inf in uids[1]'s text vector
     result = materialize([raw_pool, pool_embeddings, deduped_pool, deduped_pool_ledger_complete],
@@ -156,7 +156,7 @@ def test_nan_and_inf_vectors_injected_after_embedding(tmp_path, built, demo_spec
     kept = pl.read_parquet(home / "parquet" / "deduped_pool" / "deduped_pool.parquet")["uid"]
     assert not set(uids[:2]) & set(kept) and metadata_values(result, "deduped_pool")["non_finite_embeddings"] == 2
 
-    hostile.damage_frozen_features(TadsPaths(home=str(home), pool=demo_spec).frozen_cache_dir / f"{part}.parquet", 5)
+    hostile.damage_frozen_features(TadsPaths(home=str(home), pool=demo_spec).catalog.frozen_cache_dir / f"{part}.parquet", 5)
     recompute = {"ops": {"pool_embeddings": {"config": {"recompute": True}}}}
     failed = materialize([raw_pool, clip_encoder, pool_embeddings], selection=[pool_embeddings.key],
                          resources=resources, run_config=recompute, raise_on_error=False)

@@ -5,10 +5,11 @@ with the same feature table as a run without the backfill."""
 from types import SimpleNamespace
 
 import polars as pl
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
+from tads_assets.local import materialize
 from polars.testing import assert_frame_equal
 
-from tads_assets.characterize import FEATURE_FILE, feature_table, operator_features
+from tads_assets.characterize import feature_table, operator_features
 from tads_assets.pool import (clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool, raw_pool_parts,
                               register_parts)
 from tests.assets.conftest import metadata_values, resources_for
@@ -34,7 +35,7 @@ def test_backfilled_parts_are_read_back_not_recomputed(tmp_path, demo_spec, demo
     instance = DagsterInstance.ephemeral()
     assert materialize(GRAPH, selection=[raw_pool.key], resources=resources, instance=instance).success
     parts = sorted(instance.get_dynamic_partitions(raw_pool_parts.name))
-    assert parts == [p.stem for p in sorted(resources["paths"].parquet_dir("raw_pool").glob("part-*.parquet"))]
+    assert parts == [p.stem for p in sorted(resources["paths"].catalog.raw_pool.dir.glob("part-*.parquet"))]
     assert len(parts) == 4  # the small demo pool's four shards
 
     for part in parts:  # what a backfill does, one run per partition
@@ -59,6 +60,6 @@ def test_backfilled_parts_are_read_back_not_recomputed(tmp_path, demo_spec, demo
     meta = metadata_values(run, "feature_table")
     assert (meta["parts_resumed"], meta["parts_computed"]) == (4, 0)
 
-    table = pl.read_parquet(resources["paths"].parquet_dir("feature_table") / FEATURE_FILE)
-    reference = pl.read_parquet(reference_paths.parquet_dir("feature_table") / FEATURE_FILE)
+    table = pl.read_parquet(resources["paths"].catalog.feature_table.path)
+    reference = pl.read_parquet(reference_paths.catalog.feature_table.path)
     assert_frame_equal(table, reference, check_exact=False, rel_tol=1e-4, abs_tol=1e-5)

@@ -6,30 +6,30 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from dagster import materialize
+from tads_assets.local import materialize
 
 from resources import TadsPaths
 from tads_assets.characterize import task_set
 from tads_assets.core.harness import baselines
-from tads_assets.core.method import relevance
+from tads_assets.core.io import embeddings as lance_tables
 from tads_assets.core.io.ledger import Ledger
 from tads_assets.core.io.tasks import task_set_hash
 
 
 def _subset(paths, method):
-    return pl.read_parquet(paths.parquet_dir("baseline_subsets") / method / "subset.parquet")
+    return pl.read_parquet(paths.catalog.subsets.of(method).path)
 
 
 def test_every_baseline_partition_accounts_for_its_drops(built):
     paths, runs, _ = built
-    n_pool = pl.scan_parquet(str(paths.parquet_dir("raw_pool") / "*.parquet")).select(pl.len()).collect().item()
-    size = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet").height  # matched to TADS
+    n_pool = pl.scan_parquet(str(paths.catalog.raw_pool.dir / "*.parquet")).select(pl.len()).collect().item()
+    size = pl.read_parquet(paths.catalog.final_subset.path).height  # matched to TADS
     for method in (*baselines.METHODS, "q_r", "q_r_d"):
         assert runs[method].success
         checks = {e.check_name: e.passed for e in runs[method].get_asset_check_evaluations()}
         assert checks == {"baseline_subsets_ledger_complete": True}, method
         kept = _subset(paths, method)
-        drops = Ledger(paths.ledger_dir).read(f"baseline_{method}")
+        drops = Ledger(paths.catalog.ledger_dir).read(f"baseline_{method}")
         assert not set(kept["uid"]) & set(drops["uid"])
         if method in ("random", "clip_score", "semdedup", "dbp", "q_r", "q_r_d"):
             assert kept.height == size, method  # the size-matched methods are compared at equal size
@@ -47,7 +47,7 @@ def test_clip_score_and_quality_only_drop_the_known_bad_pairs(built):
     # quality_only selects from the deduplicated pool; on 400 samples q_φ learns the image/language defects
     # (tests/assets/test_quality_assets.py), misalignment only at the 10k scale (benchmarks/quality_quality.py)
     defects = ["blurred", "non_english", "low_resolution", "text_heavy"]
-    q = pl.read_parquet(paths.parquet_dir("quality_scores") / "quality_scores.parquet").join(truth, on="uid")
+    q = pl.read_parquet(paths.catalog.quality_scores.path).join(truth, on="uid")
     kept = _subset(paths, "quality_only").join(truth, on="uid")
     assert kept["kind"].is_in(defects).mean() < 0.5 * q["kind"].is_in(defects).mean()
 
@@ -57,11 +57,11 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     seen = {}
     for method in ("tads", "no_filter", "clip_score"):
         assert runs[f"train_{method}"].success
-        info = json.loads((paths.models_dir / "trained_clip" / method / "train_info.json").read_text())
+        info = json.loads((paths.catalog.models_dir / "trained_clip" / method / "train_info.json").read_text())
         seen[method] = info["samples_seen"]
     assert seen["tads"] == seen["no_filter"] == seen["clip_score"] == 256
     assert runs["benchmark"].success
-    report = json.loads((paths.reports_dir / "benchmark.json").read_text())
+    report = json.loads((paths.catalog.benchmark_scores.file("json")).read_text())
     methods = [r["method"] for r in report["rows"]]
     assert methods == ["tads", "no_filter", "clip_score", "chance"]
     assert set(report["not_trained"]) == {"random", "semdedup", "dbp", "quality_only", "q_r", "q_r_d"}
@@ -69,8 +69,8 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
         assert np.isfinite(row["average"]) and 0 <= row["average"] <= 100
     chance = report["rows"][-1]
     assert chance["fashion/top1"] == pytest.approx(10.0) and chance["fashion/top5"] == pytest.approx(50.0)
-    assert (paths.reports_dir / "benchmark.md").read_text().startswith("# Zero-shot benchmark")
-    assert (paths.reports_dir / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    assert (paths.catalog.benchmark_scores.file("md")).read_text().startswith("# Zero-shot benchmark")
+    assert (paths.catalog.benchmark_scores.file("png")).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_task_set_versions_by_content_and_relevance_points_digits_at_the_digit_task(built):
@@ -79,7 +79,7 @@ def test_task_set_versions_by_content_and_relevance_points_digits_at_the_digit_t
     assert mat.tags["dagster/data_version"] == task_set_hash(paths.tasks_path())
     import lancedb
 
-    uids, r, h, names = relevance.read_relevance_table(lancedb.connect(str(paths.lance_dir)))
+    uids, r, h, names = lance_tables.read_relevance_table(lancedb.connect(str(paths.catalog.lance_dir)))
     assert names == ["fashion", "digits", "captions"] and r.shape == (len(uids), 3)
     assert np.allclose(np.linalg.norm(h, axis=1), 1.0, atol=1e-4)
     frame = pl.DataFrame({"uid": uids, "r_fashion": r[:, 0], "r_digits": r[:, 1]}).join(truth, on="uid")
@@ -92,8 +92,8 @@ def test_task_set_versions_by_content_and_relevance_points_digits_at_the_digit_t
 
 def test_cluster_diversity_weights_small_clusters_up(built):
     paths, _, _ = built
-    d = pl.read_parquet(paths.parquet_dir("cluster_diversity") / "cluster_diversity.parquet")
-    kept = pl.read_parquet(paths.parquet_dir("deduped_pool") / "deduped_pool.parquet", columns=["uid"])
+    d = pl.read_parquet(paths.catalog.cluster_diversity.path)
+    kept = pl.read_parquet(paths.catalog.deduped_pool.path, columns=["uid"])
     assert set(d["uid"]) == set(kept["uid"])
     sizes = d.group_by("cluster").agg(pl.len().alias("n"), pl.col("cluster_size").first(), pl.col("diversity").first())
     assert (sizes["n"] == sizes["cluster_size"]).all()
@@ -116,7 +116,7 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     assert runs["select"].success
     checks = {e.check_name: e.passed for e in runs["select"].get_asset_check_evaluations()}
     assert checks == {"trained_dvn_scores_valid": True, "final_subset_ledger_complete": True}
-    info = json.loads((paths.models_dir / "trained_dvn" / "dvn_info.json").read_text())
+    info = json.loads((paths.catalog.models_dir / "trained_dvn" / "dvn_info.json").read_text())
     assert len(info["history"]) == 3 and info["tasks"] == ["fashion", "digits", "captions"]
     assert all(len(h["advantages"]) == 6 and np.isfinite(h["reward"]) for h in info["history"])
     meta = runs["select"].asset_materializations_for_node("trained_dvn")[0].metadata
@@ -129,12 +129,12 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
                for r in align.values())
     assert any(r["a_k"] > 0 for r in align.values())
     assert all("reward_top" in h for h in info["history"]) and np.isfinite(info["reward_top_final"])
-    scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / "dvn_scores.parquet")
-    kept = pl.read_parquet(paths.parquet_dir("final_subset") / "final_subset.parquet")
+    scores = pl.read_parquet(paths.catalog.trained_dvn.path)
+    kept = pl.read_parquet(paths.catalog.final_subset.path)
     assert kept.height == int(0.4 * scores.height)  # the default: τ at 40 % of the deduplicated pool
     dropped = scores.join(kept.select("uid"), on="uid", how="anti")
     assert scores.join(kept.select("uid"), on="uid")["v"].min() >= dropped["v"].max()
-    drops = Ledger(paths.ledger_dir).read("final_subset")
+    drops = Ledger(paths.catalog.ledger_dir).read("final_subset")
     assert set(drops["uid"]) == set(dropped["uid"])
     assert (drops["reason"] == "dvn_value_at_or_below_tau").all()
     # the export a user trains on: WebDataset shards and an open_clip CSV with one row per kept sample
@@ -151,7 +151,7 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
 def test_the_dvn_prefers_clean_pairs_over_misaligned_ones(built):
     paths, runs, truth = built
     assert runs["select"].success
-    scores = pl.read_parquet(paths.parquet_dir("trained_dvn") / "dvn_scores.parquet")
+    scores = pl.read_parquet(paths.catalog.trained_dvn.path)
     joined = scores.join(truth, on="uid")
     assert joined.filter(pl.col("kind") == "clean")["v"].mean() > joined.filter(pl.col("kind") == "misaligned")["v"].mean()
 

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+from tads_assets.core import metrics
 from tads_assets.core.harness import benchmark as bm
+from tads_assets.core.io import eval_sets
 from tads_assets.core.demo.demo_pool import generate_demo_pool
 
 
@@ -13,7 +15,7 @@ def unit(v):
 def test_an_encoder_that_maps_each_image_onto_its_caption_scores_exactly_100():
     rng = np.random.default_rng(0)
     emb = unit(rng.normal(size=(50, 16)))
-    s = bm.score_retrieval("r", emb, emb.copy())
+    s = metrics.score_retrieval("r", emb, emb.copy())
     assert s.metrics == {"i2t_r1": 1.0, "i2t_r5": 1.0, "t2i_r1": 1.0, "t2i_r5": 1.0}
     assert s.chance["i2t_r1"] == pytest.approx(1 / 50) and s.chance["t2i_r5"] == pytest.approx(5 / 50)
 
@@ -23,7 +25,7 @@ def test_an_encoder_that_maps_each_image_onto_its_class_prompts_scores_exactly_1
     centres = unit(rng.normal(size=(10, 16)))
     labels = rng.integers(0, 10, 200)
     prompts = np.repeat(centres, 3, axis=0)  # 3 templates per class, class-major
-    s = bm.score_classification("c", centres[labels], labels, prompts, 10, 3)
+    s = metrics.score_classification("c", centres[labels], labels, prompts, 10, 3)
     assert s.metrics == {"top1": 1.0, "top5": 1.0}
     assert s.chance == {"top1": 0.1, "top5": 0.5}
 
@@ -31,10 +33,10 @@ def test_an_encoder_that_maps_each_image_onto_its_class_prompts_scores_exactly_1
 def test_random_embeddings_score_near_chance():
     rng = np.random.default_rng(2)
     n = 400
-    s = bm.score_retrieval("r", unit(rng.normal(size=(n, 32))), unit(rng.normal(size=(n, 32))))
+    s = metrics.score_retrieval("r", unit(rng.normal(size=(n, 32))), unit(rng.normal(size=(n, 32))))
     assert s.metrics["i2t_r5"] < 5 * 5 / n
     labels = rng.integers(0, 10, n)
-    c = bm.score_classification("c", unit(rng.normal(size=(n, 32))), labels, unit(rng.normal(size=(30, 32))), 10, 3)
+    c = metrics.score_classification("c", unit(rng.normal(size=(n, 32))), labels, unit(rng.normal(size=(30, 32))), 10, 3)
     assert abs(c.metrics["top1"] - 0.1) < 0.06
 
 
@@ -42,8 +44,8 @@ def test_recall_counts_ties_and_rank_correctly():
     e = np.eye(3, dtype=np.float32)
     q = e  # query i's own item is gallery item i
     g = unit([e[0] + e[1], e[0], e[2]])  # q0: own 2nd best; q1: own ties with g2 behind g0; q2: own best
-    assert bm.recall_at_k(q, g, 1) == pytest.approx(1 / 3)
-    assert bm.recall_at_k(q, g, 2) == pytest.approx(1.0)
+    assert metrics.recall_at_k(q, g, 1) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(q, g, 2) == pytest.approx(1.0)
 
 
 def test_demo_task_sets_read_back_with_labels_and_captions(tmp_path):
@@ -54,10 +56,10 @@ def test_demo_task_sets_read_back_with_labels_and_captions(tmp_path):
     out = tmp_path / "demo"
     generate_demo_pool(out, SMALL_DEMO)
     tasks = {t["name"]: t for t in yaml.safe_load((out / "tasks.yaml").read_text())["tasks"]}
-    fashion = bm.read_eval_set(out / "test" / "fashion.tar", tasks["fashion"]["classes"])
+    fashion = eval_sets.read_eval_set(out / "test" / "fashion.tar", tasks["fashion"]["classes"])
     assert len(fashion.images) == SMALL_DEMO.fashion_test and (fashion.labels >= 0).all()
     assert set(fashion.labels.tolist()) <= set(range(10))
-    captions = bm.read_eval_set(out / "test" / "captions.tar")
+    captions = eval_sets.read_eval_set(out / "test" / "captions.tar")
     assert all(captions.captions) and len(captions.images) >= SMALL_DEMO.captions_test  # + rare-concept photos
 
     def perfect_images(images):  # an "encoder" that knows each test image's own caption

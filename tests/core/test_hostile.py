@@ -260,7 +260,7 @@ def test_tads_explain_never_prints_terminal_escapes(tmp_path, capsys):
 
 def _task_set_outcome(path):
     """What the task_set asset does with a task file: parse it, then open and check every held-out set."""
-    from tads_assets.core.harness.benchmark import check_eval_set
+    from tads_assets.core.io.eval_sets import check_eval_set
 
     tasks = load_task_set(path)
     for t in tasks:
@@ -294,7 +294,7 @@ def test_task_set_checks_the_sets_and_the_yaml_it_will_rely_on(tmp_path, index):
 
 
 def test_nested_eval_keys_stay_whole_and_labels_come_from_json(tmp_path):
-    from tads_assets.core.harness.benchmark import read_eval_set
+    from tads_assets.core.io.eval_sets import read_eval_set
 
     nested = hostile.eval_tar([(f"{d}/x{i}", {"cls": str(i % 2).encode()}) for d in "ab" for i in range(3)])
     (tmp_path / "n.tar").write_bytes(nested)

@@ -88,12 +88,13 @@ def test_ensemble_averages_seeds_and_keeps_equal_subsets_equal():
 def test_full_mode_clip_proxy_fine_tunes_a_whole_clip_and_scores_the_validation_sets(demo_dir):
     import torch
 
-    from tads_assets.core.harness import benchmark, clip_train
-    from tads_assets.core.method.proxy import ClipProxy
+    from tads_assets.core.harness import clip_train
+    from tads_assets.core.io import eval_sets
+    from tads_assets.core.harness.clip_proxy import ClipProxy
     from tads_assets.core.io.tasks import load_task_set
 
     tasks = load_task_set(demo_dir / "tasks.yaml")
-    val_sets = benchmark.load_eval_sets(tasks, "validation")
+    val_sets = eval_sets.load_eval_sets(tasks, "validation")
     # a tiny pool: the fashion validation images themselves with their class names as captions
     fashion = val_sets["fashion"]
     captions = [f"a photo of a {tasks[0].classes[label]}." for label in fashion.labels]

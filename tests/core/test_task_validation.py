@@ -6,10 +6,11 @@ import time
 
 import pytest
 import yaml
-from dagster import materialize
+from tads_assets.local import materialize
 
 from resources import TadsPaths
 from tads_assets.core.harness import benchmark
+from tads_assets.core.io import eval_sets
 from tads_assets.core.demo import hostile
 from tads_assets.core.io import tasks
 from tads_assets.core.io.tasks import Task, TaskSetError, load_task_set, parse_task_set, resolve_set, set_shards
@@ -182,7 +183,7 @@ def test_a_brace_expansion_error_propagates_naming_task_and_field(tmp_path, monk
 def test_every_shard_is_read_and_nested_keys_stay_whole(tmp_path):
     _tar(tmp_path / "s/0.tar", [(f"{d}/x{i}", {"cls": str(i % 2).encode()}) for d in "ab" for i in range(3)])
     _tar(tmp_path / "s/1.tar", [("c/x0", {"cls": b"square"})])
-    es = benchmark.read_eval_set(tmp_path / "s", ("circle", "square"))
+    es = eval_sets.read_eval_set(tmp_path / "s", ("circle", "square"))
     assert es.keys == ["a/x0", "a/x1", "a/x2", "b/x0", "b/x1", "b/x2", "c/x0"]
     assert es.labels.tolist() == [0, 1, 0, 0, 1, 0, 1] and len(es.images) == 7
 
@@ -193,7 +194,7 @@ def test_labels_come_from_cls_else_json(tmp_path):
     _tar(tmp_path / "j.tar", [("a", {"json": json.dumps({"label": 1}).encode()}),
                               ("b", {"json": json.dumps({"cls": "circle"}).encode()}),
                               ("c", {"cls": b" square \n", "json": json.dumps({"label": 0}).encode()})])
-    assert benchmark.read_eval_set(tmp_path / "j.tar", ("circle", "square")).labels.tolist() == [1, 0, 1]
+    assert eval_sets.read_eval_set(tmp_path / "j.tar", ("circle", "square")).labels.tolist() == [1, 0, 1]
 
 
 @pytest.mark.parametrize("rec, message", [
@@ -210,25 +211,25 @@ def test_labels_come_from_cls_else_json(tmp_path):
 def test_a_bad_sample_raises_naming_set_file_and_key(tmp_path, rec, message):
     path = _tar(tmp_path / "bad.tar", [("ok", {"cls": b"0"}), ("k0", rec)])
     with pytest.raises(ValueError, match=rf"bad\.tar: sample {message}"):
-        benchmark.read_eval_set(path, ("circle", "square"))
+        eval_sets.read_eval_set(path, ("circle", "square"))
 
 
 def test_a_sample_without_image_and_a_file_that_is_not_a_tar(tmp_path):
     (tmp_path / "noimg.tar").write_bytes(hostile.tar_bytes([("k0.cls", b"0")]))
     with pytest.raises(ValueError, match=r"noimg\.tar: sample 'k0': no image member"):
-        benchmark.read_eval_set(tmp_path / "noimg.tar", ("circle", "square"))
+        eval_sets.read_eval_set(tmp_path / "noimg.tar", ("circle", "square"))
     (tmp_path / "v.tar").write_text("just some text\n" * 100)
     with pytest.raises(ValueError, match=r"v\.tar: .*not tar headers"):
-        benchmark.read_eval_set(tmp_path / "v.tar", ("circle", "square"))
+        eval_sets.read_eval_set(tmp_path / "v.tar", ("circle", "square"))
 
 
 def test_classification_samples_need_labels_and_retrieval_samples_captions(tmp_path):
     _tar(tmp_path / "v.tar", [("a", {"cls": b"0"}), ("b", {"txt": b"a caption"})])
     cls_task, ret_task = _parse(tmp_path, _task(), _task(name="caps", kind="retrieval"))
     with pytest.raises(ValueError, match=r"1 sample\(s\) have no label .* e\.g\. 'b'"):
-        benchmark.check_eval_set(cls_task, "validation")
+        eval_sets.check_eval_set(cls_task, "validation")
     with pytest.raises(ValueError, match=r"1 sample\(s\) have no caption \(KEY\.txt\), e\.g\. 'a'"):
-        benchmark.check_eval_set(ret_task, "validation")
+        eval_sets.check_eval_set(ret_task, "validation")
 
 
 def test_what_task_set_validated_is_all_scoring_and_relevance_need(tmp_path):
@@ -243,12 +244,12 @@ def test_what_task_set_validated_is_all_scoring_and_relevance_need(tmp_path):
                                   _task(name="caps", kind="retrieval", templates=["{}"]))
     texts = relevance.support_texts(cls_task.kind, cls_task.templates, cls_task.classes)
     assert texts == ["circle and {x}", "a circle", "square and {x}", "a square"]
-    assert relevance.support_texts("retrieval", ret_task.templates, captions=benchmark.check_eval_set(
+    assert relevance.support_texts("retrieval", ret_task.templates, captions=eval_sets.check_eval_set(
         ret_task, "validation").captions)[0] == "a caption {0}"
     rng = np.random.default_rng(0)
     enc = lambda items: rng.normal(size=(len(items), 8)).astype(np.float32)  # noqa: E731
     for t in (cls_task, ret_task):
-        s = benchmark.evaluate_task(t.as_dict(), benchmark.check_eval_set(t, "test"), enc, enc)
+        s = benchmark.evaluate_task(t.as_dict(), eval_sets.check_eval_set(t, "test"), enc, enc)
         assert s.n == 4 and all(np.isfinite(v) for v in s.metrics.values())
 
 
@@ -267,12 +268,11 @@ def test_task_set_counts_both_sets_of_every_task_and_fails_naming_task_and_split
     result = materialize([task_set], resources={"paths": TadsPaths(home=str(tmp_path / "home"), tasks=str(path))})
     meta = metadata_values(result, "task_set")
     assert meta["n_held_out_items"] == 5 + 3 + 5 + 3
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in meta["held_out_sets"].splitlines()[2:]]
-    assert [r[:3] for r in rows] == [["shapes", "validation", "5"], ["shapes", "test", "3"],
-                                     ["caps", "validation", "5"], ["caps", "test", "3"]]
-    hist = [[c.strip() for c in line.strip("|").split("|")] for line in meta["label_histogram"].splitlines()]
-    assert hist[0] == ["task", "class", "validation", "test"]
-    assert hist[2:] == [["shapes", "circle", "3", "1"], ["shapes", "square", "2", "2"]]
+    rows = [[r.data["task"], r.data["split"], r.data["items"]] for r in meta["held_out_sets"].records]
+    assert rows == [["shapes", "validation", 5], ["shapes", "test", 3], ["caps", "validation", 5], ["caps", "test", 3]]
+    hist = meta["label_histogram"]
+    assert [c.name for c in hist.schema.columns] == ["task", "class", "validation", "test"]
+    assert [list(r.data.values()) for r in hist.records] == [["shapes", "circle", 3, 1], ["shapes", "square", 2, 2]]
 
     _tar(tmp_path / "t/1.tar", [("t1", {"cls": b"7", "txt": b"y"})])  # the test set now has a label the task lacks
     result = materialize([task_set], resources={"paths": TadsPaths(home=str(tmp_path / "h2"), tasks=str(path))},

@@ -15,7 +15,7 @@ table, so each later stage can be scored for precision and recall.
 Output directory:
     pool/{00000..N}.tar       WebDataset shards: KEY.jpg|png, KEY.txt (caption), KEY.json ({"url": ...})
     truth.parquet             one row per sample: uid, kind, source, label, color, background, lang, ...
-    tasks.yaml                the demo task set (schema in DESIGN.md), paths relative to this directory
+    tasks.yaml                the demo task set (schema in docs/architecture.md), paths relative to this directory
     val/*.tar, test/*.tar     task validation and test sets (KEY.jpg, KEY.cls, KEY.txt, KEY.json)
     manifest.json             the config it was made with and the counts per kind
 """
@@ -48,6 +48,19 @@ log = logging.getLogger(__name__)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Bump when the generator's output changes, so an existing demo pool is regenerated rather than reused.
 GENERATOR_VERSION = 4
+
+
+def _tuples(x):
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return x
+
+
+def _load_words() -> dict:
+    return _tuples(json.loads((Path(__file__).parent / "data" / "words.json").read_text(encoding="utf-8")))
+
 
 CLEAN = "clean"
 NOISE_KINDS = (
@@ -83,129 +96,28 @@ DEFAULT_RATES: dict[str, float] = {
     "empty_caption": 0.002,
 }
 
-FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
-FASHION_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "t-shirt": ("t-shirt", "tee", "short-sleeved top", "crew-neck t-shirt"),
-    "trouser": ("pair of trousers", "pair of pants", "pair of slacks", "pair of jeans"),
-    "pullover": ("pullover", "sweater", "jumper", "knitted pullover"),
-    "dress": ("dress", "summer dress", "midi dress", "sleeveless dress"),
-    "coat": ("coat", "winter coat", "long coat", "jacket"),
-    "sandal": ("sandal", "strappy sandal", "summer sandal", "flat sandal"),
-    "shirt": ("shirt", "button-up shirt", "long-sleeved shirt", "casual shirt"),
-    "sneaker": ("sneaker", "trainer", "running shoe", "low-top sneaker"),
-    "bag": ("bag", "handbag", "tote bag", "shoulder bag"),
-    "ankle boot": ("ankle boot", "leather ankle boot", "heeled boot", "short boot"),
-}
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (205, 30, 35),
-    "blue": (35, 70, 200),
-    "green": (30, 150, 60),
-    "yellow": (235, 205, 30),
-    "orange": (240, 130, 20),
-    "purple": (125, 50, 160),
-    "pink": (240, 120, 170),
-    "brown": (120, 75, 35),
-    "black": (20, 20, 20),
-    "white": (245, 245, 245),
-    "grey": (128, 128, 128),
-}
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (250, 250, 250),
-    "light grey": (210, 210, 212),
-    "beige": (236, 222, 196),
-    "pale blue": (200, 222, 240),
-    "black": (12, 12, 14),
-    "dark green": (22, 60, 40),
-}
-
-RARE_CAPTIONS: dict[str, tuple[str, ...]] = {
-    "cat": ("a ginger cat lying on a rug", "photo of a tabby cat looking at the camera", "my cat relaxing at home"),
-    "astronaut": ("portrait of an astronaut in a spacesuit", "an astronaut with the American flag", "NASA astronaut official portrait"),
-    "coffee": ("a cup of coffee on a saucer", "cappuccino in a red cup, top view", "coffee cup on a table"),
-    "rocket": ("a rocket on the launch pad", "rocket ready for launch at the space center", "space rocket before lift-off"),
-}
-OFF_TASK_CAPTIONS: dict[str, tuple[str, ...]] = {
-    "brick": ("close-up of an old brick wall", "brick wall texture", "red brick pattern background"),
-    "grass": ("green grass texture", "close-up of a lawn", "grass background for design"),
-    "gravel": ("gravel texture", "pebbles on the ground, close-up", "grey gravel background"),
-    "moon": ("the surface of the moon", "craters on the moon", "lunar surface close-up"),
-}
-
-ENGLISH_TEMPLATES = (
-    "a {color} {thing} on a {bg} background",
-    "{Color} {thing}, product photo",
-    "photo of a {color} {thing}",
-    "Buy this {color} {thing} online - free delivery",
-    "{thing} in {color}",
-    "close-up of a {color} {thing} against a {bg} backdrop",
-    "New arrival: {color} {thing}",
-    "my favourite {color} {thing}",
-    "a {color} {thing} isolated on {bg}",
-    "{Color} {thing} for sale, great condition",
-)
-DIGIT_TEMPLATES = (
-    "a {color} handwritten digit {d} on a {bg} background",
-    "the number {word} written by hand in {color}",
-    "scanned handwritten {d}, {color} ink",
-    "{Color} digit {d}",
-    "hand-drawn number {word} on {bg} paper",
-    "a handwritten {word} ({d}) in {color}",
-)
-
-# Non-English captions: (templates, class names, colour names, background names) per language.
-FOREIGN: dict[str, dict] = {
-    "fr": {
-        "fashion": ("une photo d'un {thing} {color} sur un fond {bg}", "{thing} {color} à vendre, très bon état", "nouveauté : {thing} {color} pour l'été"),
-        "digits": ("un chiffre {d} écrit à la main en {color}", "le nombre {d} dessiné à la main en {color} sur un fond {bg}"),
-        "things": {"t-shirt": "t-shirt", "trouser": "pantalon", "pullover": "pull", "dress": "robe", "coat": "manteau", "sandal": "sandale", "shirt": "chemise", "sneaker": "basket", "bag": "sac à main", "ankle boot": "bottine"},
-        "colors": {"red": "rouge", "blue": "bleu", "green": "vert", "yellow": "jaune", "orange": "orange", "purple": "violet", "pink": "rose", "brown": "marron", "black": "noir", "white": "blanc", "grey": "gris"},
-        "bgs": {"white": "blanc", "light grey": "gris clair", "beige": "beige", "pale blue": "bleu pâle", "black": "noir", "dark green": "vert foncé"},
-    },
-    "de": {
-        "fashion": ("ein Foto von einem {color} {thing} auf {bg} Hintergrund", "{thing} in {color} zu verkaufen, wie neu", "Neu eingetroffen: {thing} in der Farbe {color}"),
-        "digits": ("eine handgeschriebene Ziffer {d} in {color}", "die Zahl {d} in {color} von Hand auf {bg} Papier geschrieben"),
-        "things": {"t-shirt": "T-Shirt", "trouser": "Hose", "pullover": "Pullover", "dress": "Kleid", "coat": "Mantel", "sandal": "Sandale", "shirt": "Hemd", "sneaker": "Turnschuh", "bag": "Handtasche", "ankle boot": "Stiefelette"},
-        "colors": {"red": "rot", "blue": "blau", "green": "grün", "yellow": "gelb", "orange": "orange", "purple": "lila", "pink": "rosa", "brown": "braun", "black": "schwarz", "white": "weiß", "grey": "grau"},
-        "bgs": {"white": "weißem", "light grey": "hellgrauem", "beige": "beigem", "pale blue": "hellblauem", "black": "schwarzem", "dark green": "dunkelgrünem"},
-    },
-    "es": {
-        "fashion": ("una foto de un {thing} {color} sobre un fondo {bg}", "{thing} {color} en venta, como nuevo", "novedad: {thing} de color {color} para esta temporada"),
-        "digits": ("un número {d} escrito a mano en {color}", "el dígito {d} dibujado a mano en {color} sobre fondo {bg}"),
-        "things": {"t-shirt": "camiseta", "trouser": "pantalón", "pullover": "jersey", "dress": "vestido", "coat": "abrigo", "sandal": "sandalia", "shirt": "camisa", "sneaker": "zapatilla", "bag": "bolso", "ankle boot": "botín"},
-        "colors": {"red": "rojo", "blue": "azul", "green": "verde", "yellow": "amarillo", "orange": "naranja", "purple": "morado", "pink": "rosa", "brown": "marrón", "black": "negro", "white": "blanco", "grey": "gris"},
-        "bgs": {"white": "blanco", "light grey": "gris claro", "beige": "beige", "pale blue": "azul claro", "black": "negro", "dark green": "verde oscuro"},
-    },
-    "it": {
-        "fashion": ("una foto di un {thing} {color} su uno sfondo {bg}", "{thing} {color} in vendita, ottime condizioni", "nuovo arrivo: {thing} di colore {color} per la stagione"),
-        "digits": ("una cifra {d} scritta a mano in {color}", "il numero {d} disegnato a mano in {color} su sfondo {bg}"),
-        "things": {"t-shirt": "maglietta", "trouser": "pantalone", "pullover": "maglione", "dress": "vestito", "coat": "cappotto", "sandal": "sandalo", "shirt": "camicia", "sneaker": "scarpa da ginnastica", "bag": "borsa", "ankle boot": "stivaletto"},
-        "colors": {"red": "rosso", "blue": "blu", "green": "verde", "yellow": "giallo", "orange": "arancione", "purple": "viola", "pink": "rosa", "brown": "marrone", "black": "nero", "white": "bianco", "grey": "grigio"},
-        "bgs": {"white": "bianco", "light grey": "grigio chiaro", "beige": "beige", "pale blue": "azzurro", "black": "nero", "dark green": "verde scuro"},
-    },
-    "pt": {
-        "fashion": ("uma foto de um {thing} {color} em um fundo {bg}", "{thing} {color} à venda, em ótimo estado", "novidade: {thing} na cor {color} para esta estação"),
-        "digits": ("um número {d} escrito à mão em {color}", "o dígito {d} desenhado à mão em {color} sobre um fundo {bg}"),
-        "things": {"t-shirt": "camiseta", "trouser": "calça", "pullover": "suéter", "dress": "vestido", "coat": "casaco", "sandal": "sandália", "shirt": "camisa", "sneaker": "tênis", "bag": "bolsa", "ankle boot": "bota de cano curto"},
-        "colors": {"red": "vermelho", "blue": "azul", "green": "verde", "yellow": "amarelo", "orange": "laranja", "purple": "roxo", "pink": "rosa", "brown": "marrom", "black": "preto", "white": "branco", "grey": "cinza"},
-        "bgs": {"white": "branco", "light grey": "cinza claro", "beige": "bege", "pale blue": "azul claro", "black": "preto", "dark green": "verde escuro"},
-    },
-}
-
-BRANDS = ("Northwind", "Aurelia", "Kestrel & Co", "Blue Harbor", "Maison Lune", "Urban Fox", "Pinecrest",
-          "Ostara", "Velvet Row", "Halden", "Corvo", "Silverline", "Tidewater", "Marlowe", "Juniper Lane")
-CLOTHING_SIZES = ("XS", "S", "M", "L", "XL", "XXL", "8", "10", "12", "14")
-SHOE_SIZES = ("36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "UK 6", "US 9")
-MATERIALS = ("100% cotton", "organic cotton", "linen blend", "merino wool", "recycled polyester", "viscose",
-             "cashmere blend", "denim", "faux leather", "silk")
-MATERIALS_SHOES = ("genuine leather", "suede", "canvas", "mesh upper", "vegan leather", "rubber sole")
-
-VAGUE_FIXED = ("image", "photo", "untitled", "picture", "thumbnail", "click to enlarge", "no description", "img", "download", "view image")
-BANNER_LINES = (("SALE", "50% OFF"), ("FREE", "SHIPPING"), ("NEW", "COLLECTION"), ("BLACK", "FRIDAY"), ("LAST", "CHANCE"), ("BUY 1", "GET 1 FREE"), ("SUMMER", "DEALS"), ("UP TO", "70% OFF"))
-
-TASK_TEMPLATES_FASHION = ("a photo of a {}.", "a product photo of a {}.", "a {} on a plain background.")
-TASK_TEMPLATES_DIGITS = ("a handwritten digit {}.", "the number {} written by hand.", "a photo of the digit {}.")
+# The demo's vocabulary (class names, synonyms, colours, caption templates, foreign phrases, brands, ...) is data:
+# data/words.json. Lists load as tuples, as the generator uses them.
+WORDS = _load_words()
+FASHION_CLASSES = WORDS["FASHION_CLASSES"]
+FASHION_SYNONYMS = WORDS["FASHION_SYNONYMS"]
+DIGIT_WORDS = WORDS["DIGIT_WORDS"]
+COLORS = WORDS["COLORS"]
+BACKGROUNDS = WORDS["BACKGROUNDS"]
+RARE_CAPTIONS = WORDS["RARE_CAPTIONS"]
+OFF_TASK_CAPTIONS = WORDS["OFF_TASK_CAPTIONS"]
+ENGLISH_TEMPLATES = WORDS["ENGLISH_TEMPLATES"]
+DIGIT_TEMPLATES = WORDS["DIGIT_TEMPLATES"]
+FOREIGN = WORDS["FOREIGN"]
+BRANDS = WORDS["BRANDS"]
+CLOTHING_SIZES = WORDS["CLOTHING_SIZES"]
+SHOE_SIZES = WORDS["SHOE_SIZES"]
+MATERIALS = WORDS["MATERIALS"]
+MATERIALS_SHOES = WORDS["MATERIALS_SHOES"]
+VAGUE_FIXED = WORDS["VAGUE_FIXED"]
+BANNER_LINES = WORDS["BANNER_LINES"]
+TASK_TEMPLATES_FASHION = WORDS["TASK_TEMPLATES_FASHION"]
+TASK_TEMPLATES_DIGITS = WORDS["TASK_TEMPLATES_DIGITS"]
 
 
 @dataclass
@@ -339,7 +251,7 @@ def _canvas(width: int, height: int, rgb: tuple[int, int, int], rng: np.random.G
     return base + ramp + texture + noise
 
 
-PATTERNS = ("plain", "stripes", "checks", "dots", "waves")
+PATTERNS = WORDS["PATTERNS"]
 
 
 def _pattern(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -453,8 +365,8 @@ def english_caption(spec: GlyphSpec, rng: np.random.Generator, avoid: str | None
     return text
 
 
-REPOST_TAGS = (" #ootd", " | repin", " (repost)", " - via shop", "!!", " #sale", " | saved from web")
-REPOST_PREFIXES = ("Sale: ", "SOLD - ", "Repost: ", "NEW ")
+REPOST_TAGS = WORDS["REPOST_TAGS"]
+REPOST_PREFIXES = WORDS["REPOST_PREFIXES"]
 PARAPHRASED_REPOSTS = 0.35  # share of near duplicates whose caption is rewritten rather than lightly edited
 
 

@@ -24,6 +24,7 @@ import polars as pl
 from PIL import Image
 
 from tads_assets.core.io import formats
+from tads_assets.core.io import embeddings
 
 COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200), "yellow": (230, 210, 40),
           "purple": (140, 50, 170), "orange": (240, 140, 30), "black": (20, 20, 20), "white": (240, 240, 240)}
@@ -553,8 +554,6 @@ def damage_embeddings(db, part: str) -> list[str]:
     """Rewrite one raw_pool part's rows of the LanceDB embeddings table as a damaged copy that still counts as done
     (same encoder and fingerprint): +inf in the first sample's image vector, -inf in the second's text vector
     (LanceDB itself refuses NaN on write). Returns the part's uids in table order."""
-    from tads_assets.core.io import embeddings
-
     rows = embeddings.read_embeddings(db, ("uid", "encoder_id", "part_fingerprint", "heldout_pair_cos", "image_vec",
                                            "text_vec", "flipped_image_vec"), part=part)
     image, text, flipped = embeddings.arrays(rows, "image_vec", "text_vec", "flipped_image_vec")
@@ -567,8 +566,6 @@ def damage_embeddings(db, part: str) -> list[str]:
 
 def damage_frozen_features(cache_file: str | Path, row: int) -> None:
     """NaN into one sample's cached frozen image features, leaving the part's fingerprint as it was."""
-    from tads_assets.core.io import embeddings
-
     frame = pl.read_parquet(cache_file)
     feats = embeddings.arrays(frame, "image_feat")[0]
     feats[row] = np.nan

@@ -28,6 +28,9 @@ import numpy as np
 
 from tads_assets.core.vectors import kmeans_clusters
 from tads_assets.core.vectors import l2_normalize as _unit
+from tads_assets.core.settings import BUDGET_FRACTION
+from tads_assets.core.io import embeddings
+from tads_assets.core.io.ingest import scan_raw_pool
 
 METHODS = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
 
@@ -36,7 +39,7 @@ METHODS = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only
 class BaselineParams:
     """Defaults of the baseline selections (the Dagster Config class takes its defaults from here)."""
 
-    keep_fraction: float = 0.4  # size of random/clip_score/semdedup/dbp when TADS has no subset yet
+    keep_fraction: float = BUDGET_FRACTION  # size of random/clip_score/semdedup/dbp when TADS has no subset yet
     n_clusters: int = 50  # k-means clusters of SemDeDup and DBP
     dbp_neighbours: int = 5  # nearest other centroids in d_inter
     dbp_temperature: float = 0.1  # τ of the softmax over cluster complexities
@@ -213,9 +216,6 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
     image towards its wrong caption (SemDeDup then keeps such images as "unique"); with an open_clip encoder,
     `image_vec` itself."""
     import polars as pl
-
-    from tads_assets.core.io import embeddings
-    from tads_assets.core.io.ingest import scan_raw_pool
 
     uids = scan_raw_pool(raw_pool_dir).select("uid").collect()
     vecs = uids.join(embeddings.read_embeddings(db, ("uid", "image_vec", "heldout_pair_cos")), on="uid", how="left",

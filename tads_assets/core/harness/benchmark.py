@@ -2,8 +2,8 @@
 
 Classification: class-name prompts from the task's templates, text embeddings averaged per class and
 re-normalised, top-1/top-5 accuracy. Retrieval: image→text and text→image recall@1 and @5 over the
-paired set. Every figure comes with its chance level. Pure functions on arrays; `read_eval_set` reads a
-task's WebDataset tar (members KEY.jpg|png, KEY.cls, KEY.txt).
+paired set. Every figure comes with its chance level (`tads_assets.core.metrics`); the held-out sets are
+read by `tads_assets.core.io.eval_sets`.
 """
 
 from __future__ import annotations
@@ -16,190 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tads_assets.core.vectors import l2_normalize as _unit
-from tads_assets.core.io import tarscan
-from tads_assets.core.io.formats import decode_rgb, split_member
-from tads_assets.core.sanitize import one_line
-
-
-def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
-    """Average each class's prompt embeddings (rows ordered class-major: class 0's templates first) and
-    re-normalise: the zero-shot classifier's weights."""
-    emb = _unit(text_emb).reshape(n_classes, n_templates, -1).mean(axis=1)
-    return _unit(emb)
-
-
-def topk_accuracy(image_emb: np.ndarray, prototypes: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of images whose true class is among the k classes with the highest cosine."""
-    if len(labels) == 0:
-        return float("nan")
-    scores = _unit(image_emb) @ prototypes.T
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
-
-
-def recall_at_k(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int) -> float:
-    """Share of queries i whose own item i is among the k most similar gallery items."""
-    n = len(query_emb)
-    if n == 0:
-        return float("nan")
-    sims = _unit(query_emb) @ _unit(gallery_emb).T
-    own = sims[np.arange(n), np.arange(n)]
-    rank = (sims > own[:, None]).sum(axis=1)  # items strictly better than the right one
-    return float((rank < k).mean())
-
-
-@dataclass
-class TaskScores:
-    task: str
-    kind: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    chance: dict[str, float] = field(default_factory=dict)
-    n: int = 0
-
-
-def score_classification(name: str, image_emb: np.ndarray, labels: np.ndarray, class_text_emb: np.ndarray,
-                         n_classes: int, n_templates: int) -> TaskScores:
-    protos = class_prototypes(class_text_emb, n_classes, n_templates)
-    k5 = min(5, n_classes)
-    return TaskScores(name, "classification",
-                      {"top1": topk_accuracy(image_emb, protos, labels, 1), "top5": topk_accuracy(image_emb, protos, labels, k5)},
-                      {"top1": 1.0 / n_classes, "top5": k5 / n_classes}, len(labels))
-
-
-def score_retrieval(name: str, image_emb: np.ndarray, text_emb: np.ndarray) -> TaskScores:
-    n = len(image_emb)
-    m = {"i2t_r1": recall_at_k(image_emb, text_emb, 1), "i2t_r5": recall_at_k(image_emb, text_emb, 5),
-         "t2i_r1": recall_at_k(text_emb, image_emb, 1), "t2i_r5": recall_at_k(text_emb, image_emb, 5)}
-    chance = {"i2t_r1": min(1.0, 1 / n), "i2t_r5": min(1.0, 5 / n), "t2i_r1": min(1.0, 1 / n), "t2i_r5": min(1.0, 5 / n)}
-    return TaskScores(name, "retrieval", m, chance, n)
-
-
-@dataclass
-class EvalSet:
-    keys: list[str]
-    images: list[Image.Image]
-    labels: np.ndarray  # class index per image (-1 where the set has no label)
-    captions: list[str]
-
-
-EVAL_MEMBER_LIMIT = 32 << 20  # bytes of one member of a held-out set read at most
-
-
-def _eval_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of the samples of one held-out shard, read by the byte-accounting tar reader: keys keep
-    their folders (`a/x0` and `b/x0` are two samples); any unreadable byte, link or special member, undecodable
-    name or member over EVAL_MEMBER_LIMIT is an error naming the file (a test set is small and must be whole)."""
-    key, group = None, {}
-    for ev in tarscan.scan_tar(str(path), lambda name: EVAL_MEMBER_LIMIT):
-        if isinstance(ev, tarscan.Region | tarscan.BadHeader):
-            what = ev.detail if isinstance(ev, tarscan.Region) else ev.problem
-            raise ValueError(f"{path}: {one_line(what)} (a held-out set must be a whole tar)")
-        if ev.kind == "directory":
-            continue
-        if ev.name_error or not ev.regular or ev.data is None:
-            why = ev.name_error or ev.skipped or ev.kind
-            raise ValueError(f"{path}: member {one_line(ev.name, 120)!r}: {why}")
-        k, ext = split_member(ev.name)
-        if key is not None and (k != key or ext in group):
-            yield key, group
-            group = {}
-        key = k
-        group[ext] = ev.data
-    if key is not None:
-        yield key, group
-
-
-def _text(blob: bytes, path: Path, key: str, ext: str) -> str:
-    try:
-        return blob.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: sample {one_line(key, 120)!r}: {key}.{ext} is not UTF-8 (byte {exc.start})") from None
-
-
-def _label(rec: dict[str, bytes], classes: Sequence[str], path: Path, key: str) -> int:
-    """The class index of a sample from KEY.cls (index or class name), else KEY.json's `label` (or `cls`); -1
-    when the sample has none. Out-of-range indices and unknown names are errors naming file and key."""
-    where = f"{path}: sample {one_line(key, 120)!r}"
-    if "cls" in rec:
-        value: object = _text(rec["cls"], path, key, "cls")
-    elif "json" in rec:
-        try:
-            meta = json.loads(_text(rec["json"], path, key, "json"))
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"{where}: {key}.json is not valid JSON ({one_line(exc, 120)})") from None
-        value = meta.get("label", meta.get("cls")) if isinstance(meta, dict) else None
-        if value is None:
-            return -1
-    else:
-        return -1
-    if isinstance(value, str) and value.lstrip("-").isdigit():
-        value = int(value)
-    if value == "":
-        return -1
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{where}: label {one_line(repr(value), 60)} is neither a class index nor a class name")
-    if isinstance(value, str):
-        names = [c.strip() for c in classes]  # the task file's names compared as KEY.cls is read: stripped
-        if value.strip() not in names:
-            raise ValueError(f"{where}: label {one_line(repr(value), 60)} is not one of the task's classes")
-        return names.index(value.strip())
-    if classes and not 0 <= value < len(classes):
-        raise ValueError(f"{where}: label {value} is out of range for {len(classes)} classes (0..{len(classes) - 1})")
-    return value
-
-
-def read_eval_set(path: str | Path, classes: Sequence[str] = ()) -> EvalSet:
-    """A task's held-out set: one tar, a shard pattern or a folder of shards (`tasks.set_shards`) of KEY.jpg|png
-    with KEY.cls (class index or name) or KEY.json (`label`), and/or KEY.txt. Raises naming the file and the key
-    for anything it cannot use."""
-    from tads_assets.core.io.tasks import set_shards
-
-    shards = set_shards(path)
-    if not shards:
-        raise ValueError(f"{path} names no shard file")
-    keys, images, labels, captions = [], [], [], []
-    seen: set[str] = set()
-    for shard in shards:
-        for key, rec in _eval_tar_groups(shard):
-            where = f"{shard}: sample {one_line(key, 120)!r}"
-            if key in seen:
-                raise ValueError(f"{where}: key used by more than one sample of the set")
-            seen.add(key)
-            blob = next((rec[e] for e in ("jpg", "jpeg", "png", "webp") if e in rec), None)
-            if blob is None:
-                raise ValueError(f"{where}: no image member (found: {sorted(rec)})")
-            try:
-                images.append(decode_rgb(blob))
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad bytes
-                raise ValueError(f"{where}: the image does not decode ({type(exc).__name__}: {one_line(exc, 120)})") from None
-            labels.append(_label(rec, classes, shard, key) if classes else -1)  # retrieval sets: labels unused
-            captions.append(_text(rec["txt"], shard, key, "txt") if "txt" in rec else "")
-            keys.append(key)
-    order = np.argsort(np.asarray(keys, dtype=object), kind="stable") if keys else np.zeros(0, int)
-    return EvalSet([keys[i] for i in order], [images[i] for i in order], np.asarray(labels, np.int64)[order],
-                   [captions[i] for i in order])
-
-
-def check_eval_set(task, split: str) -> EvalSet:
-    """Read a task's set as every later stage will, and check what they rely on: classification samples all
-    labelled, retrieval samples all captioned, at least one sample. Raises naming the set and the problem."""
-    es = read_eval_set(task.sets[split], task.classes)
-    if not es.keys:
-        raise ValueError(f"{task.sets[split]}: the set holds no sample")
-    if task.kind == "classification" and (es.labels < 0).any():
-        missing = [k for k, lab in zip(es.keys, es.labels) if lab < 0]
-        raise ValueError(f"{len(missing)} sample(s) have no label (KEY.cls or KEY.json 'label'), e.g. "
-                         f"{one_line(missing[0], 120)!r}")
-    if task.kind == "retrieval" and not all(es.captions):
-        missing = [k for k, c in zip(es.keys, es.captions) if not c]
-        raise ValueError(f"{len(missing)} sample(s) have no caption (KEY.txt), e.g. {one_line(missing[0], 120)!r}")
-    return es
+from tads_assets.core.io.eval_sets import EvalSet
+from tads_assets.core.metrics import TaskScores, score_classification, score_retrieval
 
 
 def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable) -> TaskScores:
-    """Score one task (a DESIGN.md task entry) on one of its held-out sets."""
+    """Score one task (a task entry of the task file, docs/architecture.md) on one of its held-out sets."""
     image_emb = encode_images(eval_set.images)
     if task["kind"] == "classification":
         classes, templates = list(task["classes"]), list(task["templates"])
@@ -217,11 +39,6 @@ def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode
 
 # The Table 1 columns per task kind (the paper reports top-1/top-5 and image→text / text→image R@1).
 HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", "t2i_r1")}
-
-
-def load_eval_sets(tasks: Sequence, split: str) -> dict[str, EvalSet]:
-    """Each task's held-out set of one split ("validation" or "test"), read once."""
-    return {t.name: read_eval_set(t.sets[split], t.classes) for t in tasks}
 
 
 def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images: Callable,

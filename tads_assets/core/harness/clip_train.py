@@ -32,6 +32,9 @@ import torch
 from PIL import Image
 
 from tads_assets.core.io.formats import decode_rgb, safe_file_stem
+import tads_assets  # noqa: F401  (torchvision shim)
+from tads_assets.core.io.storage import staged_dir
+from tads_assets.core.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ class TrainParams:
 def create_model(name: str = DEFAULT_MODEL, device: str = "cpu", config_file: Path | None = None):
     """(model, image preprocess, tokenizer) of an open_clip config with random weights (nothing downloaded).
     `config_file` (a checkpoint's stored config) takes precedence over a registered config of the same name."""
-    import tads_assets  # noqa: F401  (torchvision shim)
     import open_clip
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -181,10 +183,6 @@ def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, 
     import open_clip
     from safetensors.torch import save_file
 
-    from tads_assets.core.io.storage import staged_dir
-
-    from tads_assets.core.atomic import write_json_atomic
-
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as staging:  # this writer's own staging folder, removed if anything fails
         state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
@@ -247,8 +245,6 @@ def export_subset(uids: Sequence[str], blobs: Sequence[bytes], formats: Sequence
     open_clip CSV (`subset.csv`, tab-separated `filepath`/`title`, images under `images/`), for
     `open_clip_train.main --train-data ... --csv-img-key filepath --csv-caption-key title`."""
     import csv
-
-    from tads_assets.core.io.storage import staged_dir
 
     unknown = set(kinds) - set(EXPORT_FORMATS)
     if unknown or not kinds:

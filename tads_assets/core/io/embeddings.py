@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,9 @@ from tads_assets.core.io.formats import decode_rgb
 from tads_assets.core.io.ingest import part_fingerprint
 from tads_assets.core.io.ledger import DROP
 from tads_assets.core.atomic import write_parquet_atomic
+from tads_assets.core.method.selection import Signals
+from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_pair_cosine
+from tads_assets.core.io.ingest import scan_raw_pool
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +219,6 @@ def builtin_part_embedder(heads_path: str | Path, cache_dir: str | Path, device:
                           heldout_heads: list[str | Path] = ()) -> Callable[[Path], PartVectors]:
     """Embed a raw_pool part from its cached frozen features with the trained heads (no towers needed);
     the held-out pair cosine comes from the cross-fitted heads (`encoder.fit_heldout_heads`)."""
-    from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_pair_cosine
-
     enc = BuiltinEncoder(load_heads(heads_path, device), towers=False)
     folds_heads = [load_heads(p, device) for p in heldout_heads]
 
@@ -322,8 +323,6 @@ def non_finite_rows(uids: list[str], **vectors: np.ndarray) -> tuple[np.ndarray,
 
 def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray]]:
     """raw_pool's metadata (no image bytes) joined with its image and text vectors, in one row order."""
-    from tads_assets.core.io.ingest import scan_raw_pool
-
     pool = scan_raw_pool(raw_pool_dir).select("uid", "url", "caption", "width", "height", "sha256", "tiny").collect()
     vecs = read_embeddings(db, ("uid", "image_vec", "text_vec"))
     joined = pool.join(vecs, on="uid", how="left", maintain_order="left")
@@ -333,3 +332,56 @@ def pool_with_vectors(raw_pool_dir: str | Path, db) -> tuple[pl.DataFrame, tuple
                          "materialize pool_embeddings again")
     image, text = arrays(joined, "image_vec", "text_vec")
     return joined.drop("image_vec", "text_vec"), (image, text)
+
+
+# ---------------------------------------------------------------- the relevance table and the joined signals
+
+RELEVANCE_TABLE = "relevance_vectors"
+
+
+def write_relevance_table(db, uids: Sequence[str], scores: np.ndarray, h_r: np.ndarray, task_names: Sequence[str],
+                          tasks_sha256: str):
+    """LanceDB table `relevance_vectors` beside `embeddings`: uid, r (eq. 10, one value per task), h_r
+    (eq. 11), the task order and the task file's hash (so a reader can tell stale rows). Replaced whole."""
+    import pyarrow as pa
+
+    k = scores.shape[1]
+    table = pa.table({
+        "uid": pa.array(list(uids), pa.string()),
+        "r": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(scores, np.float32).ravel()), k),
+        "h_r": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(h_r, np.float32).ravel()), k),
+        "tasks": pa.array([",".join(task_names)] * len(uids), pa.string()),
+        "tasks_sha256": pa.array([tasks_sha256] * len(uids), pa.string()),
+    })
+    return db.create_table(RELEVANCE_TABLE, data=table, mode="overwrite")
+
+
+def read_relevance_table(db):
+    """(uids, r, h_r, task names) from the LanceDB table."""
+    if RELEVANCE_TABLE not in table_names(db):
+        raise FileNotFoundError(f"LanceDB table {RELEVANCE_TABLE} does not exist: materialize relevance_vectors first")
+    t = db.open_table(RELEVANCE_TABLE).to_arrow()
+    k = t.schema.field("r").type.list_size
+    r = t.column("r").combine_chunks().flatten().to_numpy().reshape(-1, k)
+    h = t.column("h_r").combine_chunks().flatten().to_numpy().reshape(-1, k)
+    names = t.column("tasks")[0].as_py().split(",") if t.num_rows else []
+    return t.column("uid").to_pylist(), r, h, names
+
+
+def load_signals(quality_path, db, diversity_path) -> Signals:
+    """Join quality_scores, the relevance_vectors table and cluster_diversity on uid (quality_scores' order);
+    a sample missing from one of them means a stale upstream asset, named in the error."""
+    quality = pl.read_parquet(quality_path, columns=["uid", "quality"])
+    r_uids, r, h, names = read_relevance_table(db)
+    rel = pl.DataFrame({"uid": r_uids, "_row": np.arange(len(r_uids))})
+    div = pl.read_parquet(diversity_path, columns=["uid", "cluster", "diversity"])
+    frame = quality.join(rel, on="uid", how="left", maintain_order="left").join(div, on="uid", how="left",
+                                                                                maintain_order="left")
+    for column, asset in (("_row", "relevance_vectors"), ("diversity", "cluster_diversity")):
+        missing = frame.filter(pl.col(column).is_null())
+        if missing.height:
+            raise ValueError(f"{missing.height} quality_scores samples (e.g. uid {missing['uid'][0]}) have no "
+                             f"{asset} row: rematerialize {asset}")
+    rows = frame["_row"].to_numpy()
+    return Signals(frame["uid"].to_numpy(), frame["quality"].to_numpy().astype(np.float64), r[rows], h[rows],
+                   frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names)

@@ -22,6 +22,7 @@ from tads_assets.core.method import operators as op
 from tads_assets.core.io.embeddings import raw_pool_parts
 from tads_assets.core.io.ingest import part_fingerprint
 from tads_assets.core.atomic import write_parquet_atomic
+from tads_assets.core.io.embeddings import arrays
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,6 @@ def _cached(path: Path, key: str) -> pl.DataFrame | None:
     return None
 
 
-def reference_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
-    """Which rows (of the kept pool, in table order) are the reference images: a fixed random sample."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_rows, size=min(n, n_rows), replace=False))
-
-
-def reference_images(image_vec: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """The pool images that calibrate grounding and caption specificity (a fixed random sample)."""
-    return np.asarray(image_vec[reference_rows(len(image_vec), n, seed)], np.float32)
-
-
 @dataclass
 class FeatureInputs:
     """What every part's operators read besides the part itself: the kept samples' vectors (rows in `row_of`
@@ -99,8 +89,6 @@ def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
     """`vectors` holds uid, image_vec, text_vec, flipped_image_vec and heldout_pair_cos (the CLIP-similarity
     operator's value) of the pool; every kept sample must have a row. `reference`: the reference images when
     `vectors` is not the whole kept pool (one part's run), else drawn from `vectors`."""
-    from tads_assets.core.io.embeddings import arrays
-
     kept = set(kept_uids)
     vectors = vectors.filter(pl.col("uid").is_in(kept_uids))
     if vectors.height != len(kept):
@@ -110,7 +98,7 @@ def feature_inputs(kept_uids: list[str], vectors: pl.DataFrame, cache_dir: Path,
     img, txt, flip = arrays(vectors, "image_vec", "text_vec", "flipped_image_vec")
     return FeatureInputs(kept, {u: i for i, u in enumerate(vectors["uid"].to_list())}, img, txt, flip,
                          vectors["heldout_pair_cos"].to_numpy().astype(np.float32),
-                         reference_images(img, params.reference_images, params.seed) if reference is None else reference,
+                         op.reference_images(img, params.reference_images, params.seed) if reference is None else reference,
                          Path(cache_dir), encoder_id,
                          lang_id, encode_texts, params, ocr)
 

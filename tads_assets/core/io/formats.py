@@ -1,4 +1,4 @@
-"""Pool readers and sample validation: `webdataset:`, `img2dataset:` and `csv:` sources (DESIGN.md).
+"""Pool readers and sample validation: `webdataset:`, `img2dataset:` and `csv:` sources (docs/architecture.md).
 
 Readers stream: a source is a list of shards, and each shard yields `RawRecord`s one at a time, so the
 pool never sits in memory whole. A reader never raises on bad data inside a shard: a record it cannot

@@ -1,5 +1,5 @@
 """Streaming ingestion of a pool source into the `raw_pool` Parquet table, with a ledger row for every
-sample that does not make it (DESIGN.md: raw_pool).
+sample that does not make it (docs/outputs.md: raw_pool).
 
 Output layout (`out_dir`): `part-<shard#>-<chunk#>.parquet` files, one or more per source shard, and
 `_manifest.json` with the counts. The whole folder is built in a staging folder and swapped in at the

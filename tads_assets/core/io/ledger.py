@@ -19,11 +19,10 @@ from pathlib import Path
 import polars as pl
 
 from tads_assets.core.atomic import write_parquet_atomic
+from tads_assets.core.settings import DROP, KEEP  # noqa: F401  (the ledger's decisions; KEEP for readers)
 
 log = logging.getLogger(__name__)
 
-DROP = "drop"
-KEEP = "keep"
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "uid": pl.Utf8,

@@ -1,4 +1,4 @@
-"""The downstream task set (DESIGN.md "Configuration", `TADS_TASKS`): parsing and validation.
+"""The downstream task set (docs/architecture.md, `TADS_TASKS`): parsing and validation.
 
 A bad file fails with a message naming the task and the field. Set paths (`webdataset:PATH`) are
 resolved against the task file's folder when relative.
@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tads_assets.core.sanitize import one_line
+from tads_assets.core.io import formats
 
 KINDS = ("classification", "retrieval")
 SPLITS = ("validation", "test")
@@ -95,8 +96,6 @@ def _check_template(t: str, where: str) -> None:
 def set_shards(spec: str | Path) -> list[Path]:
     """The shard files of a held-out set: a tar (or .tar.gz), a shard pattern (`{000..009}`, `{a,b}`, globs) or a
     directory of shards; [] when it names nothing."""
-    from tads_assets.core.io.formats import expand_braces
-
     text = str(spec)
     path = Path(text)
     if path.is_file():  # a file's own name wins over pattern characters in it (a folder named "data[1]")
@@ -105,7 +104,7 @@ def set_shards(spec: str | Path) -> list[Path]:
         return sorted(p for p in path.iterdir() if p.name.endswith(SHARD_SUFFIXES) and p.is_file())
     if any(c in text for c in "{*?["):
         out = []
-        for p in expand_braces(text):
+        for p in formats.expand_braces(text):
             out += [Path(q) for q in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
         return [p for p in out if p.is_file()]
     return []
@@ -140,7 +139,7 @@ def resolve_set(spec: str | Path, where: str) -> list[Path]:
 
 
 def parse_task_set(text: str, base_dir: str | Path, source: str = "task file") -> list[Task]:
-    """Tasks of a task-set YAML document (schema in DESIGN.md)."""
+    """Tasks of a task-set YAML document (schema in docs/architecture.md)."""
     if len(text) > MAX_TASK_FILE_BYTES:
         raise TaskSetError(f"{source}: {len(text)} characters; a task file is at most {MAX_TASK_FILE_BYTES}")
     try:

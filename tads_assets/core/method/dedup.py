@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tads_assets.core.settings import DROP
 from tads_assets.core.vectors import kmeans_clusters
+from tads_assets.core.io.formats import TINY_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +234,6 @@ def tiny_image_vectors(tiny: list[bytes | None]) -> np.ndarray:
     """Tiny-image descriptors (formats.tiny_image, 64 grey bytes) as zero-mean unit vectors, so their dot
     product ignores brightness and contrast. A missing or flat descriptor becomes a zero vector (matches
     nothing)."""
-    from tads_assets.core.io.formats import TINY_SIDE
-
     n_px = TINY_SIDE * TINY_SIDE
     out = np.zeros((len(tiny), n_px), np.float32)
     for i, b in enumerate(tiny):
@@ -343,8 +343,6 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
 def outcome_tables(uids: np.ndarray, captions: list[str], outcome: DedupOutcome, alignment: np.ndarray):
     """The kept table (uid, cluster, alignment) and the ledger rows of every removed sample."""
     import polars as pl
-
-    from tads_assets.core.io.ledger import DROP
 
     kept = pl.DataFrame({"uid": uids[outcome.kept], "cluster": outcome.labels[outcome.kept],
                          "alignment": alignment[outcome.kept].astype(np.float32)})

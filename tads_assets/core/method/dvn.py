@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from tads_assets.core.settings import BUDGET_FRACTION
+from tads_assets.core.atomic import write_json_atomic
 
 
 @dataclass
@@ -21,7 +23,7 @@ class DvnConfig:
     n_tasks: int
     embed_dim: int = 16
     hidden_dim: int = 32
-    init_rate: float = 0.4  # v starts near this everywhere: the fusion bias is logit(init_rate)
+    init_rate: float = BUDGET_FRACTION  # v starts near this everywhere: the fusion bias is logit(init_rate)
 
 
 def _stream(n_in: int, dim: int) -> nn.Sequential:
@@ -95,8 +97,6 @@ def save_dvn(net: DataValueNetwork, out_dir, info: dict) -> dict:
     from pathlib import Path
 
     from safetensors.torch import save_file
-
-    from tads_assets.core.atomic import write_json_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

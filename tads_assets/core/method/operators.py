@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tads_assets.core.io.formats import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -358,10 +359,25 @@ FEATURE_COLUMNS = (  # the numeric vector f(x) the weak labels and q_φ see, in 
     "caption_info_gain",
 )
 
+# every column of the feature table, described (the asset's description and column schema show these)
+FEATURE_DESCRIPTIONS = {
+    "width": "image width (pixels)", "height": "image height (pixels)", "resolution": "√(width·height)",
+    "aspect_ratio": "max(w/h, h/w)", "laplacian_var": "variance of the Laplacian (low: blurred)",
+    "text_likelihood": "the OCR pre-filter's text likelihood", "ocr_run": "whether Tesseract ran",
+    "ocr_text": "the text Tesseract read", "ocr_text_ratio": "share of the image covered by text boxes",
+    "ocr_words": "words read", "caption_chars": "caption length (characters)", "caption_words": "caption words",
+    "caption_letter_words": "caption words made of letters", "lang": "fastText language of the caption",
+    "lang_confidence": "fastText confidence", "n_phrases": "noun phrases found in the caption",
+    "grounding_count": "phrases grounded in the image", "grounding_confidence": "mean grounding margin",
+    "caption_info_gain": "caption information beyond the OCR text", "specificity": "caption specificity vs the "
+    "reference images", "clip_similarity": "held-out image-caption cosine", "flip_consistency": "cosine of the "
+    "image and its mirror", "flip_similarity_gap": "caption cosine of the image minus of its mirror",
+    "concreteness": "caption concreteness (rater fitted on the pool)", "lang_is_dominant": "caption in the pool's "
+    "dominant language",
+}
+
 
 def decode(blob: bytes) -> Image.Image:
-    from tads_assets.core.io.formats import decode_rgb
-
     return decode_rgb(blob)
 
 
@@ -491,3 +507,14 @@ def recombined_features(features, rows: np.ndarray, captions: Sequence[str], ima
     pair = caption_pair_features(captions, image_side["ocr_text"].to_list(), image_vec[rows], flipped_vec[rows],
                                  text_vec, reference_images, lang_id, encode_texts, params, pair_cos)
     return finish_features(image_side.hstack(pair), text_vec, rater, dominant)[0]
+
+
+def reference_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """Which rows (of the kept pool, in table order) are the reference images: a fixed random sample."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=min(n, n_rows), replace=False))
+
+
+def reference_images(image_vec: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The pool images that calibrate grounding and caption specificity (a fixed random sample)."""
+    return np.asarray(image_vec[reference_rows(len(image_vec), n, seed)], np.float32)

@@ -8,7 +8,7 @@ numbers too: every pool sample holds a fixed random key per step, and a step's b
 samples with the smallest keys. Adding a few samples to S(θ) therefore changes only the batch slots
 they win, instead of reshuffling every batch — without that, the finite differences of eq. 16 measure
 the luck of a new shuffle, not the effect of a cluster. `full` mode (open_clip fine-tuning, the paper's setting)
-belongs on a GPU and uses `clip_train` instead.
+belongs on a GPU: `tads_assets.core.harness.clip_proxy`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tads_assets.core.io.eval_sets import read_eval_set
 from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads, info_nce
+from tads_assets.core.metrics import eval_k, score_classification, score_retrieval
 
 
 @dataclass
@@ -139,16 +141,14 @@ def evaluate_embeddings(val: list[ValTask], embed_images, embed_texts) -> dict[s
     """Eval_k on each validation set from its stored features mapped by `embed_images`/`embed_texts`
     (arrays → arrays; identity for features that already are a CLIP's embeddings), scored the way the
     benchmark scores the test sets (`eval_k`: top-1, or the mean of the two R@1)."""
-    from tads_assets.core.harness import benchmark
-
     out = {}
     for t in val:
         img = embed_images(t.image_feats)
         if t.kind == "classification":
-            scores = benchmark.score_classification(t.name, img, t.labels, embed_texts(t.prompt_feats), t.n_classes,
+            scores = score_classification(t.name, img, t.labels, embed_texts(t.prompt_feats), t.n_classes,
                                                     len(t.prompt_feats) // t.n_classes)
         else:
-            scores = benchmark.score_retrieval(t.name, img, embed_texts(t.caption_feats))
+            scores = score_retrieval(t.name, img, embed_texts(t.caption_feats))
         out[t.name] = eval_k(scores)
     return out
 
@@ -177,8 +177,6 @@ def validation_tasks(tasks, encode_images, encode_texts, split: str = "validatio
     """Each task's held-out set of `split` as the proxy's frozen features (`encode_images`/`encode_texts`: the
     builtin encoder's FrozenTowers features, or the open_clip encoder's embeddings — whatever the pool's
     proxy features are), at most `max_items` per task (a seeded sample), encoded once per DVN training."""
-    from tads_assets.core.harness.benchmark import read_eval_set
-
     out = []
     for t in tasks:
         es = read_eval_set(t.sets[split], t.classes)
@@ -193,41 +191,3 @@ def validation_tasks(tasks, encode_images, encode_texts, split: str = "validatio
             out.append(ValTask(t.name, t.kind, t.weight, image_feats,
                                caption_feats=encode_texts([es.captions[i] for i in keep])))
     return out
-
-
-class ClipProxy:
-    """The proxy in `full` mode (the paper's setting, for a GPU): a whole CLIP — the user's open_clip model
-    or TADS-Tiny from a seeded initialisation — fine-tuned on S(θ) with the CLIP trainer for a fixed budget
-    of samples seen, then scored on the validation sets. `make_model()` must return the same starting
-    weights every call (equal subsets, equal rewards); `images`/`tokens` are the pool preprocessed once."""
-
-    def __init__(self, make_model, images: torch.Tensor, tokens: torch.Tensor, tasks, val_sets: dict,
-                 budget_samples_seen: int = 4096, batch_size: int = 128, lr: float = 1e-4, seed: int = 0,
-                 device: str = "cpu"):
-        self.make_model, self.images, self.tokens = make_model, images, tokens
-        self.tasks, self.val_sets, self.device = tasks, val_sets, device
-        self.budget, self.batch_size, self.lr, self.seed = budget_samples_seen, batch_size, lr, seed
-        self.n_adaptations = 0
-
-    def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
-        from tads_assets.core.harness import benchmark, clip_train
-
-        idx = torch.as_tensor(np.flatnonzero(np.asarray(mask, bool)))
-        if len(idx) < 2:
-            raise ValueError(f"the selected subset has {len(idx)} samples; the proxy needs at least 2")
-        model, preprocess, tokenizer = self.make_model()
-        params = clip_train.TrainParams(budget_samples_seen=self.budget, batch_size=self.batch_size, lr=self.lr,
-                                        warmup_steps=0, seed=self.seed)
-        res = clip_train.train_on_tensors(model, self.images[idx], self.tokens[idx], params, self.device,
-                                          progress=lambda m: None)
-        enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer, self.device)
-        scores = benchmark.evaluate_model(self.tasks, self.val_sets, enc.encode_images, enc.encode_texts)
-        self.n_adaptations += 1
-        metrics = {s.task: eval_k(s) for s in scores}
-        return float(sum(t.weight * metrics[t.name] for t in self.tasks)), metrics
-
-
-def eval_k(scores) -> float:
-    """Eval_k of one task's benchmark scores: top-1 (classification), mean of the two R@1 (retrieval)."""
-    m = scores.metrics
-    return float(m["top1"]) if "top1" in m else 0.5 * float(m["i2t_r1"] + m["t2i_r1"])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tads_assets.core.method.operators import noun_phrases
+from tads_assets.core.method.operators import feature_matrix, noun_phrases
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,29 @@ def load_quality_model(path, device: str = "cpu") -> tuple[QualityMLP, list[str]
     model.load_state_dict(state)
     model.eval()
     return model, meta["feature_columns"].split(",")
+
+
+@dataclass
+class DTrue:
+    """D_true as the model trains on it: the pool's feature matrix, and D_true's rows (positives, then the
+    negatives) with their labels and how each was made."""
+
+    x_pool: np.ndarray
+    x_true: np.ndarray
+    y_true: np.ndarray
+    how: np.ndarray
+
+
+def assemble_d_true(features, captions: list[str], clusters: np.ndarray, params: QualityParams,
+                    negative_features) -> DTrue:
+    """Eq. 7's D_true over the feature table `features` (with y_weak): positives sampled by ŷ_weak keep their
+    row's features; each synthetic negative (a shuffled or mismatch-injected caption on a positive's image) gets
+    the features `negative_features(rows, captions)` computes for those new pairs (a feature-table frame)."""
+    true_set = build_true_set(features["y_weak"].to_numpy(), captions, clusters, params)
+    neg = true_set.labels == 0
+    neg_feats = negative_features(true_set.rows[neg], [c for c, n in zip(true_set.captions, neg) if n])
+    x_pool = feature_matrix(features)
+    x_true = np.concatenate([x_pool[true_set.rows[~neg]], feature_matrix(neg_feats)])
+    y_true = np.concatenate([true_set.labels[~neg], true_set.labels[neg]])
+    how = np.array(true_set.how)[np.r_[np.flatnonzero(~neg), np.flatnonzero(neg)]]
+    return DTrue(x_pool, x_true, y_true, how)

@@ -56,37 +56,3 @@ def relevance_vector(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Eq. 11: h_r(x) = v / (‖v‖₂ + ε), v = [r_1(x), …, r_K(x)]."""
     v = np.asarray(scores, np.float32)
     return v / (np.linalg.norm(v, axis=1, keepdims=True) + eps)
-
-
-RELEVANCE_TABLE = "relevance_vectors"
-
-
-def write_relevance_table(db, uids: Sequence[str], scores: np.ndarray, h_r: np.ndarray, task_names: Sequence[str],
-                          tasks_sha256: str):
-    """LanceDB table `relevance_vectors` beside `embeddings`: uid, r (eq. 10, one value per task), h_r
-    (eq. 11), the task order and the task file's hash (so a reader can tell stale rows). Replaced whole."""
-    import pyarrow as pa
-
-    k = scores.shape[1]
-    table = pa.table({
-        "uid": pa.array(list(uids), pa.string()),
-        "r": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(scores, np.float32).ravel()), k),
-        "h_r": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(h_r, np.float32).ravel()), k),
-        "tasks": pa.array([",".join(task_names)] * len(uids), pa.string()),
-        "tasks_sha256": pa.array([tasks_sha256] * len(uids), pa.string()),
-    })
-    return db.create_table(RELEVANCE_TABLE, data=table, mode="overwrite")
-
-
-def read_relevance_table(db):
-    """(uids, r, h_r, task names) from the LanceDB table."""
-    from tads_assets.core.io.embeddings import table_names
-
-    if RELEVANCE_TABLE not in table_names(db):
-        raise FileNotFoundError(f"LanceDB table {RELEVANCE_TABLE} does not exist: materialize relevance_vectors first")
-    t = db.open_table(RELEVANCE_TABLE).to_arrow()
-    k = t.schema.field("r").type.list_size
-    r = t.column("r").combine_chunks().flatten().to_numpy().reshape(-1, k)
-    h = t.column("h_r").combine_chunks().flatten().to_numpy().reshape(-1, k)
-    names = t.column("tasks")[0].as_py().split(",") if t.num_rows else []
-    return t.column("uid").to_pylist(), r, h, names

@@ -52,15 +52,20 @@ class Threshold:
     budget_bound: bool  # whether the budget raised τ above the requested value
 
 
+def budget_cap(n: int, max_fraction: float) -> int:
+    """The most samples a selection under the data budget may keep out of `n`: ⌊max_fraction · n⌋, at least 1."""
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"the data budget (a fraction of the pool) must lie in (0, 1], got {max_fraction}")
+    return max(1, int(np.floor(max_fraction * n)))
+
+
 def threshold_selection(v: np.ndarray, tau: float, max_fraction: float) -> Threshold:
     """{x : v(x) > τ}, keeping at most ⌊max_fraction · n⌋ samples (ties at the cut broken by row order).
     τ < 0: the τ that keeps exactly that many."""
     v = np.asarray(v, np.float64)
-    if not 0 < max_fraction <= 1:
-        raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction}")
+    cap = budget_cap(len(v), max_fraction)
     if tau >= 1:
         raise ValueError(f"tau must be < 1 (v is a probability), got {tau}")
-    cap = max(1, int(np.floor(max_fraction * len(v))))
     keep = v > tau if tau >= 0 else np.zeros(len(v), bool)
     if tau >= 0 and keep.sum() <= cap:
         return Threshold(keep, float(tau), float(tau), False)
@@ -83,26 +88,3 @@ class Signals:
     d: np.ndarray
     clusters: np.ndarray
     task_names: list[str]
-
-
-def load_signals(quality_path, db, diversity_path) -> Signals:
-    """Join quality_scores, the relevance_vectors table and cluster_diversity on uid (quality_scores' order);
-    a sample missing from one of them means a stale upstream asset, named in the error."""
-    import polars as pl
-
-    from tads_assets.core.method.relevance import read_relevance_table
-
-    quality = pl.read_parquet(quality_path, columns=["uid", "quality"])
-    r_uids, r, h, names = read_relevance_table(db)
-    rel = pl.DataFrame({"uid": r_uids, "_row": np.arange(len(r_uids))})
-    div = pl.read_parquet(diversity_path, columns=["uid", "cluster", "diversity"])
-    frame = quality.join(rel, on="uid", how="left", maintain_order="left").join(div, on="uid", how="left",
-                                                                                maintain_order="left")
-    for column, asset in (("_row", "relevance_vectors"), ("diversity", "cluster_diversity")):
-        missing = frame.filter(pl.col(column).is_null())
-        if missing.height:
-            raise ValueError(f"{missing.height} quality_scores samples (e.g. uid {missing['uid'][0]}) have no "
-                             f"{asset} row: rematerialize {asset}")
-    rows = frame["_row"].to_numpy()
-    return Signals(frame["uid"].to_numpy(), frame["quality"].to_numpy().astype(np.float64), r[rows], h[rows],
-                   frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names)
