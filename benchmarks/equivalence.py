@@ -59,14 +59,16 @@ def _frames(home: Path) -> dict[str, object]:
     import lancedb
     import polars as pl
 
-    out = {}
-    for f in sorted((home / "parquet").rglob("*.parquet")):
-        out[f"parquet/{f.relative_to(home / 'parquet')}"] = pl.read_parquet(f)
-    for stage in sorted(p for p in (home / "ledger").glob("stage=*") if p.is_dir()):  # a run's id and clock are not data
+    from tads_assets.core.io.catalog import Catalog
+
+    cat, out = Catalog(home), {}
+    for f in sorted(cat.parquet_dir.rglob("*.parquet")):
+        out[f"parquet/{f.relative_to(cat.parquet_dir)}"] = pl.read_parquet(f)
+    for stage in sorted(p for p in cat.ledger_dir.glob("stage=*") if p.is_dir()):  # a run's id and clock are not data
         files = sorted(stage.glob("*.parquet"))
         out[f"ledger/{stage.name}"] = pl.concat([pl.read_parquet(f) for f in files]).drop(RUN_IDENTITY, strict=False)
-    if (home / "lance").exists():
-        db = lancedb.connect(str(home / "lance"))
+    if cat.lance_dir.exists():
+        db = lancedb.connect(str(cat.lance_dir))
         listing = db.list_tables()
         names = list(getattr(listing, "tables", listing))
         for name in sorted(names):
@@ -110,7 +112,9 @@ def compare(first: Path, second: Path) -> int:
         why = _same(fa[key], fb[key])
         if why:
             problems.append(f"{key}: {why}")
-    reports = [p.relative_to(first) for p in sorted((first / "reports").glob("benchmark*")) if p.is_file()]
+    from tads_assets.core.io.catalog import Catalog
+
+    reports = [p.relative_to(first) for p in sorted(Catalog(first).benchmark_scores.dir.glob("benchmark*")) if p.is_file()]
     for rel in reports:
         if not (second / rel).exists() or (first / rel).read_bytes() != (second / rel).read_bytes():
             problems.append(f"{rel}: differs")

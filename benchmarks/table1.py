@@ -88,16 +88,18 @@ def main() -> None:
 
     criteria = {}
     if "tads" in summary:
+        # the budget final_subset was built under (its manifest), not this script's default
+        budget = float(cat.final_subset.manifest().get("max_fraction", BUDGET_FRACTION))
         share = summary["tads"]["samples"] / n_dedup
         others = [m for m in summary if m != "tads"]
         vs = [beats(summary, "tads", m) for m in others]
-        criteria = {"tads_share_of_deduplicated_pool": share, "budget_fraction": BUDGET_FRACTION,
-                    "share_ok": share <= BUDGET_FRACTION + 1e-9,
+        criteria = {"tads_share_of_deduplicated_pool": share, "budget_fraction": budget,
+                    "share_ok": share <= budget + 1e-9,
                     "tads_at_least_every_baseline": all(v["at_least"] for v in vs),
                     "tads_beats_no_filter_beyond_one_std": next((v["beats"] for v in vs if v["versus"] == "no_filter"), None),
                     "versus": vs}
         print(f"\nCriteria: TADS keeps {summary['tads']['samples']} of {n_dedup} deduplicated samples ({share:.1%}, "
-              f"≤ the data budget {BUDGET_FRACTION:.0%}: {'yes' if criteria['share_ok'] else 'NO'})")
+              f"≤ the data budget {budget:.0%}: {'yes' if criteria['share_ok'] else 'NO'})")
         for v in vs:
             print(f"  tads vs {v['versus']:>12}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f})  "
                   f"≥: {'yes' if v['at_least'] else 'NO'}  beyond one std: {'yes' if v['beats'] else 'no'}")

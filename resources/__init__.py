@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import logging
 import os
 import re
 from pathlib import Path
 
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from pydantic import Field
 
 from tads_assets.core.demo import demo_pool
 
@@ -24,14 +24,9 @@ from tads_assets.core.io.formats import PoolSpec, parse_pool_spec
 from tads_assets.core.io.catalog import Catalog, ClipEncoderDir, Output
 from tads_assets.core.settings import BUDGET_FRACTION
 from tads_assets.core.io.ledger import Ledger
-from tads_assets.core.method.encoder import parse_encoder_spec
-from tads_assets.core.method.encoder import FrozenTowers
-from tads_assets.core.method.encoder import OpenClipEncoder
-from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, load_heads
-from tads_assets.core.method.operators import tesseract_version
-from tads_assets.core.method.operators import LanguageId
+from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, OpenClipEncoder, load_heads, parse_encoder_spec
+from tads_assets.core.method.operators import LanguageId, tesseract_version
 
-log = logging.getLogger(__name__)
 
 
 class TadsPaths(ConfigurableResource):
@@ -190,7 +185,7 @@ class Budget(ConfigurableResource):
     """The data budget (TADS_BUDGET_FRACTION): the share of the deduplicated pool a selection keeps. One value
     for Algorithm 1's draws, the DVN's initial value, final_subset's cap and the size-matched baselines."""
 
-    fraction: float = BUDGET_FRACTION
+    fraction: float = Field(default=BUDGET_FRACTION, gt=0.0, le=1.0)
 
 
 class CatalogIOManager(ConfigurableIOManager):
@@ -201,7 +196,9 @@ class CatalogIOManager(ConfigurableIOManager):
     paths: TadsPaths
 
     def load_input(self, context: InputContext) -> Output:
-        return self.paths.catalog.of(context.upstream_output.asset_key.path[-1])
+        """The upstream asset's handle. A handle names the whole output: a partitioned upstream's handle reads
+        any of its partitions (`Subsets.of(method)`), whichever partitions the run depends on."""
+        return self.paths.catalog.of(context.asset_key.path[-1])
 
     def handle_output(self, context: OutputContext, obj) -> None:
         if obj is not None:
@@ -226,7 +223,16 @@ def tads_resources(paths: TadsPaths | None = None, environ: dict | None = None, 
     """Every resource of the code location: each from `environ`'s variables (see `ENV`) over the field
     defaults, `paths` (when given) and `overrides` replacing theirs; the IO manager reads the same `paths`."""
     environ = {} if environ is None else environ
-    out = {key: cls(**{f: environ[v] for f, v in fields.items() if v in environ}) for key, (cls, fields) in ENV.items()}
+    if "io_manager" in overrides:
+        raise ValueError("tads_resources builds the io_manager from `paths`; pass `paths` instead")
+    out = {}
+    for key, (cls, fields) in ENV.items():
+        values = {f: environ[v] for f, v in fields.items() if v in environ}
+        try:
+            out[key] = cls(**values)
+        except (ValueError, TypeError) as exc:
+            named = ", ".join(f"{v}={environ[v]!r}" for f, v in fields.items() if v in environ)
+            raise ValueError(f"bad environment for resource {key!r} ({named}): {exc}") from None
     if paths is not None:
         out["paths"] = paths
     out.update(overrides)

@@ -20,8 +20,10 @@ from tads_assets.core.io.feature_table import FeatureInputs, build_feature_table
 from tads_assets.core.io.tasks import TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.method import diversity, operators, quality_model, relevance, weak_supervision
 from tads_assets.core.method.encoder import heldout_cosine_for_new_captions, load_heads
-from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, feature_matrix, reference_rows
+from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, reference_rows
+from tads_assets.core.method.diversity import DiversityParams
 from tads_assets.core.method.quality_model import QualityParams
+from tads_assets.core.method.relevance import RelevanceParams
 from tads_assets.core.method.weak_supervision import WeakParams
 from tads_assets.core.report import grouped_bars_markdown, histogram_markdown, line_plot_markdown
 from tads_assets.core.sanitize import one_line
@@ -29,6 +31,7 @@ from tads_assets.core.vectors import joint_vectors, kmeans_clusters
 from tads_assets.meta import column_schema, describe, rounded, table
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool_parts, scored_samples_grid
 
+FEATURE_DESCRIPTIONS = {"uid": "sample id", **operators.FEATURE_DESCRIPTIONS}
 # the Ocr resource sets these three
 FeatureTableConfig = config_from("FeatureTableConfig", "Operator settings (`operators.OperatorParams`).",
                                  (OperatorParams, {"exclude": ("ocr_min_confidence", "ocr_workers", "ocr_batch")}))
@@ -64,9 +67,11 @@ def _feature_inputs(context: AssetExecutionContext, config, cat: Catalog, encode
 @asset(
     group_name="characterize", deps=[deduped_pool, pool_embeddings, clip_encoder], partitions_def=raw_pool_parts,
     kinds={"parquet", "tesseract", "fasttext"},
-    description="Scale-out form of feature_table's per-sample work: the §3.2.1 operators over one raw_pool part "
-    "(partition = part), written to feature_table's part cache. A backfill over the parts fans out over "
-    "processes or machines; feature_table then only reads them back and fits the corpus-level statistics.",
+    description=describe(
+        "Scale-out form of feature_table's per-sample work: the §3.2.1 operators over one raw_pool part (partition = "
+        "part), written to feature_table's part cache (TADS_HOME/cache/feature_parts/PART.parquet). A backfill over "
+        "the parts fans out over processes or machines; feature_table then only reads them back and fits the "
+        "corpus-level statistics.", FEATURE_DESCRIPTIONS),
 )
 @one_writer
 def operator_features(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths,
@@ -77,13 +82,11 @@ def operator_features(context: AssetExecutionContext, config: FeatureTableConfig
     result = part_features(part, inputs, context.log.info)
     return MaterializeResult(metadata={
         "part": MetadataValue.text(context.partition_key), "n_in": result.frame.height, "n_out": result.frame.height,
+        "dagster/row_count": result.frame.height, "dagster/column_schema": column_schema(result.frame, FEATURE_DESCRIPTIONS),
         "computed": result.computed, "ocr_run": result.ocr_run, "seconds": rounded(time.perf_counter() - t0, 2),
         "seconds_by_operator_group": table([{"group": k, "seconds": v} for k, v in result.seconds.items()])
         if result.computed else MetadataValue.text("read from the cache (nothing it depends on changed)"),
     })
-
-
-FEATURE_DESCRIPTIONS = {"uid": "sample id", **operators.FEATURE_DESCRIPTIONS}
 
 
 @asset(
@@ -132,6 +135,8 @@ def _feature_metadata(run, inputs, out: FeatureTable) -> dict:
     }
 
 
+WEAK_COLUMNS = {"uid": "sample id", "y_weak": "P(good) from the LabelModel",
+                "lf_*": "each labelling function's vote: 1 good, 0 bad, -1 abstain"}
 WeakLabelsConfig = config_from("WeakLabelsConfig", "Labelling-function and LabelModel settings "
                                "(`weak_supervision.WeakParams`).", WeakParams)
 
@@ -140,8 +145,7 @@ WeakLabelsConfig = config_from("WeakLabelsConfig", "Labelling-function and Label
     group_name="characterize", kinds={"parquet", "snorkel"},
     description=describe("Labelling functions on feature thresholds read off the pool's distributions, combined by "
                          "a Snorkel LabelModel into weak labels ŷ_weak = P(good).",
-                         {"uid": "sample id", "y_weak": "P(good) from the LabelModel",
-                          "lf_*": "each labelling function's vote: 1 good, 0 bad, -1 abstain"}),
+                         WEAK_COLUMNS),
 )
 @one_writer
 def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths: TadsPaths,
@@ -159,8 +163,8 @@ def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths:
     summary = fit.lf_summary
     return MaterializeResult(metadata={
         "path": MetadataValue.path(str(out_path)), "n_in": features.height, "n_out": out.height, "n_dropped": 0,
-        "dagster/column_schema": column_schema(out, {"uid": "sample id", "y_weak": "P(good)",
-                                                     **{lf.name: f"vote of {lf.name} (1, 0, -1 abstain)" for lf in lfs}}),
+        "dagster/column_schema": column_schema(out, {**WEAK_COLUMNS, **{lf.name: f"vote of {lf.name}: 1 good, 0 bad, "
+                                                                         "-1 abstain" for lf in lfs}}),
         "dagster/row_count": out.height, "n_lfs": len(lfs), "seconds": round(time.perf_counter() - t0, 2),
         "label_model_epochs": fit.epochs, "lf_summary": table(summary.to_dicts()),
         "lf_summary_plot": MetadataValue.md(grouped_bars_markdown(
@@ -172,6 +176,7 @@ def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths:
     })
 
 
+QUALITY_COLUMNS = {"uid": "sample id", "quality": "q_φ(x) ∈ [0, 1]"}
 QualityScoresConfig = config_from("QualityScoresConfig", "q_φ and D_true settings (`quality_model.QualityParams`).",
                                   QualityParams)
 
@@ -198,7 +203,7 @@ def _negative_features(cat: Catalog, features: pl.DataFrame, encoder: ClipEncode
     group_name="characterize", kinds={"parquet", "pytorch"},
     description=describe("MLP quality predictor q_φ ∈ [0, 1] trained with eq. 7-9: BCE on D_true (high-ŷ_weak "
                          "pairs and synthetic negatives by caption shuffling and mismatch injection) plus λ-weighted "
-                         "MSE to ŷ_weak.", {"uid": "sample id", "quality": "q_φ(x) ∈ [0, 1]"}),
+                         "MSE to ŷ_weak.", QUALITY_COLUMNS),
 )
 @one_writer
 def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, paths: TadsPaths, encoder: ClipEncoder,
@@ -232,7 +237,7 @@ def _quality_metadata(fit, d_true, out: pl.DataFrame, captions, params, raw_pool
     return {
         "path": MetadataValue.path(str(cat.quality_scores.path)),
         "checkpoint": MetadataValue.path(str(cat.quality_scores.checkpoint)),
-        "dagster/column_schema": column_schema(out, {"uid": "sample id", "quality": "q_φ(x) ∈ [0, 1]"}),
+        "dagster/column_schema": column_schema(out, QUALITY_COLUMNS),
         "dagster/row_count": out.height, "n_in": out.height, "n_out": out.height, "n_dropped": 0,
         "seconds": round(seconds, 2),
         "d_true": table([{"examples": k, "count": int((how == k).sum()), "mean q_phi": float(q_true[how == k].mean())}
@@ -311,12 +316,7 @@ def task_set(context: AssetExecutionContext, paths: TadsPaths) -> MaterializeRes
     })
 
 
-class RelevanceConfig(Config):
-    """Eq. 10-11 settings: which embedding of a sample meets the prototypes, and the retrieval support size."""
-
-    modality: str = "both"  # image, text or both (mean of the two cosines)
-    max_support_captions: int = 256
-    seed: int = 0
+RelevanceConfig = config_from("RelevanceConfig", "Eq. 10-11 settings (`relevance.RelevanceParams`).", RelevanceParams)
 
 
 RELEVANCE_COLUMNS = {"uid": "sample id", "r": "r_k(x) per task (eq. 10)", "h_r": "r/(‖r‖+ε) (eq. 11)",
@@ -361,12 +361,9 @@ def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, p
     })
 
 
-class ClusterDiversityConfig(Config):
-    """Eq. 12 settings: δ (density sensitivity; 0 switches diversity off) and the number of clusters."""
-
-    delta: float = 0.5
-    n_clusters: int = 100
-    seed: int = 0
+ClusterDiversityConfig = config_from("ClusterDiversityConfig", "Eq. 12 settings (`diversity.DiversityParams`): δ "
+                                     "(density sensitivity; 0 switches diversity off) and the number of clusters.",
+                                     DiversityParams)
 
 
 DIVERSITY_COLUMNS = {"uid": "sample id", "cluster": "k-means cluster of [z_I; z_T]",

@@ -15,13 +15,12 @@ from tads_assets.characterize import (cluster_diversity, feature_table, operator
                                       relevance_vectors, task_set, weak_labels)
 from tads_assets.core.harness import clip_train
 from tads_assets.core.io import embeddings, ingest
-from tads_assets.core.method.dvn import DVN_CHECKPOINT
 from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
 from tads_assets.core.method.selection import budget_cap
-from tads_assets.core.report import markdown_table
 from tads_assets.pool import clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool
 from tads_assets.select import STATIC_ABLATIONS, baseline_partitions, baseline_subsets, final_subset, trained_dvn
 from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
+from tads_assets.meta import table
 
 
 def _ledger_completeness(paths: TadsPaths, stage: str, manifest: dict, n_in: int, n_kept: int,
@@ -62,7 +61,7 @@ def raw_pool_sources_fully_read(paths: TadsPaths) -> AssetCheckResult:
         f"{len(problems)} problem(s), e.g. {problems[0]}",
         metadata={"shards": len(rows), "unreadable_ranges": sum(r["unreadable ranges"] for r in rows),
                   "unreadable_bytes": sum(r["unreadable bytes"] for r in rows), "problems": len(problems),
-                  "coverage": MetadataValue.md(markdown_table(rows[:50])),
+                  "coverage": table(rows[:50]),
                   **({"first_problems": MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]))} if problems else {})},
     )
 
@@ -177,7 +176,7 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
                            "unaccounted": report.n_unaccounted, "kept_and_dropped": overlap})
     return AssetCheckResult(passed=ok and bool(per_method), severity=AssetCheckSeverity.ERROR,
                             description="no method materialized yet" if not per_method else None,
-                            metadata={"methods": MetadataValue.md(markdown_table(per_method)) if per_method else "none"})
+                            metadata={"methods": table(per_method) if per_method else "none"})
 
 
 @asset_check(asset=trained_dvn, blocking=True,
@@ -188,7 +187,7 @@ def trained_dvn_scores_valid(paths: TadsPaths) -> AssetCheckResult:
     quality = cat.quality_scores.read(["uid"])
     problems = _coverage_problems(frame["uid"], quality["uid"])
     problems["out_of_range"] = frame.filter(~pl.col("v").is_between(0, 1) | pl.col("v").is_nan()).height
-    problems["checkpoint_missing"] = int(not (cat.trained_dvn.models / DVN_CHECKPOINT).exists())
+    problems["checkpoint_missing"] = int(not cat.trained_dvn.checkpoint.exists())
     return AssetCheckResult(passed=not any(problems.values()),
                             metadata={"rows": frame.height, "mean_v": float(frame["v"].mean() or 0.0), **problems})
 
@@ -250,10 +249,11 @@ def clip_encoder_weights_finite(paths: TadsPaths) -> AssetCheckResult:
              description="The part's cached frozen features: one row per raw_pool row of the part, all finite.")
 def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
     cat = paths.catalog
-    cache = cat.frozen_features.dir
+    handle = cat.frozen_features
+    cache = handle.dir
     rows = []
     for part in cat.raw_pool.parts():
-        cached = cache / part.name
+        cached = handle.part(part.name)
         if not cached.exists():
             continue
         frame = pl.read_parquet(cached)
@@ -262,7 +262,7 @@ def frozen_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
                      "non_finite_rows": int(sum((~np.isfinite(v).all(axis=1)).sum() for v in vecs))})
     ok = all(r["current"] and not r["non_finite_rows"] for r in rows)
     return AssetCheckResult(passed=ok, metadata={"parts_cached": len(rows),
-                                                 "parts": MetadataValue.md(markdown_table(rows) if rows else "none")})
+                                                 "parts": table(rows) if rows else "none"})
 
 
 @asset_check(asset=task_set, blocking=True,
@@ -326,7 +326,7 @@ def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
         rows.append({"method": method, "tensors": n, "non_finite": bad, "samples_seen": info["samples_seen"],
                      "budget": info["params"]["budget_samples_seen"]})
     ok = bool(rows) and all(not r["non_finite"] and r["samples_seen"] >= r["budget"] for r in rows)
-    return AssetCheckResult(passed=ok, metadata={"methods": MetadataValue.md(markdown_table(rows) if rows else "none")})
+    return AssetCheckResult(passed=ok, metadata={"methods": table(rows) if rows else "none"})
 
 
 @asset_check(asset=benchmark_scores, blocking=True,
@@ -350,11 +350,11 @@ def benchmark_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
              "feature finite.")
 def operator_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
     cat = paths.catalog
-    cache = cat.operator_features.dir
+    handle = cat.operator_features
     kept = set(_deduped_uids(paths).to_list())
     rows = []
     for part in cat.raw_pool.parts():
-        cached = cache / part.name
+        cached = handle.part(part.name)
         if not cached.exists():
             continue
         frame = pl.read_parquet(cached)
@@ -364,4 +364,4 @@ def operator_features_part_valid(paths: TadsPaths) -> AssetCheckResult:
                      "non_finite_rows": int((~np.isfinite(numeric).all(axis=1)).sum())})
     ok = all(r["rows"] == r["kept_in_part"] and not r["non_finite_rows"] for r in rows)
     return AssetCheckResult(passed=ok, metadata={"parts_cached": len(rows),
-                                                 "parts": MetadataValue.md(markdown_table(rows) if rows else "none")})
+                                                 "parts": table(rows) if rows else "none"})

@@ -9,13 +9,14 @@ asset (an `AssetSpec`): the run reads what TADS_HOME holds, as `dagster asset ma
 from __future__ import annotations
 
 import dagster
-from dagster import AssetSpec, AssetsDefinition
+from dagster import AssetChecksDefinition, AssetSpec, AssetsDefinition
 
 
 def materialize(assets, **kwargs) -> dagster.ExecuteInProcessResult:
-    """`dagster.materialize(assets, **kwargs)` with the upstream assets the given ones read added as external."""
+    """`dagster.materialize(assets, **kwargs)` with the upstream assets the given ones read (and the assets the
+    given checks target) added as external."""
     provided = {key for a in assets if isinstance(a, AssetsDefinition) for key in a.keys}
-    missing = sorted({dep for a in assets if isinstance(a, AssetsDefinition) for key in a.keys
-                      for dep in a.asset_deps.get(key, ()) if dep not in provided},
-                     key=lambda k: k.to_user_string())
+    needed = {dep for a in assets if isinstance(a, AssetsDefinition) for key in a.keys for dep in a.asset_deps.get(key, ())}
+    needed |= {check.asset_key for a in assets if isinstance(a, AssetChecksDefinition) for check in a.check_keys}
+    missing = sorted(needed - provided, key=lambda k: k.to_user_string())
     return dagster.materialize([*assets, *(AssetSpec(k) for k in missing)], **kwargs)

@@ -105,13 +105,16 @@ def _raw_pool_metadata(spec, result: ingest.IngestResult, raw_pool: RawPool) -> 
             "image_sizes": MetadataValue.md(histogram_markdown(
                 {"width": sizes["width"].to_numpy(), "height": sizes["height"].to_numpy()},
                 "image width and height", "pixels")),
-            "median_image_kib": MetadataValue.float(float(sizes["n_bytes"].median() or 0) / 1024),
+            "median_image_kib": rounded(float(sizes["n_bytes"].median() or 0) / 1024, 1),
             "seconds": MetadataValue.float(round(result.seconds, 2)),
             "samples_per_s": MetadataValue.float(round(result.samples_per_s, 1)),
             "shards_resumed": MetadataValue.int(result.shards_resumed),
         }
 
 
+FROZEN_COLUMNS = {"uid": "sample id", "image_feat": "EfficientNet-Lite0 features of the image",
+                  "flip_feat": "the same of the mirrored image", "text_feat": "all-MiniLM-L6-v2 features of the caption",
+                  "part_fingerprint": "the raw_pool part's content hash (cache key)"}
 ClipEncoderConfig = config_from(
     "ClipEncoderConfig", "Training of the builtin encoder's projection heads (`encoder.HeadsConfig`; ignored for "
     "open_clip encoders). Few epochs: more make the heads memorise the pool's misaligned pairs.",
@@ -120,10 +123,11 @@ ClipEncoderConfig = config_from(
 
 @asset(
     group_name="pool", deps=[raw_pool], partitions_def=raw_pool_parts, kinds={"pytorch", "parquet"},
-    description="Scale-out form of the builtin encoder's per-sample work: the frozen EfficientNet-Lite0 and "
-    "MiniLM features (image, flipped image, caption) of one raw_pool part (partition = part), into the cache "
-    "clip_encoder and pool_embeddings read. A backfill over the parts fans out over processes or machines. "
-    "Nothing to do for an open_clip encoder (TADS_ENCODER), whose embeddings are computed by pool_embeddings.",
+    description=describe(
+        "Scale-out form of the builtin encoder's per-sample work: the frozen EfficientNet-Lite0 and MiniLM features "
+        "of one raw_pool part (partition = part), into the cache clip_encoder and pool_embeddings read "
+        "(TADS_HOME/cache/frozen_features/PART.parquet). A backfill over the parts fans out over processes or "
+        "machines. Nothing to do for an open_clip encoder (TADS_ENCODER).", FROZEN_COLUMNS),
 )
 @one_writer
 def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: ClipEncoder,
@@ -140,7 +144,9 @@ def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: C
     seconds = time.perf_counter() - t0
     return MaterializeResult(metadata={
         "part": MetadataValue.text(context.partition_key), "n_in": rows, "n_out": rows, "computed": computed,
-        "path": MetadataValue.path(str(cat.frozen_cache_dir / part.name)), "seconds": rounded(seconds, 2),
+        "dagster/row_count": rows,
+        "dagster/column_schema": column_schema(pl.read_parquet_schema(cat.frozen_features.part(part.name)), FROZEN_COLUMNS),
+        "path": MetadataValue.path(str(cat.frozen_features.part(part.name))), "seconds": rounded(seconds, 2),
         "samples_per_s": rounded(rows / max(seconds, 1e-9), 1),
     })
 
@@ -188,7 +194,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         "val_chance_recall_at_1": rounded(report.chance_r1, 5), "final_infonce": rounded(report.loss_per_epoch[-1]),
         "loss_curve": MetadataValue.md(line_plot_markdown(report.loss_per_epoch, "InfoNCE per epoch", "epoch", "loss")),
         "frozen_parts_computed": stats["parts_computed"], "frozen_parts_cached": stats["parts_cached"],
-        "frozen_feature_seconds": MetadataValue.float(stats["seconds"]),
+        "frozen_feature_seconds": rounded(stats["seconds"], 2),
         "head_training_seconds": rounded(report.seconds, 2), "device": MetadataValue.text(dev),
     })
 
@@ -227,7 +233,7 @@ def pool_embeddings(context: AssetExecutionContext, config: PoolEmbeddingsConfig
         "dagster/row_count": result["rows"], "embed_dim": result["dim"],
         "dagster/column_schema": column_schema(out.connect().open_table(out.name).schema, EMBEDDING_COLUMNS),
         "parts_computed": result["parts_computed"], "parts_resumed": result["parts_skipped"],
-        "encoder_id": MetadataValue.text(info["encoder_id"]), "seconds": MetadataValue.float(result["seconds"]),
+        "encoder_id": MetadataValue.text(info["encoder_id"]), "seconds": rounded(result["seconds"], 2),
         "image_text_cosine": MetadataValue.md(histogram_markdown(
             {"matched pair cos(z_I, z_T)": result["pair_cosine"]}, "image-text cosine of each pair", "cosine")),
         "flip_consistency_median": rounded(np.median(result["flip_cosine"])),

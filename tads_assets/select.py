@@ -22,6 +22,7 @@ from tads_assets.core.method.algorithm1 import Algorithm1Params, check_tasks, ru
 from tads_assets.core.method.fdo import FdoParams
 from tads_assets.core.method.proxy import ProxyParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown
+from tads_assets.core.settings import DROP
 from tads_assets.core.vectors import joint_vectors
 from tads_assets.meta import column_schema, describe, rounded, table
 from tads_assets.pool import deduped_pool, scored_samples_grid
@@ -30,6 +31,8 @@ from tads_assets.pool import deduped_pool, scored_samples_grid
 STATIC_ABLATIONS = ("q_r", "q_r_d")
 baseline_partitions = StaticPartitionsDefinition([*baselines.METHODS, *STATIC_ABLATIONS])
 SUBSET_COLUMNS = {"uid": "the sample's id (raw_pool uid)", "score": "the method's selection score (TADS: v(x))"}
+DVN_COLUMNS = {"uid": "sample id", "v": "data value v(x) ∈ (0, 1)",
+               "fdo_cluster": "the FDO group the sample was perturbed with"}
 
 BaselineSubsetsConfig = config_from(
     "BaselineSubsetsConfig", "Baseline settings (`tads_assets.core.harness.baselines.BaselineParams`). `size` 0: "
@@ -52,7 +55,7 @@ def _signals(quality: QualityScores, relevance: RelevanceVectors, diversity: Tab
 def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason: str, value: np.ndarray, detail: str) -> pl.DataFrame:
     """The ledger rows of the candidates a selection leaves out."""
     return uids.filter(~pl.Series(keep)).with_columns(
-        pl.lit("drop").alias("decision"), pl.lit(reason).alias("reason"),
+        pl.lit(DROP).alias("decision"), pl.lit(reason).alias("reason"),
         pl.Series("value", np.asarray(value)[~keep], pl.Float64), pl.lit(detail).alias("detail"))
 
 
@@ -166,8 +169,7 @@ def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw
         "validation sets (eq. 15), per-cluster finite differences with the same draws (eq. 16), the eq. 17 "
         "policy loss, Adam. In head mode the tasks' weights in J are first scaled by how much of the proxy's "
         "skill a target CLIP trained from scratch reaches (task_alignment). Writes the checkpoint and v(x) for "
-        "every deduplicated sample.", {"uid": "sample id", "v": "data value v(x) ∈ (0, 1)",
-                                       "fdo_cluster": "the FDO group the sample was perturbed with"}),
+        "every deduplicated sample.", DVN_COLUMNS),
 )
 @one_writer
 def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths: TadsPaths, budget: Budget,
@@ -219,8 +221,7 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
     n = len(v)
     return {
         "path": MetadataValue.path(str(cat.trained_dvn.models)), "samples": n, "n_in": n, "n_out": n,
-        "dagster/column_schema": column_schema(scores, {"uid": "sample id", "v": "data value v(x)",
-                                                        "fdo_cluster": "FDO group"}),
+        "dagster/column_schema": column_schema(scores, DVN_COLUMNS), "dagster/row_count": scores.height,
         "proxy_mode": MetadataValue.text(config.proxy_mode), "meta_iterations": len(history),
         "proxy_adaptations": reward.n_adaptations, "reward_first": rounded(rewards[0]), "reward_last": rounded(rewards[-1]),
         "reward_gain_last3_vs_first3": rounded(np.mean(rewards[-3:]) - np.mean(rewards[:3])),

@@ -35,3 +35,16 @@ def test_a_changed_default_flows_into_the_config():
     assert C().alpha == 0.25 and C().flag is True and C.__doc__ == "doc"
     with pytest.raises(Exception):
         C(alpha="not a number")
+
+
+def test_one_field_with_two_defaults_is_refused():
+    @dataclasses.dataclass
+    class A:
+        seed: int = 0
+
+    @dataclasses.dataclass
+    class B:
+        seed: int = 1
+
+    with pytest.raises(ValueError, match="X.seed: two sources give it the defaults 0 and 1"):
+        config_from("X", "doc", A, B)

@@ -35,3 +35,18 @@ def test_one_update_raises_v_on_the_cluster_with_positive_advantage():
         opt.step()
         after = net(q, h, d).detach()
         assert after[clusters == 0].mean() > before[clusters == 0].mean() + 1e-3, seed
+
+
+def test_a_saved_dvn_loads_back_with_the_same_values(tmp_path):
+    import pytest
+
+    torch.manual_seed(0)
+    net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=3))
+    inputs = _inputs()
+    dvn.save_dvn(net, tmp_path / "m", {"tasks": ["a", "b", "c"]})
+    loaded, info = dvn.load_dvn(tmp_path / "m")
+    assert info["tasks"] == ["a", "b", "c"] and info["config"]["n_tasks"] == 3
+    with torch.no_grad():
+        assert torch.equal(net.eval()(*inputs), loaded(*inputs))
+    with pytest.raises(FileNotFoundError, match="materialize trained_dvn first"):
+        dvn.load_dvn(tmp_path / "none")

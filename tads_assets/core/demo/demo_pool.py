@@ -78,7 +78,6 @@ NOISE_KINDS = (
 )
 # Samples that are broken on the wire; ingestion must ledger them, never crash on them.
 BROKEN_KINDS = ("corrupt_image", "empty_caption")
-ALL_KINDS = (CLEAN, *NOISE_KINDS, *BROKEN_KINDS)
 
 DEFAULT_RATES: dict[str, float] = {
     "exact_duplicate": 0.05,

@@ -8,13 +8,9 @@ read by `tads_assets.core.io.eval_sets`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from tads_assets.core.io.eval_sets import EvalSet
 from tads_assets.core.metrics import TaskScores, score_classification, score_retrieval
@@ -46,14 +42,17 @@ def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images
     return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts) for t in tasks]
 
 
-def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
-    """Table 1 columns of one model, in percent: `task/metric` for each headline metric, and `average`."""
-    row = {f"{s.task}/{m}": 100.0 * s.metrics[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
+def _row(scores: Sequence[TaskScores], field: str) -> dict[str, float]:
+    row = {f"{s.task}/{m}": 100.0 * getattr(s, field)[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
     row["average"] = float(np.mean(list(row.values()))) if row else float("nan")
     return row
+
+
+def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
+    """Table 1 columns of one model, in percent: `task/metric` for each headline metric, and `average`."""
+    return _row(scores, "metrics")
 
 
 def chance_row(scores: Sequence[TaskScores]) -> dict[str, float]:
-    row = {f"{s.task}/{m}": 100.0 * s.chance[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
-    row["average"] = float(np.mean(list(row.values()))) if row else float("nan")
-    return row
+    """The same columns for a guess (each metric's chance level)."""
+    return _row(scores, "chance")

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tads_assets.core.io.ingest import scan_raw_pool
-from tads_assets.core.io.embeddings import raw_pool_parts
-from tads_assets.core.io.ingest import read_manifest
-from tads_assets.core.io.embeddings import read_embeddings
-from tads_assets.core.io.embeddings import arrays
-from tads_assets.core.io.embeddings import read_relevance_table
-from tads_assets.core.method.encoder import read_encoder_info
+
+from tads_assets.core.io.embeddings import (EMBEDDINGS_TABLE, RELEVANCE_TABLE, arrays, raw_pool_parts, read_embeddings,
+                                            read_relevance_table)
+from tads_assets.core.io.ingest import read_manifest, scan_raw_pool
+from tads_assets.core.io.storage import LOCKS_DIR
 from tads_assets.core.io.tasks import Task
+from tads_assets.core.method.dvn import DVN_CHECKPOINT
+from tads_assets.core.method.encoder import read_encoder_info
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,17 @@ class ModelDir(Output):
 
 
 @dataclass(frozen=True)
+class CacheDir(Output):
+    """A per-part cache under TADS_HOME/cache, one Parquet file per raw_pool part."""
+
+    dir: Path
+
+    def part(self, name: str) -> Path:
+        """The cache file of the raw_pool part `name` (a part's stem, or its file name)."""
+        return self.dir / f"{Path(name).stem}.parquet"
+
+
+@dataclass(frozen=True)
 class ClipEncoderDir(ModelDir):
     """clip_encoder: encoder.json (kind, id, head files) and the builtin encoder's heads."""
 
@@ -228,6 +239,10 @@ class DvnScores(Table):
 
     models: Path
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.models / DVN_CHECKPOINT
+
 
 @dataclass(frozen=True)
 class Subsets(Output):
@@ -269,22 +284,23 @@ class Catalog:
         self.root = Path(home).expanduser().resolve()
         r, parquet, models, lance = self.root, self.root / "parquet", self.root / "models", self.root / "lance"
         self.ledger_dir, self.lance_dir, self.models_dir = r / "ledger", lance, models
-        self.demo_dir, self.exports_dir, self.locks_dir = r / "demo", r / "exports", r / "locks"
+        self.parquet_dir = parquet  # the root of every Parquet output
+        self.demo_dir, self.exports_dir, self.locks_dir = r / "demo", r / "exports", r / LOCKS_DIR
         self.frozen_cache_dir = r / "cache" / "frozen_features"  # the builtin towers' features, one file per part
         self.feature_parts_dir = r / "cache" / "feature_parts"  # the operators' per-part results
         self.raw_pool = RawPool("raw_pool", parquet / "raw_pool")
-        self.frozen_features = ModelDir("frozen_features", self.frozen_cache_dir)
+        self.frozen_features = CacheDir("frozen_features", self.frozen_cache_dir)
         self.clip_encoder = ClipEncoderDir("clip_encoder", models / "clip_encoder")
-        self.pool_embeddings = PoolEmbeddings("pool_embeddings", lance, "embeddings")
+        self.pool_embeddings = PoolEmbeddings("pool_embeddings", lance, EMBEDDINGS_TABLE)
         self.deduped_pool = Table("deduped_pool", parquet / "deduped_pool" / "deduped_pool.parquet")
-        self.operator_features = ModelDir("operator_features", self.feature_parts_dir)
+        self.operator_features = CacheDir("operator_features", self.feature_parts_dir)
         self.feature_table = FeatureTable("feature_table", parquet / "feature_table" / "feature_table.parquet",
                                           models / "feature_table")
         self.weak_labels = Table("weak_labels", parquet / "weak_labels" / "weak_labels.parquet")
         self.quality_scores = QualityScores("quality_scores", parquet / "quality_scores" / "quality_scores.parquet",
                                             models / "quality_scores" / "q_phi.safetensors")
         self.task_set = TaskSetFile("task_set", parquet / "task_set" / "task_set.json")
-        self.relevance_vectors = RelevanceVectors("relevance_vectors", lance, "relevance_vectors")
+        self.relevance_vectors = RelevanceVectors("relevance_vectors", lance, RELEVANCE_TABLE)
         self.cluster_diversity = Table("cluster_diversity", parquet / "cluster_diversity" / "cluster_diversity.parquet")
         self.trained_dvn = DvnScores("trained_dvn", parquet / "trained_dvn" / "dvn_scores.parquet",
                                      models / "trained_dvn")
@@ -294,18 +310,19 @@ class Catalog:
         self.trained_clip = TrainedClips("trained_clip", models / "trained_clip")
         self.benchmark_scores = Reports("benchmark_scores", r / "reports")
 
-    ASSETS = ("raw_pool", "frozen_features", "clip_encoder", "pool_embeddings", "deduped_pool", "operator_features",
-              "feature_table", "weak_labels", "quality_scores", "task_set", "relevance_vectors", "cluster_diversity",
-              "trained_dvn", "final_subset", "baseline_subsets", "trained_clip", "benchmark_scores")
+    @property
+    def assets(self) -> list[str]:
+        """Every asset the catalogue holds an output for."""
+        return [name for name, v in vars(self).items() if isinstance(v, Output) and v.asset == name]
 
     def of(self, asset: str) -> Output:
-        if asset not in self.ASSETS:
-            raise KeyError(f"no stage output named {asset!r}; the catalogue holds {', '.join(self.ASSETS)}")
+        if asset not in self.assets:
+            raise KeyError(f"no stage output named {asset!r}; the catalogue holds {', '.join(self.assets)}")
         return getattr(self, asset)
 
     def parquet_outputs(self) -> list[Path]:
         """Every folder holding Parquet output, for listing (`tads status`)."""
-        base = self.raw_pool.dir.parent
+        base = self.parquet_dir
         return sorted({f.parent for f in base.rglob("*.parquet") if not f.name.startswith(".")}) if base.exists() else []
 
     def export_dir(self, method: str) -> Path:

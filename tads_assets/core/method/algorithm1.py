@@ -43,6 +43,8 @@ class Algorithm1Params:
     seed: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.fdo.rate, (int, float)) or not 0 < self.fdo.rate <= 1:
+            raise ValueError(f"fdo.rate is the data budget and must lie in (0, 1], got {self.fdo.rate!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.fdo_cluster_space not in CLUSTER_SPACES:
@@ -76,10 +78,10 @@ def align_tasks(tasks, reward, target: dict[str, float], mask: np.ndarray) -> li
     _, proxy_scores = reward.reward(mask)
     chance = proxy.chance_levels(reward.val)
     factors = proxy.alignment_factors(target, proxy_scores, chance)
-    reward.reweight({t.name: t.weight * factors[t.name] for t in tasks})
     if not any(t.weight * factors[t.name] > 0 for t in tasks):
         raise ValueError(f"the target model stays at chance on every task ({target}), so no task can reward a "
                          "selection: give the target more samples seen or switch task alignment off")
+    reward.reweight({t.name: t.weight * factors[t.name] for t in tasks})
     return [{"task": t.name, "φ_k (task file)": t.weight, "chance": chance[t.name], "Eval_k proxy": proxy_scores[t.name],
              "Eval_k target": target[t.name], "a_k": factors[t.name], "φ_k in J": t.weight * factors[t.name]}
             for t in tasks]

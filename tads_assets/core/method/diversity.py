@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -10,6 +12,15 @@ def cluster_sizes(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     return counts[inverse]
+
+
+@dataclass
+class DiversityParams:
+    """Eq. 12 settings: δ (density sensitivity; 0 switches diversity off) and the number of clusters."""
+
+    delta: float = 0.5
+    n_clusters: int = 100
+    seed: int = 0
 
 
 def diversity_factor(labels: np.ndarray, delta: float, eps: float = 1e-6) -> np.ndarray:

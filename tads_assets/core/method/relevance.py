@@ -10,12 +10,22 @@ one both register.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tads_assets.core.vectors import l2_normalize as _unit
 
 MODALITIES = ("image", "text", "both")
+
+
+@dataclass
+class RelevanceParams:
+    """Eq. 10-11 settings: which embedding of a sample meets the prototypes, and the retrieval support size."""
+
+    modality: str = "both"  # image, text or both (mean of the two cosines)
+    max_support_captions: int = 256  # validation captions sampled as a retrieval task's prototypes
+    seed: int = 0
 
 
 def support_texts(kind: str, templates: Sequence[str], classes: Sequence[str] = (),

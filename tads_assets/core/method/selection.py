@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 ABLATIONS = {"q": ("q",), "q_r": ("q", "r"), "q_r_d": ("q", "r", "d")}  # Table 2's static rows
-ABLATION_LABELS = {"q": "Q", "q_r": "Q+R", "q_r_d": "Q+R+D", "tads": "Q+R+D + FDO (TADS)"}
 
 
 def _z(x: np.ndarray) -> np.ndarray:

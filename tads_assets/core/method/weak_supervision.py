@@ -95,10 +95,6 @@ class LabellingFunction:
     threshold: float
 
 
-def _where(cond: np.ndarray, label: int) -> np.ndarray:
-    return np.where(cond, label, ABSTAIN).astype(np.int64)
-
-
 def flag(bad: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
     """BAD where the test fails, ABSTAIN elsewhere (and where the operator had no reading)."""
     votes = np.where(bad, BAD, ABSTAIN).astype(np.int64)
