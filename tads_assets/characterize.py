@@ -13,7 +13,7 @@ from resources import ClipEncoder, LangId, Ocr, TadsPaths, TorchDevice, one_writ
 from tads_assets.config import config_from, params_of
 from tads_assets.core.atomic import atomic_path, write_json_atomic, write_parquet_atomic
 from tads_assets.core.io import embeddings
-from tads_assets.core.io.catalog import (Catalog, ClipEncoderDir, FeatureTable, PoolEmbeddings, RawPool, Table,
+from tads_assets.core.io.catalog import (ClipEncoderDir, FeatureTable, PoolEmbeddings, RawPool, Table,
                                          TaskSetFile)
 from tads_assets.core.io.eval_sets import check_eval_set, read_eval_set
 from tads_assets.core.io.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features
@@ -37,8 +37,9 @@ FeatureTableConfig = config_from("FeatureTableConfig", "Operator settings (`oper
                                  (OperatorParams, {"exclude": ("ocr_min_confidence", "ocr_workers", "ocr_batch")}))
 
 
-def _feature_inputs(context: AssetExecutionContext, config, cat: Catalog, encoder: ClipEncoder, device: TorchDevice,
-                    ocr: Ocr, langid: LangId, part: str | None = None) -> tuple[FeatureInputs, OperatorParams]:
+def _feature_inputs(context: AssetExecutionContext, config, deduped_pool: Table, pool_embeddings: PoolEmbeddings,
+                    clip_encoder: ClipEncoderDir, parts_dir, encoder: ClipEncoder, device: TorchDevice, ocr: Ocr,
+                    langid: LangId, part: str | None = None) -> tuple[FeatureInputs, OperatorParams]:
     """Everything the operators read besides a part's own rows (the same for feature_table and operator_features,
     so both compute the same cache key and values for a part). With `part`, only that part's vectors and the
     reference images are read, not the whole table."""
@@ -46,8 +47,8 @@ def _feature_inputs(context: AssetExecutionContext, config, cat: Catalog, encode
     context.log.info(f"{context.asset_key.to_user_string()}: Tesseract {ocr.version()}, fastText model {lang_id.path}")
     params = params_of(config, OperatorParams, ocr_min_confidence=ocr.min_confidence, ocr_workers=ocr.workers,
                        ocr_batch=ocr.batch)
-    enc, info = encoder.load(cat.clip_encoder, device.resolve())
-    emb, kept = cat.pool_embeddings, cat.deduped_pool.uids()
+    enc, info = encoder.load(clip_encoder, device.resolve())
+    emb, kept = pool_embeddings, deduped_pool.uids()
     columns = ("uid", "image_vec", "text_vec", "flipped_image_vec", "heldout_pair_cos")
     reference = None
     if part is None:
@@ -59,7 +60,7 @@ def _feature_inputs(context: AssetExecutionContext, config, cat: Catalog, encode
         (reference,) = emb.aligned(ref_uids, "image_vec")
         vectors = emb.read(columns, part=part)
         kept = [u for u in vectors["uid"].to_list() if u in kept_set]
-    inputs = feature_inputs(kept, vectors, cat.feature_parts_dir, info["encoder_id"], lang_id, enc.encode_texts,
+    inputs = feature_inputs(kept, vectors, parts_dir, info["encoder_id"], lang_id, enc.encode_texts,
                             params, reference=reference)
     return inputs, params
 
@@ -76,8 +77,10 @@ def _feature_inputs(context: AssetExecutionContext, config, cat: Catalog, encode
 @one_writer
 def operator_features(context: AssetExecutionContext, config: FeatureTableConfig, paths: TadsPaths,
                       encoder: ClipEncoder, device: TorchDevice, ocr: Ocr, langid: LangId) -> MaterializeResult:
-    part = paths.catalog.raw_pool.part(context.partition_key)
-    inputs, _ = _feature_inputs(context, config, paths.catalog, encoder, device, ocr, langid, part=part.stem)
+    cat = paths.catalog
+    part = cat.raw_pool.part(context.partition_key)
+    inputs, _ = _feature_inputs(context, config, cat.deduped_pool, cat.pool_embeddings, cat.clip_encoder,
+                                cat.feature_parts_dir, encoder, device, ocr, langid, part=part.stem)
     t0 = time.perf_counter()
     result = part_features(part, inputs, context.log.info)
     return MaterializeResult(metadata={
@@ -101,7 +104,8 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
                   device: TorchDevice, ocr: Ocr, langid: LangId, raw_pool: RawPool, deduped_pool: Table,
                   pool_embeddings: PoolEmbeddings, clip_encoder: ClipEncoderDir) -> MaterializeResult:
     out = paths.catalog.feature_table
-    inputs, params = _feature_inputs(context, config, paths.catalog, encoder, device, ocr, langid)
+    inputs, params = _feature_inputs(context, config, deduped_pool, pool_embeddings, clip_encoder,
+                                     paths.catalog.feature_parts_dir, encoder, device, ocr, langid)
     run = build_feature_table(raw_pool.dir, inputs, progress=context.log.info)
     write_parquet_atomic(run.table, out.path)
     with atomic_path(out.rater_path) as tmp:
@@ -181,20 +185,21 @@ QualityScoresConfig = config_from("QualityScoresConfig", "q_φ and D_true settin
                                   QualityParams)
 
 
-def _negative_features(cat: Catalog, features: pl.DataFrame, encoder: ClipEncoder, langid: LangId, dev: str):
+def _negative_features(features: pl.DataFrame, feature_table: FeatureTable, pool_embeddings: PoolEmbeddings,
+                       clip_encoder: ClipEncoderDir, frozen_cache_dir, encoder: ClipEncoder, langid: LangId, dev: str):
     """negative_features(rows, captions) for D_true: the operators recomputed for new captions on the pool's
     images, with exactly feature_table's settings and on its scales."""
-    img, flip = cat.pool_embeddings.aligned(features["uid"].to_list(), "image_vec", "flipped_image_vec")
-    op_params = OperatorParams(**cat.feature_table.operator_params())
-    enc, _ = encoder.load(cat.clip_encoder, dev)
-    rater = operators.ConcretenessRater.from_tensors(load_file(str(cat.feature_table.rater_path)))
+    img, flip = pool_embeddings.aligned(features["uid"].to_list(), "image_vec", "flipped_image_vec")
+    op_params = OperatorParams(**feature_table.operator_params())
+    enc, _ = encoder.load(clip_encoder, dev)
+    rater = operators.ConcretenessRater.from_tensors(load_file(str(feature_table.rater_path)))
     dominant = operators.dominant_language(features["lang"].to_list())
     refs = operators.reference_images(img, op_params.reference_images, op_params.seed)
 
     def negative_features(rows: np.ndarray, captions: list[str]) -> pl.DataFrame:
         return operators.recombined_features(
             features, rows, captions, img, flip, refs, langid.load(), enc.encode_texts, rater, dominant, op_params,
-            _heldout_cos(cat, dev, features["uid"].gather(rows).to_list(), captions, enc))
+            _heldout_cos(clip_encoder, frozen_cache_dir, dev, features["uid"].gather(rows).to_list(), captions, enc))
 
     return negative_features
 
@@ -219,7 +224,8 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
     params = params_of(config, QualityParams)
     captions = raw_pool.captions(features["uid"].to_list())
     d_true = quality_model.assemble_d_true(features, captions, clusters, params,
-                                           _negative_features(cat, features, encoder, langid, dev))
+                                           _negative_features(features, feature_table, pool_embeddings, clip_encoder,
+                                                              cat.frozen_cache_dir, encoder, langid, dev))
     fit = quality_model.train_quality_model(d_true.x_pool, features["y_weak"].to_numpy(), d_true.x_true, d_true.y_true,
                                             params, dev, progress=context.log.info)
     q = quality_model.predict_quality(fit.model, d_true.x_pool)
@@ -253,14 +259,15 @@ def _quality_metadata(fit, d_true, out: pl.DataFrame, captions, params, raw_pool
     }
 
 
-def _heldout_cos(cat: Catalog, device: str, uids: list[str], captions: list[str], enc) -> np.ndarray | None:
+def _heldout_cos(clip_encoder: ClipEncoderDir, frozen_cache_dir, device: str, uids: list[str], captions: list[str],
+                 enc) -> np.ndarray | None:
     """The new pairs' CLIP similarity on the feature table's scale: the builtin encoder's cross-fitted heads
     (None for an open_clip encoder, whose own cosine is already held out)."""
-    info = cat.clip_encoder.info()
+    info = clip_encoder.info()
     if info["kind"] != "builtin" or not info.get("heldout_heads"):
         return None
-    heads = [load_heads(cat.clip_encoder.file(f), device) for f in info["heldout_heads"]]
-    frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(cat.frozen_cache_dir), on="uid",
+    heads = [load_heads(clip_encoder.file(f), device) for f in info["heldout_heads"]]
+    frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(frozen_cache_dir), on="uid",
                                              how="left", maintain_order="left")
     (image_feats,) = embeddings.arrays(frozen, "image_feat")
     return heldout_cosine_for_new_captions(uids, image_feats, captions, heads, enc.towers)

@@ -159,7 +159,7 @@ def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
              "quality_only) = subset rows + ledgered drops of that method's latest run; no uid both kept and dropped.")
 def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
     cat, per_method, ok = paths.catalog, [], True
-    n_quality = cat.quality_scores.height()
+    n_quality, n_raw = cat.quality_scores.height(), cat.raw_pool.height()
     for method in baseline_partitions.get_partition_keys():
         subset = cat.baseline_subsets.of(method)
         try:
@@ -169,7 +169,7 @@ def baseline_subsets_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
         kept = subset.read(["uid"])
         drops = paths.ledger().read(f"baseline_{method}", run_id=manifest["run_id"])
         overlap = len(set(kept["uid"].to_list()) & set(drops["uid"].to_list()))
-        n_in = n_quality if method in ("quality_only", *STATIC_ABLATIONS) else cat.raw_pool.height()
+        n_in = n_quality if method in ("quality_only", *STATIC_ABLATIONS) else n_raw
         report = paths.ledger().completeness(f"baseline_{method}", manifest["run_id"], n_in, kept.height)
         ok &= report.ok and not overlap
         per_method.append({"method": method, "in": report.n_in, "kept": report.n_kept, "dropped": report.n_dropped,
