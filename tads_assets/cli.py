@@ -1,7 +1,7 @@
 """`tads` command line: generate the demo pool, the state of every asset (status), a sample's history (explain), the
 ledger's summary, and exporting a selection to train on (export). Stage outputs are read through the catalogue
-(`tads_assets.core.io.catalog`); Dagster, the code location and torch are imported by the commands that need them,
-so `tads --help` stays fast."""
+(`tads_assets.core.io.catalog`). Dagster, the code location, the catalogue and the demo generator (which import
+torch through the library's readers) are imported by the commands that need them, so `tads --help` stays fast."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
-from tads_assets.core.io.catalog import Catalog
 from tads_assets.core.io.ledger import Ledger
 from tads_assets.core.sanitize import one_line
+
+if TYPE_CHECKING:
+    from tads_assets.core.io.catalog import Catalog
 
 
 def _safe(text: object) -> str:
@@ -32,10 +34,14 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
+    from tads_assets.core.io.catalog import Catalog  # torch, through the embeddings readers
+
     return Catalog(_home(args))
 
 
 def cmd_demo_pool(args: argparse.Namespace) -> int:
+    from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
+
     rates = dict(DEFAULT_RATES)
     for item in args.rate or []:
         kind, sep, value = item.partition("=")
