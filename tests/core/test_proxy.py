@@ -141,3 +141,43 @@ def test_reweighting_the_tasks_changes_the_reward_and_evaluate_matches_chance_le
     j_shapes, metrics_again = ens.reward(clean)
     assert metrics_again == metrics  # the same adaptation: only the weights of eq. 15 moved
     assert j_shapes == pytest.approx(metrics["shapes"]) and j_both == pytest.approx(metrics["shapes"] + metrics["echo"])
+
+
+def _sequential_reference(proxy: HeadProxy, mask: np.ndarray):
+    """The adaptation written out for one mask, as eq. 14 reads (one heads copy, one Adam, info_nce)."""
+    import torch
+
+    from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads, info_nce
+
+    p = proxy.params
+    selected = torch.as_tensor(mask)
+    torch.manual_seed(p.seed)
+    heads = ProjectionHeads(HeadsConfig(p.embed_dim, p.hidden_dim), proxy.xi.shape[1], proxy.xt.shape[1])
+    opt = torch.optim.Adam(heads.parameters(), lr=p.lr)
+    bs = min(p.batch_size, int(selected.sum()))
+    for step in range(p.steps):
+        idx = torch.topk(proxy.keys[step].masked_fill(~selected, 2.0), bs, largest=False).indices
+        loss = info_nce(heads.embed_images(proxy.xi[idx]), heads.embed_texts(proxy.xt[idx]), heads.logit_scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return heads.eval()
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 32])
+def test_batched_adaptations_follow_each_masks_own_trajectory(hidden_dim):
+    # all masks of a meta-iteration are adapted as one stacked computation; each member must end where its mask
+    # alone would (members with a smaller subset than the batch size are trained in their own group)
+    image, text, val, _ = _world(3, n=600)
+    proxy = HeadProxy(image, text, [val], ProxyParams(steps=12, batch_size=64, hidden_dim=hidden_dim, embed_dim=16))
+    rng = np.random.default_rng(1)
+    masks = [rng.random(len(image)) < r for r in (0.3, 0.5, 0.3)] + [np.arange(len(image)) < 40]  # the last: |S| < 64
+    batched = proxy.adapt_many(masks)
+    assert proxy.n_adaptations == len(masks)
+    for mask, heads in zip(masks, batched):
+        ref = _sequential_reference(proxy, mask)
+        for (name, a), (_, b) in zip(heads.state_dict().items(), ref.state_dict().items()):
+            np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-4, atol=2e-5, err_msg=name)
+    rewards = proxy.reward_many(masks)
+    assert [j for j, _ in rewards] == pytest.approx([proxy.reward(m)[0] for m in masks], abs=1e-6)
+    assert len({round(j, 6) for j, _ in rewards}) > 1  # different subsets, different rewards

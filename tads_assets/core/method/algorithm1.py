@@ -132,7 +132,8 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
             f"{r['task']} proxy {r['Eval_k proxy']:.3f} target {r['Eval_k target']:.3f} chance {r['chance']:.3f} "
             f"→ a_k {r['a_k']:.2f}" for r in alignment))
     progress(f"{len(sig.uids)} samples, {len(np.unique(clusters))} FDO clusters, {len(tasks)} tasks")
-    history = fdo.train_dvn(net, inputs, clusters, reward.reward, params.fdo, progress)
+    history = fdo.train_dvn(net, inputs, clusters, reward.reward, params.fdo, progress,
+                            getattr(reward, "reward_many", None))
     with torch.no_grad():
         v = net(*inputs).double().numpy()
     j_final, metrics_final = reward.reward(fdo.top_fraction(v, params.fdo.rate))

@@ -8,6 +8,7 @@ the effect of the perturbation, not the luck of a new draw. Eq. 16: g_C = (J(V +
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -107,24 +108,29 @@ def top_fraction(v: np.ndarray, rate: float) -> np.ndarray:
 
 
 def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.ndarray], float | tuple[float, dict]],
-              params: FdoParams, progress: Callable[[str], None] = lambda m: None) -> list[dict]:
+              params: FdoParams, progress: Callable[[str], None] = lambda m: None,
+              reward_many: Callable[[list[np.ndarray]], list] | None = None) -> list[dict]:
     """Algorithm 1: per meta-iteration, V from the DVN; S(θ) by Bernoulli draws with common random numbers;
     J(V); per probed cluster its advantage g_C from perturbed rewards on the same draws; the eq. 17 loss with
     the advantages standardised across the probed clusters (centring is a baseline that removes the
     common-mode push which would otherwise move every score together; scaling makes η independent of the
-    reward's units); one gradient step θ ← θ − η∇L. Returns the history."""
+    reward's units); one gradient step θ ← θ − η∇L. `reward_many(masks)`: the rewards of an iteration's masks in
+    one call (a batched proxy, `proxy.HeadProxy.reward_many`); without it each is `reward(mask)`. Returns the
+    history."""
     import torch
 
     if params.surrogate not in ("v", "log_v"):
         raise ValueError(f"surrogate must be 'v' or 'log_v', got {params.surrogate!r}")
     if params.sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {params.sigma}")
+    rewards = reward_many or (lambda masks: [reward(m) for m in masks])
     rng = np.random.default_rng(params.seed)
     cluster_ids = np.unique(clusters)
     clusters_t = torch.as_tensor(clusters)
     opt = torch.optim.Adam(net.parameters(), lr=params.lr)
     history = []
     for it in range(params.meta_iterations):
+        t_it = time.perf_counter()
         with torch.no_grad():
             v = net(*inputs).double().numpy()
         u = uniforms(len(v), params.seed * 100_003 + it)
@@ -132,22 +138,27 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
         def draw(scores):
             return draw_subset(budget_probabilities(scores, params.rate), u)
 
+        # every reward of the iteration at once: J(V), J(top), then J(V ± δ_C) per probed cluster (all on the
+        # same uniforms u), so a batched proxy adapts them together
         mask = draw(v)
-        j0, metrics = _split(reward(mask))
+        with_top = params.track_top and params.rate is not None
+        masks = [mask] + ([top_fraction(v, params.rate)] if with_top else [])
+        for c in probe:
+            masks.append(draw(perturb(v, clusters, c, params.sigma)))
+            if params.antithetic:
+                masks.append(draw(perturb(v, clusters, c, -params.sigma)))
+        results = [_split(r) for r in rewards(masks)]
+        j0, metrics = results[0]
         top = {}
-        if params.track_top and params.rate is not None:
+        if with_top:
             # J of S(θ) carries the draw's luck; J of the top-rate selection is the policy's value as
             # final_subset will use it, and moves only when the ranking does
-            j_top, top_metrics = _split(reward(top_fraction(v, params.rate)))
-            top = {"reward_top": j_top, "metrics_top": top_metrics}
+            top = {"reward_top": results[1][0], "metrics_top": results[1][1]}
+        perturbed = iter(r[0] for r in results[1 + with_top:])
         g = {}
         for c in probe:
-            up = _split(reward(draw(perturb(v, clusters, c, params.sigma))))[0]
-            if params.antithetic:
-                down = _split(reward(draw(perturb(v, clusters, c, -params.sigma))))[0]
-                g[int(c)] = (up - down) / (2 * params.sigma)
-            else:
-                g[int(c)] = (up - j0) / params.sigma
+            up = next(perturbed)
+            g[int(c)] = (up - next(perturbed)) / (2 * params.sigma) if params.antithetic else (up - j0) / params.sigma
         values = np.array(list(g.values()))
         scale = float(values.std()) + 1e-12
         centred = {c: (a - values.mean()) / scale for c, a in g.items()}
@@ -166,10 +177,12 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
         loss.backward()
         opt.step()
         history.append({"iteration": it + 1, "reward": j0, "selection_rate": float(v.mean()),
-                        "selected": int(mask.sum()), "advantages": g, "metrics": metrics, **top})
+                        "selected": int(mask.sum()), "advantages": g, "metrics": metrics, **top,
+                        "rewards": len(masks), "seconds": time.perf_counter() - t_it})
         top_note = f", J(top {params.rate:.0%}) {top['reward_top']:.4f}" if top else ""
         progress(f"iteration {it + 1}/{params.meta_iterations}, J {j0:.4f}{top_note}, {int(mask.sum())} selected, "
-                 f"mean v {v.mean():.3f}, advantages {min(g.values()):+.3f}..{max(g.values()):+.3f}")
+                 f"mean v {v.mean():.3f}, advantages {min(g.values()):+.3f}..{max(g.values()):+.3f} "
+                 f"({len(masks)} rewards in {history[-1]['seconds']:.1f}s)")
     return history
 
 

@@ -13,13 +13,15 @@ belongs on a GPU: `tads_assets.core.harness.clip_proxy`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from tads_assets.core.io.eval_sets import read_eval_set
-from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads, info_nce
+from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads
 from tads_assets.core.metrics import eval_k, score_classification, score_retrieval
 
 
@@ -68,24 +70,70 @@ class HeadProxy:
 
     def adapt(self, mask: np.ndarray) -> ProjectionHeads:
         """Eq. 14: ω*(θ) = argmin_ω E_{x∈S(θ)} L_InfoNCE(x; ω), approximated by `steps` Adam steps."""
+        return self.adapt_many([mask])[0]
+
+    def adapt_many(self, masks: Sequence[np.ndarray]) -> list[ProjectionHeads]:
+        """`adapt` of every mask, as one batched computation: M copies of the heads from the same seeded
+        initialisation, stacked along a leading axis (`torch.func.stack_module_state`) and trained together
+        by `torch.func.vmap` over the head forward, with one Adam over the stacked tensors. Adam is elementwise
+        and the members share no parameter, so member m follows exactly the trajectory `adapt(masks[m])`
+        would alone (up to float summation order); each member's batches are its own mask's smallest keys
+        (the common random numbers). Members are grouped by batch size (min(batch_size, |S|))."""
         p = self.params
-        selected = torch.as_tensor(np.asarray(mask, bool), device=self.device)
-        n_sel = int(selected.sum())
-        if n_sel < 2:
-            raise ValueError(f"the selected subset has {n_sel} samples; the proxy needs at least 2")
-        torch.manual_seed(p.seed)
-        heads = ProjectionHeads(HeadsConfig(p.embed_dim, p.hidden_dim), self.xi.shape[1], self.xt.shape[1]).to(self.device)
-        opt = torch.optim.Adam(heads.parameters(), lr=p.lr)
-        bs = min(p.batch_size, n_sel)
-        heads.train()
+        selected = torch.as_tensor(np.stack([np.asarray(m, bool) for m in masks]), device=self.device)
+        n_sel = selected.sum(dim=1).tolist()
+        if min(n_sel) < 2:
+            raise ValueError(f"a selected subset has {min(n_sel)} samples; the proxy needs at least 2")
+        out: list[ProjectionHeads | None] = [None] * len(masks)
+        for bs in sorted({min(p.batch_size, n) for n in n_sel}):
+            members = [m for m, n in enumerate(n_sel) if min(p.batch_size, n) == bs]
+            for m, heads in zip(members, self._train_stacked(selected[members], bs)):
+                out[m] = heads
+        self.n_adaptations += len(masks)
+        return out
+
+    def _fresh_heads(self) -> ProjectionHeads:
+        torch.manual_seed(self.params.seed)
+        return ProjectionHeads(HeadsConfig(self.params.embed_dim, self.params.hidden_dim),
+                               self.xi.shape[1], self.xt.shape[1]).to(self.device)
+
+    def _train_stacked(self, selected: torch.Tensor, bs: int) -> list[ProjectionHeads]:
+        from torch.func import functional_call, stack_module_state, vmap
+
+        p, n_members = self.params, len(selected)
+        base = self._fresh_heads()
+        params, _ = stack_module_state([base] * n_members)  # copies: (M, ...) leaves that require grad
+        opt = torch.optim.Adam(list(params.values()), lr=p.lr)
+
+        def stacked_head(name: str):
+            """(M, B, D) features -> (M, B, d) embeddings, member m through its own copy of head `name`."""
+            module, prefix = getattr(base, name), name + "."
+            keys = [k for k in params if k.startswith(prefix)]
+            local = [k[len(prefix):] for k in keys]
+            one = vmap(lambda tensors, x: nn.functional.normalize(
+                functional_call(module, dict(zip(local, tensors)), (x,)), dim=-1))
+            return lambda x: one([params[k] for k in keys], x)
+
+        embed_images, embed_texts = stacked_head("image"), stacked_head("text")
+        labels = torch.arange(bs, device=self.device).repeat(n_members)
+        base.train()
         for step in range(p.steps):
-            idx = torch.topk(self.keys[step].masked_fill(~selected, 2.0), bs, largest=False).indices
-            loss = info_nce(heads.embed_images(self.xi[idx]), heads.embed_texts(self.xt[idx]), heads.logit_scale)
+            idx = torch.topk(self.keys[step].expand_as(selected).masked_fill(~selected, 2.0), bs, dim=1,
+                             largest=False).indices
+            zi, zt = embed_images(self.xi[idx]), embed_texts(self.xt[idx])
+            logits = params["logit_scale"].exp().clamp(max=100.0)[:, None, None] * zi @ zt.transpose(1, 2)
+            # info_nce per member (eq. 14), summed: the members' gradients stay their own
+            loss = 0.5 * (nn.functional.cross_entropy(logits.flatten(0, 1), labels, reduction="sum")
+                          + nn.functional.cross_entropy(logits.transpose(1, 2).flatten(0, 1), labels, reduction="sum")) / bs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        self.n_adaptations += 1
-        return heads.eval()
+        out = []
+        for m in range(n_members):
+            heads = self._fresh_heads()
+            heads.load_state_dict({k: v[m].detach() for k, v in params.items()})
+            out.append(heads.eval())
+        return out
 
     @torch.no_grad()
     def evaluate(self, heads: ProjectionHeads) -> dict[str, float]:
@@ -97,8 +145,15 @@ class HeadProxy:
 
     def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
         """Eq. 15: J = Σ_k φ_k · Eval_k(ω*(S))."""
-        metrics = self.evaluate(self.adapt(mask))
-        return float(sum(t.weight * metrics[t.name] for t in self.val)), metrics
+        return self.reward_many([mask])[0]
+
+    def reward_many(self, masks: Sequence[np.ndarray]) -> list[tuple[float, dict[str, float]]]:
+        """`reward` of every mask, the adaptations batched (`adapt_many`)."""
+        out = []
+        for heads in self.adapt_many(masks):
+            metrics = self.evaluate(heads)
+            out.append((float(sum(t.weight * metrics[t.name] for t in self.val)), metrics))
+        return out
 
 
 class ProxyEnsemble:
@@ -132,9 +187,15 @@ class ProxyEnsemble:
             p.val = [replace(t, weight=float(weights[t.name])) for t in p.val]
 
     def reward(self, mask: np.ndarray) -> tuple[float, dict[str, float]]:
-        results = [p.reward(mask) for p in self.proxies]
-        metrics = {k: float(np.mean([m[k] for _, m in results])) for k in results[0][1]}
-        return float(np.mean([j for j, _ in results])), metrics
+        return self.reward_many([mask])[0]
+
+    def reward_many(self, masks: Sequence[np.ndarray]) -> list[tuple[float, dict[str, float]]]:
+        per_proxy = [p.reward_many(masks) for p in self.proxies]  # each proxy batches the masks
+        out = []
+        for results in zip(*per_proxy):
+            metrics = {k: float(np.mean([m[k] for _, m in results])) for k in results[0][1]}
+            out.append((float(np.mean([j for j, _ in results])), metrics))
+        return out
 
 
 def evaluate_embeddings(val: list[ValTask], embed_images, embed_texts) -> dict[str, float]:
