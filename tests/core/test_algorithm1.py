@@ -92,3 +92,37 @@ def test_task_alignment_scales_each_weight_by_what_the_target_learns():
     assert reward.weights == pytest.approx({"a": 0.5, "b": 0.0})
     with pytest.raises(ValueError, match="stays at chance on every task"):
         align_tasks(tasks, GoodSamplesReward(good, tasks), {"a": 0.25, "b": 0.2}, mask)
+
+
+class MisleadingReward(GoodSamplesReward):
+    """Random masks (the draws) score as J says, but the deterministic top selection scores lower the further the
+    DVN moves: an ascent that looks right on the draws and makes final_subset's selection worse."""
+
+    def __init__(self, good, tasks, prior):
+        super().__init__(good, tasks)
+        self.prior_top = None
+        self.calls = []
+
+    def reward(self, mask):
+        j, metrics = super().reward(mask)
+        if self.prior_top is None and int(mask.sum()) == int(0.3 * len(mask)):
+            self.prior_top = mask.copy()  # the first deterministic top selection is θ₀'s
+        if int(mask.sum()) == int(0.3 * len(mask)) and self.prior_top is not None:
+            j = 1.0 - float((mask != self.prior_top).mean())  # top selections: the closer to θ₀'s, the better
+        return j, metrics
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_the_iterate_with_the_best_top_selection_is_returned_unless_switched_off(keep_best):
+    sig, good = _signals()
+    tasks = [Task("a"), Task("b")]
+    params = Algorithm1Params(fdo=FdoParams(meta_iterations=4, probe_clusters=6, rate=0.3, lr=0.05,
+                                            keep_best=keep_best), fdo_clusters=8)
+    res = run_algorithm1(sig, tasks, MisleadingReward(good, tasks, None), params)
+    tops = [h["reward_top"] for h in res.history]
+    assert tops[0] == pytest.approx(1.0) and res.reward_top_last < 1.0  # the updates moved the top selection away
+    if keep_best:
+        assert res.returned_iterate == 0 and res.reward_top_final == pytest.approx(1.0)
+        np.testing.assert_allclose(res.v, res.v0, atol=1e-6)  # θ₀ itself
+    else:
+        assert res.returned_iterate == 4 and res.reward_top_final == res.reward_top_last

@@ -3,9 +3,15 @@ trained_clip trains one, scored on the tasks' validation items the way the head 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+
+from tads_assets.core.atomic import write_json_atomic
 
 from tads_assets.core.harness import clip_train
 from tads_assets.core.method import proxy
@@ -26,3 +32,35 @@ def target_scores(images: Sequence[bytes], captions: Sequence[str], tasks, model
     enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer, device)
     val = proxy.validation_tasks(tasks, enc.encode_images, enc.encode_texts, "validation", validation_items, seed)
     return proxy.evaluate_embeddings(val, lambda x: x, lambda x: x)
+
+
+log = logging.getLogger(__name__)
+
+
+def target_key(uids: Sequence[str], tasks_sha256: str, model: str, budget_samples_seen: int, validation_items: int,
+               seed: int, device: str) -> str:
+    """What the target's scores depend on: the selection (its uids: the pool's content enters through them), the
+    task file, the training recipe, and where it runs (CPU training is deterministic for a thread count)."""
+    threads = torch.get_num_threads() if device == "cpu" else 0
+    spec = {"uids": hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest(), "tasks_sha256": tasks_sha256,
+            "model": model, "budget_samples_seen": budget_samples_seen, "validation_items": validation_items,
+            "seed": seed, "device": device.split(":")[0], "threads": threads}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_target_scores(cache_dir: str | Path, key: str, compute: Callable[[], dict[str, float]],
+                         progress: Callable[[str], None] = log.info) -> tuple[dict[str, float], bool]:
+    """The target's Eval_k for `key` from `cache_dir`, else `compute()` and store it: (scores, hit). Re-running
+    trained_dvn on the same pool and task set (a rematerialization, the task-change job after an edit that is
+    undone) then skips the from-scratch training."""
+    path = Path(cache_dir) / f"{key}.json"
+    if path.exists():
+        try:
+            scores = json.loads(path.read_text())["scores"]
+            progress(f"task alignment: target scores from the cache ({path.name})")
+            return {k: float(v) for k, v in scores.items()}, True
+        except (ValueError, KeyError, TypeError) as err:  # a damaged entry is recomputed, never trusted
+            progress(f"task alignment: ignoring the damaged cache entry {path} ({err})")
+    scores = compute()
+    write_json_atomic({"key": key, "scores": scores}, path)
+    return scores, False

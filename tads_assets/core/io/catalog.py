@@ -288,6 +288,7 @@ class Catalog:
         self.demo_dir, self.exports_dir, self.locks_dir = r / "demo", r / "exports", r / LOCKS_DIR
         self.frozen_cache_dir = r / "cache" / "frozen_features"  # the builtin towers' features, one file per part
         self.feature_parts_dir = r / "cache" / "feature_parts"  # the operators' per-part results
+        self.target_cache_dir = r / "cache" / "target_alignment"  # task alignment's target scores, by their inputs' hash
         self.raw_pool = RawPool("raw_pool", parquet / "raw_pool")
         self.frozen_features = CacheDir("frozen_features", self.frozen_cache_dir)
         self.clip_encoder = ClipEncoderDir("clip_encoder", models / "clip_encoder")

@@ -7,6 +7,7 @@ meta-iterations, score every sample with the trained Data Value Network.
     for t in 1..T:  S ~ Bernoulli(v) at the budget;  J(S) (eq. 14-15);  g_C by finite differences (eq. 16);
                     Adam step on the eq. 17 policy loss                       (fdo.train_dvn)
     v(x) for every sample;  J of the top budget share by v
+    (keep_best: the θ_t of the highest J(top), θ₀ included, is returned — a deliberate variant, see FdoParams)
 
 The reward (a head-proxy ensemble or a full CLIP proxy) and the target scorer are passed in, so this module
 needs neither the training harness nor any storage: it is arrays and torch modules in, arrays and a
@@ -60,8 +61,10 @@ class Algorithm1Result:
     log_d_stats: tuple[float, float]
     history: list[dict]  # one entry per meta-iteration (fdo.train_dvn)
     alignment: list[dict]  # per task: φ_k, chance, proxy and target Eval_k, a_k (empty without a target)
-    reward_top_final: float
+    reward_top_final: float  # J(top) of the returned iterate
     metrics_top_final: dict[str, float]
+    returned_iterate: int  # t of the θ_t returned (0: θ₀; meta_iterations: the last update), see FdoParams.keep_best
+    reward_top_last: float  # J(top) after the last update
     prior_loss: float | None
     prior_spearman: float | None
     seconds: float
@@ -132,10 +135,18 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
             f"{r['task']} proxy {r['Eval_k proxy']:.3f} target {r['Eval_k target']:.3f} chance {r['chance']:.3f} "
             f"→ a_k {r['a_k']:.2f}" for r in alignment))
     progress(f"{len(sig.uids)} samples, {len(np.unique(clusters))} FDO clusters, {len(tasks)} tasks")
+    best: dict = {}
     history = fdo.train_dvn(net, inputs, clusters, reward.reward, params.fdo, progress,
-                            getattr(reward, "reward_many", None))
+                            getattr(reward, "reward_many", None), best if params.fdo.keep_best else None)
     with torch.no_grad():
         v = net(*inputs).double().numpy()
     j_final, metrics_final = reward.reward(fdo.top_fraction(v, params.fdo.rate))
-    return Algorithm1Result(net, v, v0, clusters, stats, history, alignment, j_final, metrics_final, prior_loss,
-                            prior_rho, time.perf_counter() - t0)
+    returned, j_last = params.fdo.meta_iterations, j_final
+    if best and best["reward_top"] > j_final:  # an earlier iterate's selection scored higher on the validation sets
+        net.load_state_dict(best["state"])
+        with torch.no_grad():
+            v = net(*inputs).double().numpy()
+        returned, j_final, metrics_final = best["iteration"], best["reward_top"], best["metrics_top"]
+    progress(f"returning θ_{returned} (J(top) {j_final:.4f}; θ_{params.fdo.meta_iterations} is the last update)")
+    return Algorithm1Result(net, v, v0, clusters, stats, history, alignment, j_final, metrics_final, returned,
+                            j_last, prior_loss, prior_rho, time.perf_counter() - t0)

@@ -65,6 +65,7 @@ class HeadProxy:
         self.xt = torch.as_tensor(np.asarray(text_feats, np.float32), device=device)
         self.val = val_tasks
         self.n_adaptations = 0
+        self._normalised: tuple[torch.Tensor, torch.Tensor] | None = None
         gen = torch.Generator().manual_seed(self.params.seed)
         self.keys = torch.rand(self.params.steps, len(self.xi), generator=gen).to(device)  # batch priority per step
 
@@ -75,7 +76,7 @@ class HeadProxy:
     def adapt_many(self, masks: Sequence[np.ndarray]) -> list[ProjectionHeads]:
         """`adapt` of every mask, as one batched computation: M copies of the heads from the same seeded
         initialisation, stacked along a leading axis (`torch.func.stack_module_state`) and trained together
-        by `torch.func.vmap` over the head forward, with one Adam over the stacked tensors. Adam is elementwise
+        (`_stacked_head`: batched matrix products), with one Adam over the stacked tensors. Adam is elementwise
         and the members share no parameter, so member m follows exactly the trajectory `adapt(masks[m])`
         would alone (up to float summation order); each member's batches are its own mask's smallest keys
         (the common random numbers). Members are grouped by batch size (min(batch_size, |S|))."""
@@ -98,29 +99,23 @@ class HeadProxy:
                                self.xi.shape[1], self.xt.shape[1]).to(self.device)
 
     def _train_stacked(self, selected: torch.Tensor, bs: int) -> list[ProjectionHeads]:
-        from torch.func import functional_call, stack_module_state, vmap
+        from torch.func import stack_module_state
 
         p, n_members = self.params, len(selected)
         base = self._fresh_heads()
         params, _ = stack_module_state([base] * n_members)  # copies: (M, ...) leaves that require grad
-        opt = torch.optim.Adam(list(params.values()), lr=p.lr)
-
-        def stacked_head(name: str):
-            """(M, B, D) features -> (M, B, d) embeddings, member m through its own copy of head `name`."""
-            module, prefix = getattr(base, name), name + "."
-            keys = [k for k in params if k.startswith(prefix)]
-            local = [k[len(prefix):] for k in keys]
-            one = vmap(lambda tensors, x: nn.functional.normalize(
-                functional_call(module, dict(zip(local, tensors)), (x,)), dim=-1))
-            return lambda x: one([params[k] for k in keys], x)
-
-        embed_images, embed_texts = stacked_head("image"), stacked_head("text")
+        fused = self.device.split(":")[0] in ("cpu", "cuda") or None  # one kernel for all M members' tensors
+        opt = torch.optim.Adam(list(params.values()), lr=p.lr, fused=fused)
+        if self._normalised is None:  # each head's LayerNorm without its affine part, once for the pool
+            self._normalised = tuple(nn.functional.layer_norm(x, x.shape[1:], eps=head[0].eps)
+                                     for x, head in ((self.xi, base.image), (self.xt, base.text)))
+        xi_hat, xt_hat = self._normalised
         labels = torch.arange(bs, device=self.device).repeat(n_members)
-        base.train()
         for step in range(p.steps):
             idx = torch.topk(self.keys[step].expand_as(selected).masked_fill(~selected, 2.0), bs, dim=1,
                              largest=False).indices
-            zi, zt = embed_images(self.xi[idx]), embed_texts(self.xt[idx])
+            zi = _stacked_head(params, "image", xi_hat[idx])
+            zt = _stacked_head(params, "text", xt_hat[idx])
             logits = params["logit_scale"].exp().clamp(max=100.0)[:, None, None] * zi @ zt.transpose(1, 2)
             # info_nce per member (eq. 14), summed: the members' gradients stay their own
             loss = 0.5 * (nn.functional.cross_entropy(logits.flatten(0, 1), labels, reduction="sum")
@@ -154,6 +149,22 @@ class HeadProxy:
             metrics = self.evaluate(heads)
             out.append((float(sum(t.weight * metrics[t.name] for t in self.val)), metrics))
         return out
+
+
+def _stacked_head(params: dict[str, torch.Tensor], name: str, x_hat: torch.Tensor) -> torch.Tensor:
+    """ProjectionHeads' head `name` (LayerNorm, Linear[, GELU, Linear]) for M stacked members at once: (M, B, D)
+    inputs already normalised by the LayerNorm without its affine part -> (M, B, d) L2-normalised embeddings. The
+    affine part is folded into the first Linear, W(γ⊙x̂ + β) + b = x̂(W·diag γ)ᵀ + (Wβ + b), so the only work on the
+    (M, B, D) batch is one batched matrix product forwards and one backwards (the same function as the module's
+    forward, up to float summation order)."""
+    gamma, beta = params[f"{name}.0.weight"], params[f"{name}.0.bias"]
+    w, b = params[f"{name}.1.weight"], params[f"{name}.1.bias"]  # (M, out, D), (M, out)
+    bias = torch.einsum("mod,md->mo", w, beta) + b
+    h = torch.baddbmm(bias[:, None, :], x_hat, (w * gamma[:, None, :]).transpose(1, 2))
+    if f"{name}.3.weight" in params:  # the MLP head: GELU, then the second Linear
+        h = torch.baddbmm(params[f"{name}.3.bias"][:, None, :], nn.functional.gelu(h),
+                          params[f"{name}.3.weight"].transpose(1, 2))
+    return nn.functional.normalize(h, dim=-1)
 
 
 class ProxyEnsemble:
