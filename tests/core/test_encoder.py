@@ -118,3 +118,48 @@ def test_a_pickle_bearing_checkpoint_is_refused_without_running_it(tmp_path):
     save_file(state, tmp_path / "tiny.safetensors")
     zt = enc.OpenClipEncoder("tads-tiny-vit", str(tmp_path / "tiny.safetensors")).encode_texts(["a red square"])
     assert zt.shape == (1, 32)
+
+
+def test_the_image_tower_side_follows_the_pool_and_is_part_of_the_cache_fingerprint():
+    small = np.full(100, 28), np.full(100, 64)
+    assert enc.matched_image_side(*small) == 64  # the demo: ≤ 64 px images are not upsampled to 128 or 224
+    assert enc.matched_image_side(np.full(100, 90), np.full(100, 70)) == 96  # rounded up to the stride
+    photos = np.r_[np.full(95, 640), np.full(5, 32)], np.r_[np.full(95, 480), np.full(5, 32)]
+    assert enc.matched_image_side(*photos) == enc.TOWER_NATIVE_SIDE  # capped at the tower's own resolution
+    assert enc.matched_image_side(np.zeros(0), np.zeros(0)) == enc.TOWER_NATIVE_SIDE
+    assert enc.FrozenTowers(image_size=64).fingerprint != enc.FrozenTowers(image_size=96).fingerprint
+    with pytest.raises(ValueError, match="input side"):
+        enc.FrozenTowers(image_size=8)
+
+
+def test_one_pass_image_and_mirror_features_equal_two_passes():
+    towers = enc.FrozenTowers(image_size=64)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 50, 3), dtype=np.uint8)) for i in range(3)]
+    image, flipped = towers.image_and_flip_features(images)
+    np.testing.assert_allclose(image, towers.image_features(images), atol=1e-4)
+    np.testing.assert_allclose(flipped, towers.image_features(images, flip=True), atol=1e-4)
+    mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images]
+    np.testing.assert_allclose(flipped, towers.image_features(mirrored), atol=2e-2)  # mirror, then resize
+    assert not np.allclose(image, flipped, atol=1e-3)
+
+
+def test_repeated_captions_are_encoded_once_and_map_back_in_order():
+    towers = enc.FrozenTowers()
+    texts = ["a red shirt", "a blue bag", "a red shirt", "", "a blue bag"]
+    feats = towers.text_features(texts)
+    assert feats.shape == (5, enc.TEXT_FEATURE_DIM)
+    np.testing.assert_array_equal(feats[0], feats[2])
+    np.testing.assert_allclose(feats[1], towers.text_features(["a blue bag"])[0], atol=1e-5)
+    assert not np.allclose(feats[0], feats[1])
+
+
+def test_the_detail_matched_side_is_small_for_upscaled_thumbnails_and_native_for_detailed_images():
+    rng = np.random.default_rng(0)
+    thumbs = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).resize((160, 160), Image.BILINEAR)
+              for _ in range(8)]  # 28 px of content shown at 160 px
+    detailed = [Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)) for _ in range(4)]
+    assert enc.detail_matched_side(thumbs) <= 96
+    assert enc.detail_matched_side(detailed) == enc.TOWER_NATIVE_SIDE
+    errors = enc.detail_errors(thumbs[:2])
+    assert (errors[64] > errors[128]).all() and (errors[224] < 1e-6).all()

@@ -69,7 +69,7 @@ def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTo
     """One raw_pool part's frozen features into the cache, unless a current, finite copy is there: (rows, computed).
     A cached part holding NaN or inf (damaged after it was written) is recomputed."""
     target = Path(cache_dir) / part.name
-    fingerprint = part_fingerprint(part)
+    fingerprint = f"{part_fingerprint(part)}{TOWERS_SEP}{towers.fingerprint}"  # the part's content and the towers'
     if target.exists() and cached_fingerprint(target) == fingerprint:
         cached = pl.read_parquet(target, columns=list(FROZEN_COLUMNS))
         if all(np.isfinite(a).all() for a in arrays(cached, *FROZEN_COLUMNS)):
@@ -79,12 +79,12 @@ def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTo
     img, flip = [], []
     t0 = last = time.perf_counter()
     for j in range(0, frame.height, batch_size):
-        images = decode_images(frame["bytes"][j : j + batch_size].to_list())
-        img.append(towers.image_features(images))
-        flip.append(towers.image_features(images, flip=True))
+        image, flipped = towers.image_and_flip_features(decode_images(frame["bytes"][j : j + batch_size].to_list()))
+        img.append(image)
+        flip.append(flipped)
         if time.perf_counter() - last > 5:
             last = time.perf_counter()
-            progress(f"frozen features: {label or part.stem}, row {j + len(images)}/{frame.height} "
+            progress(f"frozen features: {label or part.stem}, row {j + len(image)}/{frame.height} "
                      f"({time.perf_counter() - t0:.0f}s)")
     txt = towers.text_features(frame["caption"].to_list())
     out = pl.DataFrame({
@@ -99,6 +99,7 @@ def frozen_features_for_part(part: Path, cache_dir: str | Path, towers: FrozenTo
 
 
 FROZEN_COLUMNS = ("image_feat", "flip_feat", "text_feat")
+TOWERS_SEP = "|"  # a cached part's fingerprint: PART_CONTENT|TOWERS (FrozenTowers.fingerprint)
 
 
 def cached_fingerprint(path: Path) -> str | None:
@@ -112,7 +113,7 @@ def cached_fingerprint(path: Path) -> str | None:
 def frozen_part_is_current(cache_dir: str | Path, part: Path) -> bool:
     """Whether the cached frozen features of a raw_pool part belong to the part's current content."""
     cached = Path(cache_dir) / part.name
-    return cached.exists() and cached_fingerprint(cached) == part_fingerprint(part)
+    return cached.exists() and (cached_fingerprint(cached) or "").split(TOWERS_SEP)[0] == part_fingerprint(part)
 
 
 def load_frozen_features(cache_dir: str | Path, part_names: list[str] | None = None) -> pl.DataFrame:
