@@ -14,20 +14,14 @@ dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'python_logs:\n  managed_python_loggers:\n    - tads_assets\n  python_log_level: INFO\ntelemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
-# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME): the pool, quality,
-# relevance and diversity stages, the DVN (Algorithm 1) and TADS's final subset, then one run per selection
-# method (its subset and a CLIP trained on it: tads, the baselines, the static ablations), then the benchmark.
-# Job tads_selection (tads_assets/automation.py): every unpartitioned asset up to TADS's subset. The per-part assets
-# (frozen_features, operator_features) are for fanned-out backfills (docs/operations.md); without them,
+# Generate the demo pool and materialize every asset (with its checks) into $(TADS_HOME), in one process (`tads run`):
+# job tads_selection (the pool, quality, relevance and diversity stages, the DVN of Algorithm 1, TADS's final subset),
+# job tads_baselines (every baseline's subset), job tads_methods (a CLIP trained on each method's subset, then the
+# benchmark); each partitioned job is one run over all its partitions (tads_assets/automation.py). The per-part
+# assets (frozen_features, operator_features) are for fanned-out backfills (docs/operations.md); without them,
 # clip_encoder and feature_table compute every part.
 demo: setup dagster-home
-	$(VENV)/bin/dagster job execute -m definitions -j tads_selection
-	for method in $$($(VENV)/bin/python -c 'from tads_assets.train_eval import training_partitions as p; print(*p.get_partition_keys())'); do \
-	  if [ $$method != tads ]; then \
-	    $(VENV)/bin/dagster asset materialize -m definitions --select baseline_subsets --partition $$method || exit 1; fi; \
-	  $(VENV)/bin/dagster asset materialize -m definitions --select trained_clip --partition $$method || exit 1; \
-	done
-	$(VENV)/bin/dagster asset materialize -m definitions --select benchmark_scores
+	$(VENV)/bin/tads run
 	$(VENV)/bin/tads ledger
 	@cat $(TADS_HOME)/reports/benchmark.md
 

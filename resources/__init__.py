@@ -14,17 +14,19 @@ import os
 import re
 from pathlib import Path
 
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import (AssetMaterialization, ConfigurableIOManager, ConfigurableResource, InputContext, MaterializeResult,
+                     OutputContext)
 from pydantic import Field
 
 from tads_assets.core.demo import demo_pool
 
 from tads_assets.core.io import storage
-from tads_assets.core.io.formats import PoolSpec, parse_pool_spec
+from tads_assets.core.io.formats import PoolSpec, decode_rgb, parse_pool_spec
 from tads_assets.core.io.catalog import Catalog, ClipEncoderDir, Output
 from tads_assets.core.settings import BUDGET_FRACTION
 from tads_assets.core.io.ledger import Ledger
-from tads_assets.core.method.encoder import BuiltinEncoder, FrozenTowers, OpenClipEncoder, load_heads, parse_encoder_spec
+from tads_assets.core.method.encoder import (TOWER_NATIVE_SIDE, BuiltinEncoder, FrozenTowers, OpenClipEncoder,
+                                            detail_matched_side, load_heads, matched_image_side, parse_encoder_spec)
 from tads_assets.core.method.operators import LanguageId, tesseract_version
 
 
@@ -80,13 +82,16 @@ class TadsPaths(ConfigurableResource):
         return self.catalog.demo_dir / "tasks.yaml"
 
 
-def output_lock_name(context) -> str:
-    """The lock of what an asset run writes: the asset's name, `asset[partition]` for a one-partition run (a
-    partition key that is not a plain file name goes by a hash of it). A run over a range of partitions locks
-    the asset's name, which does not exclude one-partition runs of the same asset."""
+def output_lock_name(context, partition_key: str | None = None) -> str:
+    """The lock of what an asset run writes: the asset's name, `asset[partition]` for one partition (`partition_key`,
+    else the run's one partition key; a key that is not a plain file name goes by a hash of it). A run over a range
+    of partitions through @one_writer locks the asset's name, which does not exclude one-partition runs of the same
+    asset (@one_writer_per_partition locks each partition instead)."""
     name = "__".join(context.asset_key.path)
-    if context.has_partition_key:
-        key = context.partition_key
+    if partition_key is None and context.has_partition_key:
+        partition_key = context.partition_key
+    if partition_key is not None:
+        key = partition_key
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,=+@-]{0,150}", key) or ".." in key:
             key = "sha256-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         name = f"{name}[{key}]"
@@ -112,6 +117,41 @@ def one_writer(fn):
     return locked
 
 
+def one_writer_per_partition(fn):
+    """@one_writer for a partitioned asset whose runs may cover many partitions in one step
+    (`BackfillPolicy.single_run()`: one process and one model load for a whole backfill). The body takes
+    `partition_key` besides `context` and `paths` and returns that partition's metadata; it runs once per key of the
+    run, holding that partition's lock, and each partition's materialization carries its own metadata. If one
+    partition fails, those finished before it are recorded as materialized before the error propagates, so a rerun
+    shows what is done."""
+    sig = inspect.signature(fn)
+    if not {"context", "paths", "partition_key"} <= set(sig.parameters):
+        raise TypeError(f"@one_writer_per_partition needs context, paths and partition_key, not {fn.__name__}{sig}")
+    outer = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "partition_key"],
+                        return_annotation=MaterializeResult)
+
+    @functools.wraps(fn)
+    def per_partition(*args, **kwargs):
+        bound = outer.bind(*args, **kwargs).arguments
+        context, paths = bound["context"], bound["paths"]
+        done: list[tuple[str, dict]] = []
+        for key in context.partition_keys:
+            try:
+                with paths.output_lock(context, output_lock_name(context, key)):
+                    done.append((key, fn(*args, partition_key=key, **kwargs)))
+            except BaseException:
+                for k, meta in done:
+                    context.log_event(AssetMaterialization(context.asset_key, partition=k, metadata=meta))
+                raise
+        for k, meta in done:
+            context.add_asset_metadata(meta, partition_key=k)
+        return MaterializeResult()
+
+    per_partition.__signature__ = outer  # Dagster reads the asset's parameters from here: no partition_key input
+    per_partition.one_writer = True
+    return per_partition
+
+
 class TorchDevice(ConfigurableResource):
     """The torch device: `auto` picks `cuda` when a GPU is visible, else `cpu`."""
 
@@ -128,6 +168,9 @@ class TorchDevice(ConfigurableResource):
         return self.device
 
 
+DETAIL_SAMPLE = 256  # images the towers' input side is matched on
+
+
 class ClipEncoder(ConfigurableResource):
     """The encoder (TADS_ENCODER): `builtin` (trained on the pool) or `open_clip:MODEL:WEIGHTS`."""
 
@@ -135,14 +178,29 @@ class ClipEncoder(ConfigurableResource):
     batch_size: int = 64  # open_clip encoders
     # builtin towers' image batches: on 2 CPU cores batch 16 ran 236 images/s at 386 MiB peak, batch 64 96/s at 618 MiB
     tower_batch_size: int = 16
-    image_size: int = 128  # builtin image tower input side
-
+    # builtin image tower input side in pixels (TADS_IMAGE_SIDE); 0: matched to the pool (image_side)
+    image_size: int = 0
 
     def parsed(self) -> tuple[str, str, str]:
         return parse_encoder_spec(self.spec)
 
-    def towers(self, device: str):
-        return FrozenTowers(device=device, image_size=self.image_size)
+    def image_side(self, raw_pool) -> int:
+        """The towers' input side for this pool: `image_size`, or matched to the pool (the smaller of the side its
+        pixel sizes call for, `matched_image_side`, and the side its images' detail calls for,
+        `detail_matched_side` over 256 images spread evenly through raw_pool)."""
+        if self.image_size:
+            return self.image_size
+        scan = raw_pool.scan()
+        sizes = scan.select("width", "height").collect()
+        by_size = matched_image_side(sizes["width"].to_numpy(), sizes["height"].to_numpy())
+        step = max(1, sizes.height // DETAIL_SAMPLE)
+        blobs = scan.select("bytes").gather_every(step).head(DETAIL_SAMPLE).collect()["bytes"].to_list()
+        return min(by_size, detail_matched_side([decode_rgb(b) for b in blobs]))
+
+    def towers(self, device: str, raw_pool=None, side: int | None = None):
+        """The frozen towers at `side`, else at this pool's side (`image_side`), else at `image_size`."""
+        side = side or (self.image_side(raw_pool) if raw_pool is not None else self.image_size) or TOWER_NATIVE_SIDE
+        return FrozenTowers(device=device, image_size=side)
 
     def open_clip(self, device: str):
         _, model, weights = self.parsed()
@@ -153,7 +211,7 @@ class ClipEncoder(ConfigurableResource):
         info = clip_encoder.info()
         if info["kind"] == "builtin":
             heads = load_heads(clip_encoder.file(info["heads"]), device)
-            return BuiltinEncoder(heads, FrozenTowers(device=device, image_size=info.get("image_size", self.image_size)),
+            return BuiltinEncoder(heads, self.towers(device, side=info.get("image_size") or 128),
                                   batch_size=self.tower_batch_size), info
         return self.open_clip(device), info
 
@@ -213,7 +271,7 @@ ENV = {
                           "lock_timeout_s": "TADS_LOCK_TIMEOUT_S"}),
     "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION"}),
     "device": (TorchDevice, {"device": "TADS_DEVICE"}),
-    "encoder": (ClipEncoder, {"spec": "TADS_ENCODER"}),
+    "encoder": (ClipEncoder, {"spec": "TADS_ENCODER", "image_size": "TADS_IMAGE_SIDE"}),
     "ocr": (Ocr, {"workers": "TADS_OCR_WORKERS"}),
     "langid": (LangId, {"model_path": "TADS_LANGID_MODEL"}),
 }
@@ -243,3 +301,23 @@ def tads_resources(paths: TadsPaths | None = None, environ: dict | None = None, 
 def resources_from_env() -> dict:
     """The resources `definitions.py` binds: `tads_resources` over `os.environ`."""
     return tads_resources(environ=dict(os.environ))
+
+
+EXECUTORS = ("auto", "in_process", "multiprocess")
+MULTIPROCESS_MIN_CORES = 8  # below this, a process per step buys no parallelism that torch's threads do not already use
+
+
+def executor_from_env(environ: dict | None = None, cpu_count: int | None = None):
+    """The executor of runs launched from the UI, a schedule or a sensor (TADS_EXECUTOR): `in_process` runs every
+    step in the run's process (no process start and code-location load per step: on a 2-core machine a 0.1 s
+    step otherwise costs ~15 s), `multiprocess` one process per step, independent steps in parallel; `auto`
+    (default) picks multiprocess from MULTIPROCESS_MIN_CORES cores up, in_process below."""
+    from dagster import in_process_executor, multiprocess_executor
+
+    environ = os.environ if environ is None else environ
+    value = (environ.get("TADS_EXECUTOR") or "auto").strip()
+    if value not in EXECUTORS:
+        raise ValueError(f"TADS_EXECUTOR={value!r}: use one of {', '.join(EXECUTORS)}")
+    if value == "auto":
+        value = "multiprocess" if (cpu_count or os.cpu_count() or 1) >= MULTIPROCESS_MIN_CORES else "in_process"
+    return in_process_executor if value == "in_process" else multiprocess_executor

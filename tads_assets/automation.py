@@ -27,7 +27,7 @@ SENSOR_INTERVAL_S = 30
 # Sunday 03:00 (the Dagster instance's time zone: UTC unless set)
 WEEKLY_CRON = "0 3 * * 0"
 
-# baseline_subsets is partitioned by other methods: it is refreshed per partition (make demo, a UI backfill)
+# baseline_subsets is partitioned by other methods: it is refreshed by tads_baselines (tads run, make demo, a UI backfill)
 TASK_DEPENDENT = AssetSelection.assets(task_set).downstream() - AssetSelection.assets(baseline_subsets)
 # the per-part assets are partitioned by raw_pool part: a backfill runs them; the unpartitioned assets compute any
 # part they left undone themselves
@@ -41,7 +41,17 @@ selection_job = define_asset_job(
     "tads_selection", selection=SELECTION,
     description="The pool, its characterisation, trained_dvn and final_subset (TADS's subset, exported): every "
     "unpartitioned asset up to the selection, with their checks. The baselines and the CLIPs trained per method "
-    "run per partition afterwards (make demo).")
+    "follow in tads_baselines and tads_methods (tads run, make demo).")
+baselines_job = define_asset_job(
+    "tads_baselines", selection=AssetSelection.assets(baseline_subsets),
+    description="Every baseline and static ablation's subset (baseline_subsets); a run over all its partitions is "
+    "one step (single-run backfill policy). `tads run` launches it over every partition.")
+methods_job = define_asset_job(
+    "tads_methods", selection=AssetSelection.assets(trained_clip, benchmark_scores),
+    description="A CLIP trained on each method's subset (trained_clip, one step for every partition of the run) and "
+    "the benchmark table. `tads run` launches it over every partition.")
+# what `tads run` (and make demo) executes, in order
+DEMO_JOBS = ("tads_selection", "tads_baselines", "tads_methods")
 task_change_job = define_asset_job(
     "tads_task_change", selection=TASK_DEPENDENT,
     description="task_set and everything downstream of it (relevance_vectors, trained_dvn, final_subset, "
@@ -50,7 +60,7 @@ tads_full_job = define_asset_job(
     "tads_full", selection=WHOLE_GRAPH,
     description="The whole graph for TADS's own selection, in order: the pool, characterisation, trained_dvn, "
     "final_subset, trained_clip (run for the `tads` partition) and benchmark_scores. baseline_subsets and the "
-    "baselines' trained_clip partitions run per partition (make demo, or a backfill from the UI).")
+    "baselines' trained_clip partitions run in tads_baselines and tads_methods (tads run, make demo, or a backfill).")
 
 
 def _materialized_tasks_sha256(paths: TadsPaths) -> str | None:

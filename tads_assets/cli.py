@@ -1,5 +1,5 @@
-"""`tads` command line: generate the demo pool, the state of every asset (status), a sample's history (explain), the
-ledger's summary, and exporting a selection to train on (export). Stage outputs are read through the catalogue
+"""`tads` command line: generate the demo pool, run the graph in one process (run), the state of every asset
+(status), a sample's history (explain), the ledger's summary, and exporting a selection to train on (export). Stage outputs are read through the catalogue
 (`tads_assets.core.io.catalog`). Dagster, the code location, the catalogue and the demo generator (which import
 torch through the library's readers) are imported by the commands that need them, so `tads --help` stays fast."""
 
@@ -196,6 +196,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """TADS's jobs in order, in this process, recorded in the persistent instance (TADS_HOME/dagster unless
+    DAGSTER_HOME is set), so `make ui` / `tads status` show them afterwards."""
+    os.environ.setdefault("TADS_HOME", str(_home(args)))
+    dagster_home = _dagster_home(args)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    from dagster import DagsterInstance
+
+    import definitions
+    from tads_assets.automation import DEMO_JOBS
+    from tads_assets.local import run_jobs
+
+    # the instance's python_logs setting routes TADS's log records into each run's log, which Dagster prints; the
+    # root handler main() installed would print every one of them a second time
+    logging.getLogger().handlers.clear()
+    names = args.jobs or list(DEMO_JOBS)
+    known = {j.name for j in definitions.defs.jobs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"tads run: unknown job(s) {', '.join(unknown)}; the jobs are {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+    rows = run_jobs(definitions.defs, names, DagsterInstance.get())
+    for r in rows:
+        print(f"  {r['job']:<16} {'ok' if r['ok'] else 'FAILED':<6} {r['seconds']:>7.1f} s  {r['steps']} steps"
+              + (f"  failed: {', '.join(r['failed_steps'])}" if r["failed_steps"] else ""))
+    return 0 if rows and all(r["ok"] for r in rows) and len(rows) == len(names) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tads", description="TADS: task-aware data selection for CLIP pre-training")
     sub = p.add_subparsers(dest="command", required=True)
@@ -226,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--shard-size", type=int, default=10_000, help="samples per WebDataset shard")
     x.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="materialize the graph in this process: the selection, every baseline, a CLIP "
+                       "per method and the benchmark (jobs tads_selection, tads_baselines, tads_methods)")
+    r.add_argument("--jobs", nargs="*", help="jobs to run, in order (default: the three above)")
+    r.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")
+    r.add_argument("--dagster-home", help="the Dagster instance (default: $DAGSTER_HOME or TADS_HOME/dagster)")
+    r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("ledger", help="counts of ledgered decisions per stage and reason")
     s.add_argument("--home", help="TADS_HOME (default: $TADS_HOME or ./.tads)")

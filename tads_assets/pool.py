@@ -139,8 +139,9 @@ def frozen_features(context: AssetExecutionContext, paths: TadsPaths, encoder: C
                                            "seconds": 0.0,
                                            "skipped": MetadataValue.text(f"encoder {encoder.spec} has no frozen towers")})
     t0 = time.perf_counter()
-    rows, computed = embeddings.frozen_features_for_part(part, cat.frozen_cache_dir, encoder.towers(device.resolve()),
-                                                         encoder.tower_batch_size, context.log.info)
+    towers = encoder.towers(device.resolve(), cat.raw_pool)
+    rows, computed = embeddings.frozen_features_for_part(part, cat.frozen_cache_dir, towers, encoder.tower_batch_size,
+                                                         context.log.info)
     seconds = time.perf_counter() - t0
     return MaterializeResult(metadata={
         "part": MetadataValue.text(context.partition_key), "n_in": rows, "n_out": rows, "computed": computed,
@@ -168,8 +169,11 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         return MaterializeResult(metadata={"encoder": MetadataValue.text(encoder.spec), "embed_dim": dim,
                                            "n_in": 0, "n_out": 0, "seconds": round(time.perf_counter() - t0, 2),
                                            "encoder_id": MetadataValue.text(info["encoder_id"]), "device": dev})
-    stats = embeddings.cache_frozen_features(raw_pool.dir, cat.frozen_cache_dir, encoder.towers(dev),
-                                             encoder.tower_batch_size, progress=context.log.info)
+    towers = encoder.towers(dev, raw_pool)
+    context.log.info(f"clip_encoder: image tower input {towers.image_size} px"
+                     + (" (matched to the pool's image sizes and detail)" if not encoder.image_size else " (TADS_IMAGE_SIDE)"))
+    stats = embeddings.cache_frozen_features(raw_pool.dir, cat.frozen_cache_dir, towers, encoder.tower_batch_size,
+                                             progress=context.log.info)
     context.log.info(f"clip_encoder: frozen features {stats}")
     frozen = embeddings.load_frozen_features(cat.frozen_cache_dir)
     img, txt = embeddings.arrays(frozen, "image_feat", "text_feat")
@@ -184,7 +188,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
             save_heads(h, staging / name)
         info = write_encoder_info(staging, {"kind": "builtin", "embed_dim": config.embed_dim,
                                             "heads": "heads.safetensors", "heldout_heads": heldout_files,
-                                            "image_size": encoder.image_size})
+                                            "image_size": towers.image_size})
     return MaterializeResult(metadata={
         "encoder": MetadataValue.text("builtin: EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads"),
         "encoder_id": MetadataValue.text(info["encoder_id"]), "path": MetadataValue.path(str(out)),
@@ -194,7 +198,9 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         "val_chance_recall_at_1": rounded(report.chance_r1, 5), "final_infonce": rounded(report.loss_per_epoch[-1]),
         "loss_curve": MetadataValue.md(line_plot_markdown(report.loss_per_epoch, "InfoNCE per epoch", "epoch", "loss")),
         "frozen_parts_computed": stats["parts_computed"], "frozen_parts_cached": stats["parts_cached"],
-        "frozen_feature_seconds": rounded(stats["seconds"], 2),
+        "frozen_feature_seconds": rounded(stats["seconds"], 2), "image_tower_side_px": towers.image_size,
+        "frozen_rows_per_s": (rounded(stats["rows"] / max(stats["seconds"], 1e-9), 1) if stats["parts_computed"]
+                              else MetadataValue.text("every part cached")),
         "head_training_seconds": rounded(report.seconds, 2), "device": MetadataValue.text(dev),
     })
 

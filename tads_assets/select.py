@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, StaticPartitionsDefinition, asset
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, StaticPartitionsDefinition, asset
 
-from resources import Budget, ClipEncoder, TadsPaths, TorchDevice, one_writer
+from resources import Budget, ClipEncoder, TadsPaths, TorchDevice, one_writer, one_writer_per_partition
 from tads_assets.config import config_from, params_of
 from tads_assets.core.harness import baselines, clip_proxy, clip_train
 from tads_assets.core.harness.baselines import BaselineParams
-from tads_assets.core.harness.target_alignment import target_scores
+from tads_assets.core.harness.target_alignment import cached_target_scores, target_key, target_scores
 from tads_assets.core.io import embeddings, eval_sets
 from tads_assets.core.io.catalog import ClipEncoderDir, PoolEmbeddings, QualityScores, RawPool, RelevanceVectors, Table, TaskSetFile
 from tads_assets.core.io.storage import write_stage_output
@@ -67,14 +67,16 @@ def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason: str, value: np.ndar
         "pruning), quality_only (q_φ threshold). random/clip_score/semdedup/dbp share one size (TADS's subset "
         "size when it exists). q_r and q_r_d are Table 2's static ablations (equal-weight standardised q_φ, task "
         "relevance and log diversity, top at TADS's size, from the deduplicated pool). Every candidate a method "
-        "drops gets a ledger row.", SUBSET_COLUMNS),
+        "drops gets a ledger row. A run over several partitions selects them one after another in one step.",
+        SUBSET_COLUMNS),
+    backfill_policy=BackfillPolicy.single_run(),
 )
-@one_writer
+@one_writer_per_partition
 def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConfig, paths: TadsPaths, budget: Budget,
                      raw_pool: RawPool, clip_encoder: ClipEncoderDir, pool_embeddings: PoolEmbeddings,
                      quality_scores: QualityScores, relevance_vectors: RelevanceVectors,
-                     cluster_diversity: Table) -> MaterializeResult:
-    method, cat, t0 = context.partition_key, paths.catalog, time.perf_counter()
+                     cluster_diversity: Table, partition_key: str) -> dict:
+    method, cat, t0 = partition_key, paths.catalog, time.perf_counter()
     builtin = clip_encoder.is_builtin()
     pool = baselines.load_candidates(raw_pool.dir, pool_embeddings.connect(), quality_scores.path,
                                      cat.frozen_cache_dir if builtin else None)
@@ -92,8 +94,7 @@ def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConf
     out = cat.subsets.of(method)
     result = write_stage_output(out.dir, paths.ledger(), f"baseline_{method}", kept, drops, out.path.name)
     context.log.info(f"baseline_subsets[{method}]: kept {kept.height} of {cand.height} ({size_source})")
-    return MaterializeResult(metadata=_baseline_metadata(method, sel, cand, kept, drops, size_source, builtin, result,
-                                                         out.dir, seconds))
+    return _baseline_metadata(method, sel, cand, kept, drops, size_source, builtin, result, out.dir, seconds)
 
 
 def _baseline_metadata(method, sel, cand, kept, drops, size_source, builtin, result, out_dir, seconds) -> dict:
@@ -132,12 +133,12 @@ TrainedDvnConfig = config_from(
 
 
 def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw_pool: RawPool,
-            pool_embeddings: PoolEmbeddings, builtin: bool, frozen_cache, log):
+            pool_embeddings: PoolEmbeddings, clip_encoder: ClipEncoderDir, frozen_cache, log):
     """The proxy of the chosen mode, as an object with reward(mask) → (J, per-task Eval_k)."""
     if config.proxy_mode == "head":
-        if builtin:  # the builtin encoder's heads were fitted on this pool: the proxy trains on the frozen features
+        if clip_encoder.is_builtin():  # its heads were fitted on this pool: the proxy trains on the frozen features
             frame = embeddings.load_current_frozen_features(raw_pool.dir, frozen_cache).select("uid", "image_feat", "text_feat")
-            towers = encoder.towers(dev)
+            towers = encoder.towers(dev, side=clip_encoder.info().get("image_size"))
             columns, enc_i, enc_t = ("image_feat", "text_feat"), towers.image_features, towers.text_features
         else:
             model = encoder.open_clip(dev)
@@ -183,14 +184,21 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     sig = _signals(quality_scores, relevance_vectors, cluster_diversity)
     params = params_of(config, Algorithm1Params, fdo=params_of(config, FdoParams, rate=budget.fraction))
     check_tasks(sig, tasks)
-    reward = _reward(config, encoder, dev, tasks, sig.uids, raw_pool, pool_embeddings, clip_encoder.is_builtin(),
-                     cat.frozen_cache_dir, context.log.info)
-    target = None
+    reward = _reward(config, encoder, dev, tasks, sig.uids, raw_pool, pool_embeddings, clip_encoder, cat.frozen_cache_dir,
+                     context.log.info)
+    target, target_cache = None, {}
     if config.task_alignment == "target" and config.proxy_mode == "head":
         def target(mask):
-            pairs = raw_pool.rows(sig.uids[mask].tolist())
-            return target_scores(pairs["bytes"].to_list(), pairs["caption"].to_list(), tasks, config.target_model,
-                                 config.target_budget_samples_seen, config.validation_items, config.seed, dev, log)
+            uids = sig.uids[mask].tolist()
+
+            def train():
+                pairs = raw_pool.rows(uids)
+                return target_scores(pairs["bytes"].to_list(), pairs["caption"].to_list(), tasks, config.target_model,
+                                     config.target_budget_samples_seen, config.validation_items, config.seed, dev, log)
+            key = target_key(uids, digest, config.target_model, config.target_budget_samples_seen,
+                             config.validation_items, config.seed, dev)
+            scores, target_cache["hit"] = cached_target_scores(cat.target_cache_dir, key, train, log)
+            return scores
     joint = (joint_vectors(*pool_embeddings.aligned(sig.uids.tolist(), "image_vec", "text_vec"))
              if config.fdo_cluster_space == "embeddings" else None)
     res = run_algorithm1(sig, tasks, reward, params, joint=joint, target_scores=target, progress=log)
@@ -198,17 +206,21 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
         "tasks": [t.name for t in tasks], "tasks_sha256": digest, "log_d_stats": list(res.log_d_stats),
         "fdo": params.fdo.__dict__, "proxy_mode": config.proxy_mode, "init": config.init,
         "task_alignment": res.alignment, "reward_top_final": res.reward_top_final,
+        "returned_iterate": res.returned_iterate, "reward_top_last_update": res.reward_top_last,
         "metrics_top_final": res.metrics_top_final, "history": res.history})
     scores = pl.DataFrame({"uid": sig.uids, "v": res.v.astype(np.float32), "fdo_cluster": res.clusters.astype(np.int32)})
     write_parquet_atomic(scores, cat.trained_dvn.path)
-    return MaterializeResult(metadata=_dvn_metadata(res, config, budget.fraction, reward, scores, cat, digest))
+    meta = _dvn_metadata(res, config, budget.fraction, reward, scores, cat, digest)
+    if target_cache:
+        meta["task_alignment_target"] = MetadataValue.text("cached" if target_cache["hit"] else "trained")
+    return MaterializeResult(metadata=meta)
 
 
 def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, digest: str) -> dict:
     history, v, coarse = res.history, res.v, res.clusters
     rewards = [h["reward"] for h in history]
     # J of the deterministic top-rate selection before each update and after the last one
-    top_curve = [h["reward_top"] for h in history if "reward_top" in h] + [res.reward_top_final]
+    top_curve = [h["reward_top"] for h in history if "reward_top" in h] + [res.reward_top_last]
     mean_adv = {}
     for h in history:
         for c, g in h["advantages"].items():
@@ -216,7 +228,8 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
     adv_rows = sorted(({"cluster": c, "size": int((coarse == c).sum()), "probed": len(g), "mean g_C": float(np.mean(g)),
                         "mean v": float(v[coarse == c].mean())} for c, g in mean_adv.items()), key=lambda r: -r["mean g_C"])
     per_iteration = [{"iteration": h["iteration"], "J(S(θ))": h["reward"], "J(top)": h.get("reward_top", float("nan")),
-                      "selection rate": h["selection_rate"], **{k: float(m) for k, m in h["metrics"].items()}}
+                      "selection rate": h["selection_rate"], **{k: float(m) for k, m in h["metrics"].items()},
+                      "rewards": h["rewards"], "seconds": round(h["seconds"], 2)}
                      for h in history]
     n = len(v)
     return {
@@ -230,6 +243,9 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "reward_top_curve": MetadataValue.md(line_plot_markdown(top_curve, f"J of the top {rate:.0%} by v (θ₀, then "
                                                                 "after each update)", "meta-iteration", "J (eq. 15)")),
         "reward_top_first": rounded(top_curve[0]), "reward_top_final": rounded(res.reward_top_final),
+        "reward_top_last_update": rounded(res.reward_top_last),
+        "returned_iterate": MetadataValue.text(f"θ_{res.returned_iterate} of θ_0..θ_{len(history)}"
+                                               + (" (the highest J(top))" if config.keep_best else " (the last)")),
         "task_alignment": table(res.alignment) if res.alignment else MetadataValue.text(
             f"off ({config.task_alignment}, proxy {config.proxy_mode}): φ_k as in the task file"),
         "selection_rate_curve": MetadataValue.md(line_plot_markdown([h["selection_rate"] for h in history],
@@ -239,6 +255,7 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "final_selection_rate": rounded(v.mean()),
         "init": MetadataValue.text(config.init if res.prior_loss is None else f"prior (BCE {res.prior_loss:.4f})"),
         "tasks_sha256": MetadataValue.text(digest), "seconds": rounded(res.seconds, 1),
+        "seconds_per_meta_iteration_median": rounded(float(np.median([h["seconds"] for h in history])), 2),
     }
 
 

@@ -2,7 +2,7 @@
 
 import polars as pl
 import pytest
-from tads_assets.local import materialize
+from tads_assets.local import RANGE_END, RANGE_START, materialize
 
 from resources import TadsPaths, tads_resources
 from tads_assets.characterize import (cluster_diversity, feature_table, quality_scores, relevance_vectors, task_set,
@@ -33,12 +33,19 @@ def built(tmp_path_factory, demo_spec, demo_dir):
     assert runs["upstream"].success
     runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
                                  resources=resources, run_config=DVN)
-    for method in (*baselines.METHODS, "q_r", "q_r_d"):
-        runs[method] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
-                                   selection=[baseline_subsets.key], resources=resources, partition_key=method)
-    for method in ("tads", "no_filter", "clip_score"):
-        runs[f"train_{method}"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip], selection=[trained_clip.key],
-                                              resources=resources, partition_key=method, run_config=TRAIN)
+    # every baseline partition in one run (one step: BackfillPolicy.single_run), as `tads run` does
+    methods = (*baselines.METHODS, "q_r", "q_r_d")
+    runs["baselines"] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
+                                    selection=[baseline_subsets.key], resources=resources,
+                                    tags={RANGE_START: methods[0], RANGE_END: methods[-1]})
+    runs.update({method: runs["baselines"] for method in methods})
+    # two partitions in one run, one in a run of its own
+    train = [*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip]
+    runs["train_tads"] = runs["train_no_filter"] = materialize(
+        train, selection=[trained_clip.key], resources=resources, run_config=TRAIN,
+        tags={RANGE_START: "tads", RANGE_END: "no_filter"})
+    runs["train_clip_score"] = materialize(train, selection=[trained_clip.key], resources=resources,
+                                           partition_key="clip_score", run_config=TRAIN)
     runs["benchmark"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip, benchmark_scores],
                                     selection=[benchmark_scores.key], resources=resources)
     truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")

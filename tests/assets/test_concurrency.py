@@ -155,3 +155,34 @@ def test_a_run_that_finds_its_output_locked_waits_then_gives_up_naming_the_holde
         assert "baseline_subsets[random] is being written by run run-holding" in str(failure)
         result = materialize([baseline_subsets], partition_key="dbp", resources=resources, raise_on_error=False)
         assert "is being written by" not in str(result.failure_data_for_node("baseline_subsets").error)
+
+
+def test_a_range_run_locks_each_partition_and_keeps_what_finished_before_a_failure(tmp_path):
+    # @one_writer_per_partition: one step for a run's partitions, each under its own lock; when one fails, those done
+    # before it are recorded as materialized (with their metadata) and the later ones are not
+    from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, DagsterInstance, StaticPartitionsDefinition, asset
+
+    from resources import one_writer_per_partition
+    from tads_assets.local import RANGE_END, RANGE_START
+
+    held = []
+
+    @asset(partitions_def=StaticPartitionsDefinition(["a", "b", "c"]), backfill_policy=BackfillPolicy.single_run())
+    @one_writer_per_partition
+    def parted(context: AssetExecutionContext, paths: TadsPaths, partition_key: str) -> dict:
+        held.append((partition_key, lock_holder(paths.root, f"parted[{partition_key}]") is not None,
+                     lock_holder(paths.root, "parted") is not None))
+        if partition_key == "b":
+            raise ValueError("partition b is broken")
+        return {"who": partition_key}
+
+    resources = {"paths": TadsPaths(home=str(tmp_path / "home"))}
+    instance = DagsterInstance.ephemeral()
+    ok = materialize([parted], resources=resources, instance=instance, partition_key="c")
+    assert ok.success and ok.asset_materializations_for_node("parted")[0].metadata["who"].value == "c"
+    bad = materialize([parted], resources=resources, instance=instance, raise_on_error=False,
+                      tags={RANGE_START: "a", RANGE_END: "c"})
+    assert not bad.success
+    mats = [e.event_log_entry.asset_materialization for e in instance.fetch_materializations(AssetKey("parted"), limit=10).records]
+    assert sorted((m.partition, m.metadata["who"].value) for m in mats) == [("a", "a"), ("c", "c")]  # c from the first run
+    assert held == [("c", True, False), ("a", True, False), ("b", True, False)]  # each partition's own lock

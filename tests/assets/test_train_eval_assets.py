@@ -36,6 +36,22 @@ def test_every_baseline_partition_accounts_for_its_drops(built):
     assert _subset(paths, "no_filter").height == n_pool
 
 
+def test_a_run_over_many_partitions_records_each_with_its_own_metadata(built):
+    # one run, one step for all baseline partitions (and for two trained_clip partitions): the UI still shows
+    # every partition materialized, each with the metadata of its own method
+    paths, runs, _ = built
+    for run, node, expected in ((runs["baselines"], "baseline_subsets", [*baselines.METHODS, "q_r", "q_r_d"]),
+                                (runs["train_tads"], "trained_clip", ["tads", "no_filter"])):
+        steps = [e for e in run.all_events if e.event_type_value == "STEP_SUCCESS"]
+        assert [e.step_key for e in steps] == [node]
+        mats = run.asset_materializations_for_node(node)
+        assert [m.partition for m in mats] == expected
+        assert [m.metadata["method"].value for m in mats] == expected
+        assert len({m.metadata["n_out"].value for m in mats}) > 1 or node == "trained_clip"
+    sizes = {m.partition: m.metadata["n_out"].value for m in runs["baselines"].asset_materializations_for_node("baseline_subsets")}
+    assert sizes["no_filter"] == _subset(paths, "no_filter").height and sizes["random"] == _subset(paths, "random").height
+
+
 def test_clip_score_and_quality_only_drop_the_known_bad_pairs(built):
     paths, _, truth = built
 

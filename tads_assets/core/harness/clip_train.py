@@ -99,14 +99,29 @@ class TrainResult:
     samples_per_s: float
 
 
+def preprocess_cached(uids: Sequence[str], blobs: Sequence[bytes], preprocess, cache: dict,
+                      progress: Callable[[str], None] = log.info) -> torch.Tensor:
+    """`preprocess_images` through `cache` (uid -> preprocessed tensor): images another subset of the same run already
+    preprocessed are not decoded again (the methods' subsets of one pool overlap). The cache must belong to one
+    `preprocess` (one model config)."""
+    todo = [i for i, u in enumerate(uids) if u not in cache]
+    if todo:
+        for i, x in zip(todo, preprocess_images([blobs[i] for i in todo], preprocess, progress)):
+            cache[uids[i]] = x
+    return torch.stack([cache[u] for u in uids])
+
+
 def train_clip(blobs: Sequence[bytes], captions: Sequence[str], params: TrainParams, device: str = "cpu",
-               progress: Callable[[str], None] = log.info, model_bundle=None) -> TrainResult:
-    """CLIP contrastive training from scratch for ceil(budget / batch) steps over the subset."""
+               progress: Callable[[str], None] = log.info, model_bundle=None, uids: Sequence[str] | None = None,
+               image_cache: dict | None = None) -> TrainResult:
+    """CLIP contrastive training from scratch for ceil(budget / batch) steps over the subset. `uids` and
+    `image_cache`: reuse images preprocessed for an earlier subset (`preprocess_cached`)."""
     if len(blobs) != len(captions) or len(blobs) < 2:
         raise ValueError(f"need at least 2 image-caption pairs, got {len(blobs)} images and {len(captions)} captions")
     torch.manual_seed(params.seed)
     model, preprocess, tokenizer = model_bundle or create_model(params.model, device)
-    images = preprocess_images(blobs, preprocess, progress)
+    images = (preprocess_images(blobs, preprocess, progress) if image_cache is None or uids is None
+              else preprocess_cached(list(uids), blobs, preprocess, image_cache, progress))
     return train_on_tensors(model, images, tokenizer(list(captions)), params, device, progress)
 
 
