@@ -111,8 +111,11 @@ def main() -> None:
 
     info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
     draws = [r["reward"] for r in info["history"]]
-    top = [r["reward_top"] for r in info["history"] if "reward_top" in r] + (
-        [info["reward_top_final"]] if "reward_top_final" in info else [])
+    last = info.get("reward_top_last_update", info.get("reward_top_final"))  # J(top) after the last update
+    top = [r["reward_top"] for r in info["history"] if "reward_top" in r] + ([last] if last is not None else [])
+    if "returned_iterate" in info:
+        print(f"\nreturned iterate (keep_best): θ_{info['returned_iterate']} of θ_0..θ_{len(info['history'])}, "
+              f"J(top) {info['reward_top_final']:.4f}")
     curves = {"J(S(θ)), each iteration's draw": draws, "J(top), the DVN's top selection at the budget": top}
     trend = {}
     for name, rewards in curves.items():
