@@ -45,8 +45,8 @@ def test_a_run_over_many_partitions_records_each_with_its_own_metadata(built):
         steps = [e.step_key for e in run.all_events if e.event_type_value == "STEP_SUCCESS"]
         assert [k for k in steps if not k.startswith(f"{node}_")] == [node]  # one step (its checks aside)
         mats = run.asset_materializations_for_node(node)
-        assert [m.partition for m in mats] == expected
-        assert [m.metadata["method"].value for m in mats] == expected
+        assert sorted(m.partition for m in mats) == sorted(expected)  # every partition once
+        assert all(m.metadata["method"].value == m.partition for m in mats)  # each with its own metadata
         assert len({m.metadata["n_out"].value for m in mats}) > 1 or node == "trained_clip"
     sizes = {m.partition: m.metadata["n_out"].value for m in runs["baselines"].asset_materializations_for_node("baseline_subsets")}
     assert sizes["no_filter"] == _subset(paths, "no_filter").height and sizes["random"] == _subset(paths, "random").height
