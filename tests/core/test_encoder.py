@@ -163,3 +163,21 @@ def test_the_detail_matched_side_is_small_for_upscaled_thumbnails_and_native_for
     assert enc.detail_matched_side(detailed) == enc.TOWER_NATIVE_SIDE
     errors = enc.detail_errors(thumbs[:2])
     assert (errors[64] > errors[128]).all() and (errors[224] < 1e-6).all()
+
+
+def test_every_tower_runtime_gives_the_eager_features_and_auto_runs_on_onnxruntime_on_cpu():
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(5)]
+    feats = {}
+    for runtime in enc.TOWER_RUNTIMES:
+        towers = enc.FrozenTowers(image_size=64, runtime=runtime)
+        feats[runtime] = towers.image_features(images)
+        assert towers.runtime_used == ("onnxruntime" if runtime == "auto" else runtime)
+    for runtime, f in feats.items():
+        np.testing.assert_allclose(f, feats["eager"], atol=1e-4, err_msg=runtime)
+    # the export left the shared tower in eval mode: a second eager pass (batch norms on running statistics)
+    # gives the same features for a batch of one as for the batch
+    again = enc.FrozenTowers(image_size=64, runtime="eager")
+    np.testing.assert_allclose(again.image_features(images[:1])[0], feats["eager"][0], atol=1e-4)
+    with pytest.raises(ValueError, match="runtime"):
+        enc.FrozenTowers(runtime="tensorrt")

@@ -181,3 +181,26 @@ def test_batched_adaptations_follow_each_masks_own_trajectory(hidden_dim):
     rewards = proxy.reward_many(masks)
     assert [j for j, _ in rewards] == pytest.approx([proxy.reward(m)[0] for m in masks], abs=1e-6)
     assert len({round(j, 6) for j, _ in rewards}) > 1  # different subsets, different rewards
+
+
+def test_feature_reduction_keeps_the_pools_main_directions_and_the_reduced_proxy_ranks_subsets_alike():
+    from tads_assets.core.method.proxy import FeatureReduction, reduced_features
+
+    image, text, val, bad = _world()
+    red = FeatureReduction.fit(image, 8)
+    assert red.basis.shape == (48, 8) and np.allclose(red.basis.T @ red.basis, np.eye(8), atol=1e-5)
+    z = red(image)
+    assert z.shape == (len(image), 8)
+    variances = z.var(axis=0)
+    assert (np.diff(variances) <= 1e-6).all()  # coordinates by decreasing variance
+    assert 0.5 < red.explained <= 1.0  # 32 latent dimensions seen through 48: the top 8 carry most of it
+    ri, rt, rval, kept = reduced_features(image, text, [val], 16)
+    assert ri.shape[1] == 16 and rt.shape[1] == 16 and rval[0].image_feats.shape[1] == 16
+    assert rval[0].prompt_feats.shape == (val.n_classes, 16) and set(kept) == {"image", "text"}
+    same = reduced_features(image, text, [val], 64)  # both towers have fewer features than that: unchanged
+    assert same[0] is image and same[3] == {}
+    full = HeadProxy(image, text, [val], ProxyParams(steps=40, batch_size=128))
+    small = HeadProxy(image, text, [val], ProxyParams(steps=40, batch_size=128, feature_dims=16))
+    clean, broken = ~bad, bad | (np.arange(len(bad)) < 100)
+    for proxy in (full, small):  # the reduced proxy still tells a clean subset from a misaligned one
+        assert proxy.reward(clean)[0] > proxy.reward(broken)[0] + 0.1

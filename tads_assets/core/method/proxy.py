@@ -34,6 +34,9 @@ class ProxyParams:
     steps: int = 60  # InfoNCE steps per adaptation, whatever the subset size (a fixed budget)
     batch_size: int = 256
     lr: float = 3e-3
+    # each tower's features reduced to their top principal components over the pool before the heads (0: the
+    # full 1280 + 384 features); see `FeatureReduction`
+    feature_dims: int = 0
     seed: int = 0
 
 
@@ -52,6 +55,57 @@ class ValTask:
     caption_feats: np.ndarray | None = None
 
 
+@dataclass
+class FeatureReduction:
+    """A fixed linear map of one tower's features to `dims` coordinates: each row standardised across its features
+    (the heads' LayerNorm without its affine part), centred by the pool's mean and projected onto the pool's top
+    `dims` principal directions. The proxy's linear heads then learn on these coordinates: a head restricted to
+    the subspace where the pool's features vary most, at dims/D of the cost per step."""
+
+    mean: np.ndarray  # (D,) pool mean of the standardised features
+    basis: np.ndarray  # (D, dims) orthonormal principal directions, by decreasing variance
+    explained: float  # share of the standardised features' variance the basis keeps
+
+    @classmethod
+    def fit(cls, feats: np.ndarray, dims: int, eps: float = 1e-5) -> "FeatureReduction":
+        x = _standardise(np.asarray(feats, np.float64), eps)
+        mean = x.mean(axis=0)
+        cov = np.cov(x - mean, rowvar=False)
+        values, vectors = np.linalg.eigh(cov)  # ascending
+        order = np.argsort(values)[::-1][:dims]
+        explained = float(values[order].sum() / max(values.sum(), 1e-12))
+        return cls(mean.astype(np.float32), vectors[:, order].astype(np.float32), explained)
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        return ((_standardise(np.asarray(feats, np.float32)) - self.mean) @ self.basis).astype(np.float32)
+
+
+def _standardise(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    return (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + eps)
+
+
+def reduced_features(image_feats: np.ndarray, text_feats: np.ndarray, val_tasks: list[ValTask], dims: int
+                     ) -> tuple[np.ndarray, np.ndarray, list[ValTask], dict[str, float]]:
+    """The pool's and the validation sets' features through each tower's `FeatureReduction` (fitted on the pool;
+    a tower with at most `dims` features is left as it is), and the share of variance each reduction keeps."""
+    from dataclasses import replace
+
+    kept = {}
+
+    def fitted(name: str, feats: np.ndarray):
+        if dims <= 0 or feats.shape[1] <= dims:
+            return lambda x: x
+        red = FeatureReduction.fit(feats, dims)
+        kept[name] = red.explained
+        return red
+
+    ri, rt = fitted("image", image_feats), fitted("text", text_feats)
+    val = [replace(t, image_feats=ri(t.image_feats),
+                   prompt_feats=None if t.prompt_feats is None else rt(t.prompt_feats),
+                   caption_feats=None if t.caption_feats is None else rt(t.caption_feats)) for t in val_tasks]
+    return ri(image_feats), rt(text_feats), val, kept
+
+
 class HeadProxy:
     """adapt(mask) → heads; reward(mask) → J and the per-task metrics."""
 
@@ -61,6 +115,8 @@ class HeadProxy:
             raise ValueError(f"{len(image_feats)} image features but {len(text_feats)} text features")
         self.params = params or ProxyParams()
         self.device = device
+        image_feats, text_feats, val_tasks, self.variance_kept = reduced_features(
+            image_feats, text_feats, val_tasks, self.params.feature_dims)
         self.xi = torch.as_tensor(np.asarray(image_feats, np.float32), device=device)
         self.xt = torch.as_tensor(np.asarray(text_feats, np.float32), device=device)
         self.val = val_tasks
