@@ -7,6 +7,7 @@ defaults are the resource fields. The resolved values show on the Dagster UI's r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -117,13 +118,19 @@ def one_writer(fn):
     return locked
 
 
-def one_writer_per_partition(fn):
+def one_writer_per_partition(fn=None, *, concurrency=None):
     """@one_writer for a partitioned asset whose runs may cover many partitions in one step
     (`BackfillPolicy.single_run()`: one process and one model load for a whole backfill). The body takes
     `partition_key` besides `context` and `paths` and returns that partition's metadata; it runs once per key of the
     run, holding that partition's lock, and each partition's materialization carries its own metadata. If one
-    partition fails, those finished before it are recorded as materialized before the error propagates, so a rerun
-    shows what is done."""
+    partition fails, those finished (before it, or beside it) are recorded as materialized before the error
+    propagates, so a rerun shows what is done.
+
+    `concurrency(arguments)` (optional; the asset's bound arguments): a context manager entered around the whole
+    run that yields how many partitions may run at once (1: one after another); above 1 the bodies run in that many
+    threads, so they must be thread-safe (trained_clip: one CPU training per core, `_cpu_trainings`)."""
+    if fn is None:
+        return functools.partial(one_writer_per_partition, concurrency=concurrency)
     sig = inspect.signature(fn)
     if not {"context", "paths", "partition_key"} <= set(sig.parameters):
         raise TypeError(f"@one_writer_per_partition needs context, paths and partition_key, not {fn.__name__}{sig}")
@@ -134,17 +141,41 @@ def one_writer_per_partition(fn):
     def per_partition(*args, **kwargs):
         bound = outer.bind(*args, **kwargs).arguments
         context, paths = bound["context"], bound["paths"]
-        done: list[tuple[str, dict]] = []
-        for key in context.partition_keys:
-            try:
-                with paths.output_lock(context, output_lock_name(context, key)):
-                    done.append((key, fn(*args, partition_key=key, **kwargs)))
-            except BaseException:
-                for k, meta in done:
-                    context.log_event(AssetMaterialization(context.asset_key, partition=k, metadata=meta))
-                raise
-        for k, meta in done:
-            context.add_asset_metadata(meta, partition_key=k)
+        keys = list(context.partition_keys)
+
+        def one(key: str) -> dict:
+            with paths.output_lock(context, output_lock_name(context, key)):
+                return fn(*args, partition_key=key, **kwargs)
+
+        done: dict[str, dict] = {}
+        errors: list[BaseException] = []
+        with concurrency(bound) if concurrency else contextlib.nullcontext(1) as workers:
+            if workers <= 1 or len(keys) <= 1:
+                for key in keys:
+                    try:
+                        done[key] = one(key)
+                    except BaseException as err:
+                        errors.append(err)
+                        break
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix=fn.__name__) as pool:
+                    futures = {key: pool.submit(one, key) for key in keys}
+                    for key, future in futures.items():  # a failure stops the partitions not yet started
+                        try:
+                            done[key] = future.result()
+                        except BaseException as err:
+                            errors.append(err)
+                            for other in futures.values():
+                                other.cancel()
+        if errors:
+            for k in keys:
+                if k in done:
+                    context.log_event(AssetMaterialization(context.asset_key, partition=k, metadata=done[k]))
+            raise errors[0]
+        for k in keys:
+            context.add_asset_metadata(done[k], partition_key=k)
         return MaterializeResult()
 
     per_partition.__signature__ = outer  # Dagster reads the asset's parameters from here: no partition_key input

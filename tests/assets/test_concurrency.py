@@ -186,3 +186,53 @@ def test_a_range_run_locks_each_partition_and_keeps_what_finished_before_a_failu
     mats = [e.event_log_entry.asset_materialization for e in instance.fetch_materializations(AssetKey("parted"), limit=10).records]
     assert sorted((m.partition, m.metadata["who"].value) for m in mats) == [("a", "a"), ("c", "c")]  # c from the first run
     assert held == [("c", True, False), ("a", True, False), ("b", True, False)]  # each partition's own lock
+
+
+def test_a_range_run_with_concurrency_runs_partitions_at_once_and_keeps_those_that_finished(tmp_path):
+    # @one_writer_per_partition(concurrency=...): the partitions of one run run in that many threads, each under its
+    # own lock and with its own metadata; when one fails, the others that finished are recorded
+    import contextlib
+    import threading
+    import time
+
+    from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, DagsterInstance, StaticPartitionsDefinition, asset
+
+    from resources import one_writer_per_partition
+    from tads_assets.local import RANGE_END, RANGE_START
+
+    entered, running, peak, lock = [], [0], [0], threading.Lock()
+
+    @contextlib.contextmanager
+    def two(arguments):
+        entered.append(sorted(arguments["context"].partition_keys))
+        yield 2
+
+    @asset(partitions_def=StaticPartitionsDefinition(["a", "b", "c", "d"]), backfill_policy=BackfillPolicy.single_run())
+    @one_writer_per_partition(concurrency=two)
+    def parted(context: AssetExecutionContext, paths: TadsPaths, partition_key: str) -> dict:
+        assert lock_holder(paths.root, f"parted[{partition_key}]") is not None
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        if partition_key == "c" and context.run.tags.get("fail"):
+            raise ValueError("partition c is broken")
+        return {"who": partition_key, "thread": threading.current_thread().name}
+
+    resources = {"paths": TadsPaths(home=str(tmp_path / "home"))}
+    instance = DagsterInstance.ephemeral()
+    ok = materialize([parted], resources=resources, instance=instance, tags={RANGE_START: "a", RANGE_END: "d"})
+    assert ok.success and peak[0] == 2 and entered == [["a", "b", "c", "d"]]
+    mats = {m.partition: m.metadata for m in (e.event_log_entry.asset_materialization for e in
+            instance.fetch_materializations(AssetKey("parted"), limit=10).records)}
+    assert sorted(mats) == ["a", "b", "c", "d"] and all(mats[k]["who"].value == k for k in mats)
+    assert len({m["thread"].value for m in mats.values()}) == 2
+    other = DagsterInstance.ephemeral()
+    bad = materialize([parted], resources=resources, instance=other, raise_on_error=False,
+                      tags={RANGE_START: "a", RANGE_END: "d", "fail": "1"})
+    assert not bad.success and "partition c is broken" in str(bad.failure_data_for_node("parted").error)
+    kept = sorted(e.event_log_entry.asset_materialization.partition
+                  for e in other.fetch_materializations(AssetKey("parted"), limit=10).records)
+    assert kept[:2] == ["a", "b"] and "c" not in kept  # a and b finished beside or before c; d may not have started

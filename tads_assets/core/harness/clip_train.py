@@ -22,6 +22,7 @@ import io
 import logging
 import math
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from tads_assets.core.atomic import write_json_atomic
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# train_clip may run in several threads at once (trained_clip: one CPU training per core); the model's random
+# initialisation, seeded through torch's global generator, must not interleave
+_INIT_LOCK = threading.Lock()
 DEFAULT_MODEL = "TADS-Tiny-RN"
 
 
@@ -118,8 +122,9 @@ def train_clip(blobs: Sequence[bytes], captions: Sequence[str], params: TrainPar
     `image_cache`: reuse images preprocessed for an earlier subset (`preprocess_cached`)."""
     if len(blobs) != len(captions) or len(blobs) < 2:
         raise ValueError(f"need at least 2 image-caption pairs, got {len(blobs)} images and {len(captions)} captions")
-    torch.manual_seed(params.seed)
-    model, preprocess, tokenizer = model_bundle or create_model(params.model, device)
+    with _INIT_LOCK:  # the initialisation draws from torch's global generator: one seeded model at a time
+        torch.manual_seed(params.seed)
+        model, preprocess, tokenizer = model_bundle or create_model(params.model, device)
     images = (preprocess_images(blobs, preprocess, progress) if image_cache is None or uids is None
               else preprocess_cached(list(uids), blobs, preprocess, image_cache, progress))
     return train_on_tensors(model, images, tokenizer(list(captions)), params, device, progress)

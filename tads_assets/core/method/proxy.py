@@ -36,7 +36,7 @@ class ProxyParams:
     lr: float = 3e-3
     # each tower's features reduced to their top principal components over the pool before the heads (0: the
     # full 1280 + 384 features); see `FeatureReduction`
-    feature_dims: int = 0
+    feature_dims: int = 256
     seed: int = 0
 
 
