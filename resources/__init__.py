@@ -211,6 +211,8 @@ class ClipEncoder(ConfigurableResource):
     tower_batch_size: int = 16
     # builtin image tower input side in pixels (TADS_IMAGE_SIDE); 0: matched to the pool (image_side)
     image_size: int = 0
+    # what the frozen towers run on (TADS_TOWER_RUNTIME): auto (ONNX Runtime on CPU), onnxruntime, torchscript, eager
+    tower_runtime: str = "auto"
 
     def parsed(self) -> tuple[str, str, str]:
         return parse_encoder_spec(self.spec)
@@ -231,7 +233,7 @@ class ClipEncoder(ConfigurableResource):
     def towers(self, device: str, raw_pool=None, side: int | None = None):
         """The frozen towers at `side`, else at this pool's side (`image_side`), else at `image_size`."""
         side = side or (self.image_side(raw_pool) if raw_pool is not None else self.image_size) or TOWER_NATIVE_SIDE
-        return FrozenTowers(device=device, image_size=side)
+        return FrozenTowers(device=device, image_size=side, runtime=self.tower_runtime)
 
     def open_clip(self, device: str):
         _, model, weights = self.parsed()
@@ -302,7 +304,8 @@ ENV = {
                           "lock_timeout_s": "TADS_LOCK_TIMEOUT_S"}),
     "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION"}),
     "device": (TorchDevice, {"device": "TADS_DEVICE"}),
-    "encoder": (ClipEncoder, {"spec": "TADS_ENCODER", "image_size": "TADS_IMAGE_SIDE"}),
+    "encoder": (ClipEncoder, {"spec": "TADS_ENCODER", "image_size": "TADS_IMAGE_SIDE",
+                              "tower_runtime": "TADS_TOWER_RUNTIME"}),
     "ocr": (Ocr, {"workers": "TADS_OCR_WORKERS"}),
     "langid": (LangId, {"model_path": "TADS_LANGID_MODEL"}),
 }
