@@ -7,8 +7,9 @@ Measures rows/s of one row's frozen features — the image and its mirror image 
 and of the text tower (MiniLM), as `embeddings.frozen_features_for_part` computes them: decoding included,
 median over `--repeats`, on the first `--n` rows of raw_pool. Two configurations in the same process:
 
-- current: the input side matched to the pool (`ClipEncoder.image_side`, TADS_IMAGE_SIDE to override), image
-  and mirror in one channels-last forward pass, batches of `ClipEncoder.tower_batch_size`;
+- current: the input side matched to the pool (`ClipEncoder.image_side`, TADS_IMAGE_SIDE to override), the
+  runtime `ClipEncoder.tower_runtime` (auto: ONNX Runtime on CPU), image and mirror as one batch, batches of
+  `ClipEncoder.tower_batch_size`;
 - legacy (the setup before issue 19): 128 px, the image and its mirror decoded and resized twice, the eager
   forward (no TorchScript graph), batches of 16.
 
@@ -93,7 +94,7 @@ def main() -> None:
     encoder = ClipEncoder()
     side = encoder.image_side(cat.raw_pool)
     print(f"{len(blobs)} rows of {cat.raw_pool.dir}; torch threads {torch.get_num_threads()}; matched side {side} px")
-    current = FrozenTowers("cpu", side)
+    current = FrozenTowers("cpu", side, runtime=encoder.tower_runtime)
     configs = [("current", current, encoder.tower_batch_size, True)]
     if not args.no_legacy:
         legacy = FrozenTowers("cpu", 128)
@@ -109,6 +110,7 @@ def main() -> None:
     print("\n| configuration | side px | image + flip rows/s |\n|---|---:|---:|")
     for name, towers, _, _ in configs:
         print(f"| {name} | {towers.image_size} | {rates[name]:.1f} |")
+    print(f"current runtime: {current.runtime_used}")
     print(f"\ntext tower (MiniLM): {text_rate:.1f} captions/s")
     both = 1 / (1 / rates["current"] + 1 / text_rate)
     print(f"a whole row (image + flip + caption), current: {both:.1f} rows/s")
