@@ -109,7 +109,8 @@ class OnnxTower:
     (EfficientNet-Lite0's small convolutions keep two threads of one operator waiting on each other)."""
 
     def __init__(self, module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str] = ("x",),
-                 dynamic: dict | None = None, threads: int | None = None, min_chunk: int = 8):
+                 dynamic: dict | None = None, threads: int | None = None, min_chunk: int = 8,
+                 parallel: int | None = None):
         import io
         import warnings
         from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,7 @@ class OnnxTower:
                               dynamic_axes=dynamic or {n: {0: "batch"} for n in self.names}, opset_version=17,
                               dynamo=False)
         threads = threads or torch.get_num_threads()
-        self.parallel = min(threads, 4)
+        self.parallel = parallel or min(threads, 4)  # chunks at once, each on threads // parallel intra-op threads
         self.min_chunk = min_chunk
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads // self.parallel), 1
