@@ -216,6 +216,16 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     return MaterializeResult(metadata=meta)
 
 
+def _proxy_features(reward, config) -> str:
+    """What the head proxy learns on: per tower, the variance its FeatureReduction keeps (proxy_feature_dims)."""
+    kept = getattr(reward, "variance_kept", None)
+    if kept is None:
+        return f"{config.proxy_mode} proxy: the model's own inputs"
+    if not kept:
+        return "full-width frozen features"
+    return ", ".join(f"{tower}: {share:.1%} of the variance in {config.proxy_feature_dims} dims" for tower, share in kept.items())
+
+
 def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, digest: str) -> dict:
     history, v, coarse = res.history, res.v, res.clusters
     rewards = [h["reward"] for h in history]
@@ -236,7 +246,9 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "path": MetadataValue.path(str(cat.trained_dvn.models)), "samples": n, "n_in": n, "n_out": n,
         "dagster/column_schema": column_schema(scores, DVN_COLUMNS), "dagster/row_count": scores.height,
         "proxy_mode": MetadataValue.text(config.proxy_mode), "meta_iterations": len(history),
-        "proxy_adaptations": reward.n_adaptations, "reward_first": rounded(rewards[0]), "reward_last": rounded(rewards[-1]),
+        "proxy_adaptations": reward.n_adaptations,
+        "proxy_features": MetadataValue.text(_proxy_features(reward, config)),
+        "reward_first": rounded(rewards[0]), "reward_last": rounded(rewards[-1]),
         "reward_gain_last3_vs_first3": rounded(np.mean(rewards[-3:]) - np.mean(rewards[:3])),
         "reward_curve": MetadataValue.md(line_plot_markdown(rewards, "reward J(S(θ)) of each iteration's draw",
                                                             "meta-iteration", "J (eq. 15)")),

@@ -40,7 +40,7 @@ def _cpu_trainings(arguments: dict):
     """@one_writer_per_partition's concurrency for trained_clip: on CPU, a run over several partitions trains
     `parallel` of them at once (0: one per torch thread), each in its own thread with torch on one thread, restored
     afterwards. TADS-Tiny-RN's small operators keep two threads of one operator waiting on each other: on 2 cores
-    two 1-thread trainings measured 1.3x the samples/s of one 2-thread training (README timings). Results are
+    two 1-thread trainings at once measured 1.37x two 2-thread trainings one after another (docs/operations.md). Results are
     seeded and repeatable for one setting; a 1-thread and a 2-thread training of the same subset differ in float
     summation order. On a GPU, one at a time."""
     import torch

@@ -2,6 +2,7 @@
 and benchmark_scores materialized on the small demo pool."""
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -138,6 +139,9 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     meta = runs["select"].asset_materializations_for_node("trained_dvn")[0].metadata
     assert {"reward_curve", "reward_top_curve", "cluster_advantages", "per_iteration", "selection_rate_curve",
             "task_alignment"} <= set(meta)
+    # the head proxy on 256 principal components of each tower's features: the variance each keeps, in the UI
+    assert re.fullmatch(r"image: \d+\.\d% of the variance in 256 dims, text: \d+\.\d% of the variance in 256 dims",
+                        meta["proxy_features"].value)
     # the reward's task weights: each φ_k times how much of the proxy's gain over chance the target reaches
     align = {r["task"]: r for r in info["task_alignment"]}
     assert set(align) == {"fashion", "digits", "captions"}

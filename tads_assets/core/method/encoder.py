@@ -102,15 +102,13 @@ TOWER_RUNTIMES = ("auto", "onnxruntime", "torchscript", "eager")
 
 
 class OnnxTower:
-    """`module` as an ONNX Runtime CPU session, exported in memory (inputs `names`, the axes in `dynamic` of any
-    size; default: each input's batch axis). A batch is split into chunks of at least `min_chunk` rows that run
-    concurrently from a thread pool on the one session (sessions are safe to run from several threads), each chunk
-    on few intra-op threads: on 2 cores, two 1-thread chunks measured 1.25x one 2-thread run of the whole batch
-    (EfficientNet-Lite0's small convolutions keep two threads of one operator waiting on each other)."""
+    """`module` (one input `x`, its batch axis dynamic) as an ONNX Runtime CPU session, exported in memory. A batch
+    is split into chunks of at least `min_chunk` rows that run concurrently from a thread pool on the one session
+    (sessions are safe to run from several threads), each chunk on few intra-op threads: on 2 cores, two 1-thread
+    chunks measured 1.25x one 2-thread run of the whole batch (EfficientNet-Lite0's small convolutions keep two
+    threads of one operator waiting on each other)."""
 
-    def __init__(self, module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str] = ("x",),
-                 dynamic: dict | None = None, threads: int | None = None, min_chunk: int = 8,
-                 parallel: int | None = None):
+    def __init__(self, module: nn.Module, example: torch.Tensor, threads: int | None = None, min_chunk: int = 8):
         import io
         import warnings
         from concurrent.futures import ThreadPoolExecutor
@@ -118,14 +116,12 @@ class OnnxTower:
         import onnxruntime as ort
 
         buf = io.BytesIO()
-        self.names = list(names)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and shape-inference notes
-            torch.onnx.export(module, tuple(example), buf, input_names=self.names, output_names=["features"],
-                              dynamic_axes=dynamic or {n: {0: "batch"} for n in self.names}, opset_version=17,
-                              dynamo=False)
+            torch.onnx.export(module, (example,), buf, input_names=["x"], output_names=["features"],
+                              dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
         threads = threads or torch.get_num_threads()
-        self.parallel = parallel or min(threads, 4)  # chunks at once, each on threads // parallel intra-op threads
+        self.parallel = min(threads, 4)  # chunks at once, each on threads // parallel intra-op threads
         self.min_chunk = min_chunk
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads // self.parallel), 1
@@ -133,18 +129,15 @@ class OnnxTower:
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="onnx-tower") if self.parallel > 1 else None
 
-    def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
-        return self.session.run(None, dict(zip(self.names, arrays)))[0]
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": x})[0]
 
-    def __call__(self, *inputs) -> np.ndarray:
-        arrays = [np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a) for a in inputs]
-        n = len(arrays[0])
-        chunks = min(self.parallel, max(1, n // self.min_chunk))
-        if chunks == 1 or self._pool is None:
-            return self._run(arrays).astype(np.float32, copy=False)
-        edges = np.linspace(0, n, chunks + 1).astype(int)
-        parts = self._pool.map(lambda k: self._run([a[edges[k] : edges[k + 1]] for a in arrays]), range(chunks))
-        return np.concatenate(list(parts)).astype(np.float32, copy=False)
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(x.numpy())
+        chunks = min(self.parallel, max(1, len(x) // self.min_chunk))
+        if chunks == 1:
+            return self._run(x).astype(np.float32, copy=False)
+        return np.concatenate(list(self._pool.map(self._run, np.array_split(x, chunks)))).astype(np.float32, copy=False)
 
 
 class _Pooled(nn.Module):
@@ -210,7 +203,7 @@ class FrozenTowers:
 
     def _features(self, x: torch.Tensor) -> np.ndarray:
         """Global-average-pooled tower features. On CPU through ONNX Runtime (`runtime` auto or onnxruntime; the
-        tower exported once per process, its first batch checked against the eager forward): 2.3x the TorchScript
+        tower exported once per process and checked against the eager forward on the first batch's first 8 rows): 2.3x the TorchScript
         graph below on 2 cores (benchmarks/frozen_features.py), the same features to 1e-4. Else, on CPU, a frozen
         TorchScript graph (`torch.jit.optimize_for_inference`: batch norms folded into the convolutions, oneDNN
         fusions), 1.3x the eager forward; on other devices the eager forward."""
@@ -228,7 +221,7 @@ class FrozenTowers:
             return pooled
         if self.runtime in ("auto", "onnxruntime"):
             try:
-                session = OnnxTower(pooled, (x,))
+                session = OnnxTower(pooled, x)
                 with torch.inference_mode():
                     error = float(np.abs(session(x) - pooled(x).numpy()).max())
                 if error > 1e-3:

@@ -67,8 +67,8 @@ class FeatureReduction:
     explained: float  # share of the standardised features' variance the basis keeps
 
     @classmethod
-    def fit(cls, feats: np.ndarray, dims: int, eps: float = 1e-5) -> "FeatureReduction":
-        x = _standardise(np.asarray(feats, np.float64), eps)
+    def fit(cls, feats: np.ndarray, dims: int) -> "FeatureReduction":
+        x = _standardise(np.asarray(feats, np.float64))
         mean = x.mean(axis=0)
         cov = np.cov(x - mean, rowvar=False)
         values, vectors = np.linalg.eigh(cov)  # ascending
@@ -245,6 +245,11 @@ class ProxyEnsemble:
     @property
     def val(self) -> list[ValTask]:
         return self.proxies[0].val
+
+    @property
+    def variance_kept(self) -> dict[str, float]:
+        """Per tower, the share of its features' variance the proxy's `FeatureReduction` keeps (empty: full width)."""
+        return self.proxies[0].variance_kept
 
     def reweight(self, weights: dict[str, float]) -> None:
         """Replace the φ_k of eq. 15 (by task name) in every proxy."""
