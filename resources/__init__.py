@@ -126,9 +126,12 @@ def one_writer_per_partition(fn=None, *, concurrency=None):
     partition fails, those finished (before it, or beside it) are recorded as materialized before the error
     propagates, so a rerun shows what is done.
 
-    `concurrency(arguments)` (optional; the asset's bound arguments): a context manager entered around the whole
-    run that yields how many partitions may run at once (1: one after another); above 1 the bodies run in that many
-    threads, so they must be thread-safe (trained_clip: one CPU training per core, `_cpu_trainings`)."""
+    `concurrency(arguments, n)` (optional; the asset's bound arguments and a number of partitions): a context
+    manager entered around a round of n partitions that yields how many of them may run at once (1: one after
+    another); above 1 the bodies run in that many threads, so they must be thread-safe (trained_clip: one CPU
+    training per core, `_cpu_trainings`). The partitions that do not fill a last round (9 partitions 2 at a time:
+    the ninth) run as a round of their own, so that round can hand them the resources the missing ones leave
+    idle (trained_clip: the ninth training on both cores, not one)."""
     if fn is None:
         return functools.partial(one_writer_per_partition, concurrency=concurrency)
     sig = inspect.signature(fn)
@@ -149,26 +152,34 @@ def one_writer_per_partition(fn=None, *, concurrency=None):
 
         done: dict[str, dict] = {}
         errors: list[BaseException] = []
-        with concurrency(bound) if concurrency else contextlib.nullcontext(1) as workers:
-            if workers <= 1 or len(keys) <= 1:
-                for key in keys:
+
+        def run(round_keys: list[str], workers: int) -> None:
+            if workers <= 1 or len(round_keys) <= 1:
+                for key in round_keys:
                     try:
                         done[key] = one(key)
                     except BaseException as err:
                         errors.append(err)
-                        break
-            else:
-                from concurrent.futures import ThreadPoolExecutor
+                        return
+                return
+            from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix=fn.__name__) as pool:
-                    futures = {key: pool.submit(one, key) for key in keys}
-                    for key, future in futures.items():  # a failure stops the partitions not yet started
-                        try:
-                            done[key] = future.result()
-                        except BaseException as err:
-                            errors.append(err)
-                            for other in futures.values():
-                                other.cancel()
+            with ThreadPoolExecutor(min(workers, len(round_keys)), thread_name_prefix=fn.__name__) as pool:
+                futures = {key: pool.submit(one, key) for key in round_keys}
+                for key, future in futures.items():  # a failure stops the partitions not yet started
+                    try:
+                        done[key] = future.result()
+                    except BaseException as err:
+                        errors.append(err)
+                        for other in futures.values():
+                            other.cancel()
+
+        rest = keys
+        while rest and not errors:
+            with concurrency(bound, len(rest)) if concurrency else contextlib.nullcontext(1) as workers:
+                full = rest if workers <= 1 else rest[: len(rest) - len(rest) % workers] or rest
+                run(full, workers)
+            rest = rest[len(full):]
         if errors:
             for k in keys:
                 if k in done:

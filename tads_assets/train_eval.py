@@ -36,23 +36,26 @@ TrainedClipConfig = config_from(
 
 
 @contextlib.contextmanager
-def _cpu_trainings(arguments: dict):
-    """@one_writer_per_partition's concurrency for trained_clip: on CPU, a run over several partitions trains
-    `parallel` of them at once (0: one per torch thread), each in its own thread with torch on one thread, restored
-    afterwards. TADS-Tiny-RN's small operators keep two threads of one operator waiting on each other: on 2 cores
-    two 1-thread trainings at once measured 1.37x two 2-thread trainings one after another (docs/operations.md). Results are
-    seeded and repeatable for one setting; a 1-thread and a 2-thread training of the same subset differ in float
-    summation order. On a GPU, one at a time."""
+def _cpu_trainings(arguments: dict, n: int):
+    """@one_writer_per_partition's concurrency for trained_clip: on CPU, a round of n partitions trains `parallel`
+    of them at once (0: one per torch thread), each in its own thread with torch's threads shared out among them
+    (restored afterwards); a last round smaller than that (the ninth of 9 partitions, 2 at a time) trains on the
+    threads the missing ones leave free. TADS-Tiny-RN's small operators keep two threads of one operator waiting
+    on each other: on 2 cores two 1-thread trainings at once measured 1.37x two 2-thread trainings one after
+    another (docs/operations.md). A partition's thread count follows from the run's partition count and the
+    setting, so results are seeded and repeatable for both; a 1-thread and a 2-thread training of the same subset
+    differ in float summation order. On a GPU, one at a time."""
     import torch
 
     config, context, threads = arguments["config"], arguments["context"], torch.get_num_threads()
     wanted = config.parallel or threads
-    if arguments["device"].resolve() != "cpu" or wanted <= 1 or len(context.partition_keys) <= 1:
+    if arguments["device"].resolve() != "cpu" or wanted <= 1 or n <= 1:
         yield 1
         return
-    workers = min(wanted, len(context.partition_keys))
-    context.log.info(f"trained_clip: {len(context.partition_keys)} partitions, {workers} at a time on 1 torch thread each")
-    torch.set_num_threads(1)
+    workers = min(wanted, n)
+    each = max(1, threads // workers)
+    context.log.info(f"trained_clip: {n} partitions, {workers} at a time on {each} torch thread(s) each")
+    torch.set_num_threads(each)
     try:
         yield workers
     finally:

@@ -190,7 +190,8 @@ def test_a_range_run_locks_each_partition_and_keeps_what_finished_before_a_failu
 
 def test_a_range_run_with_concurrency_runs_partitions_at_once_and_keeps_those_that_finished(tmp_path):
     # @one_writer_per_partition(concurrency=...): the partitions of one run run in that many threads, each under its
-    # own lock and with its own metadata; when one fails, the others that finished are recorded
+    # own lock and with its own metadata, and the one left over from full rounds (5 partitions, 2 at a time) in a round
+    # of its own; when one fails, the others that finished are recorded and no later round starts
     import contextlib
     import threading
     import time
@@ -203,11 +204,12 @@ def test_a_range_run_with_concurrency_runs_partitions_at_once_and_keeps_those_th
     entered, running, peak, lock = [], [0], [0], threading.Lock()
 
     @contextlib.contextmanager
-    def two(arguments):
-        entered.append(sorted(arguments["context"].partition_keys))
-        yield 2
+    def two(arguments, n):
+        entered.append((sorted(arguments["context"].partition_keys), n))
+        yield min(2, n)
 
-    @asset(partitions_def=StaticPartitionsDefinition(["a", "b", "c", "d"]), backfill_policy=BackfillPolicy.single_run())
+    @asset(partitions_def=StaticPartitionsDefinition(["a", "b", "c", "d", "e"]),
+           backfill_policy=BackfillPolicy.single_run())
     @one_writer_per_partition(concurrency=two)
     def parted(context: AssetExecutionContext, paths: TadsPaths, partition_key: str) -> dict:
         assert lock_holder(paths.root, f"parted[{partition_key}]") is not None
@@ -223,16 +225,19 @@ def test_a_range_run_with_concurrency_runs_partitions_at_once_and_keeps_those_th
 
     resources = {"paths": TadsPaths(home=str(tmp_path / "home"))}
     instance = DagsterInstance.ephemeral()
-    ok = materialize([parted], resources=resources, instance=instance, tags={RANGE_START: "a", RANGE_END: "d"})
-    assert ok.success and peak[0] == 2 and entered == [["a", "b", "c", "d"]]
+    ok = materialize([parted], resources=resources, instance=instance, tags={RANGE_START: "a", RANGE_END: "e"})
+    keys = ["a", "b", "c", "d", "e"]
+    assert ok.success and peak[0] == 2 and entered == [(keys, 5), (keys, 1)]
     mats = {m.partition: m.metadata for m in (e.event_log_entry.asset_materialization for e in
             instance.fetch_materializations(AssetKey("parted"), limit=10).records)}
-    assert sorted(mats) == ["a", "b", "c", "d"] and all(mats[k]["who"].value == k for k in mats)
-    assert len({m["thread"].value for m in mats.values()}) == 2
+    assert sorted(mats) == keys and all(mats[k]["who"].value == k for k in mats)
+    assert len({mats[k]["thread"].value for k in "abcd"}) == 2  # two worker threads
+    assert not mats["e"]["thread"].value.startswith("parted")  # the round of one ran in the step's own thread
     other = DagsterInstance.ephemeral()
     bad = materialize([parted], resources=resources, instance=other, raise_on_error=False,
-                      tags={RANGE_START: "a", RANGE_END: "d", "fail": "1"})
+                      tags={RANGE_START: "a", RANGE_END: "e", "fail": "1"})
     assert not bad.success and "partition c is broken" in str(bad.failure_data_for_node("parted").error)
     kept = sorted(e.event_log_entry.asset_materialization.partition
                   for e in other.fetch_materializations(AssetKey("parted"), limit=10).records)
     assert kept[:2] == ["a", "b"] and "c" not in kept  # a and b finished beside or before c; d may not have started
+    assert "e" not in kept  # its round never started

@@ -204,3 +204,32 @@ def test_feature_reduction_keeps_the_pools_main_directions_and_the_reduced_proxy
     clean, broken = ~bad, bad | (np.arange(len(bad)) < 100)
     for proxy in (full, small):  # the reduced proxy still tells a clean subset from a misaligned one
         assert proxy.reward(clean)[0] > proxy.reward(broken)[0] + 0.1
+
+
+def test_stacked_info_nce_has_the_value_and_gradient_of_clips_loss_per_member():
+    import torch
+
+    from tads_assets.core.method.encoder import info_nce
+    from tads_assets.core.method.proxy import _StackedInfoNCE
+
+    gen = torch.Generator().manual_seed(0)
+    zi = torch.nn.functional.normalize(torch.randn(3, 6, 4, generator=gen, dtype=torch.float64), dim=-1).requires_grad_()
+    zt = torch.nn.functional.normalize(torch.randn(3, 6, 4, generator=gen, dtype=torch.float64), dim=-1).requires_grad_()
+    scale = torch.tensor([1.0, 5.0, 40.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_StackedInfoNCE.apply, (zi, zt, scale))  # the written-out backward is ∂loss
+    expected = sum(info_nce(zi[m], zt[m], scale[m].log()) for m in range(3))  # info_nce takes log(scale)
+    assert float(_StackedInfoNCE.apply(zi, zt, scale).detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 32])
+def test_stacked_evaluation_scores_each_member_as_its_own_heads_do(hidden_dim):
+    image, text, val, _ = _world(3, n=600)
+    retrieval = ValTask("pairs", "retrieval", 1.0, val.image_feats, caption_feats=text[:len(val.image_feats)])
+    proxy = HeadProxy(image, text, [val, retrieval], ProxyParams(steps=8, batch_size=64, hidden_dim=hidden_dim,
+                                                                 embed_dim=16))
+    rng = np.random.default_rng(2)
+    masks = [rng.random(len(image)) < r for r in (0.2, 0.5, 0.8)]
+    stacked = [m for _, m in proxy.reward_many(masks)]
+    one_by_one = [proxy.evaluate(h) for h in proxy.adapt_many(masks)]
+    assert stacked == [pytest.approx(m, abs=1e-9) for m in one_by_one]
+    assert len({m["pairs"] for m in stacked}) > 1 or len({m[val.name] for m in stacked}) > 1
