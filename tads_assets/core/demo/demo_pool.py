@@ -242,7 +242,7 @@ def _canvas(width: int, height: int, rgb: tuple[int, int, int], rng: np.random.G
     direction, a faint pattern (fabric, paper, tiles) of its own scale and angle, sensor noise."""
     base = np.empty((height, width, 3), np.float32)
     base[:] = rgb
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = _grid(height, width)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = ((np.cos(angle) * xx / max(width, 1) + np.sin(angle) * yy / max(height, 1)) * rng.uniform(-24, 24))[..., None]
     texture = (_pattern(height, width, rng) - 0.5)[..., None] * rng.uniform(6, 22)
@@ -253,12 +253,18 @@ def _canvas(width: int, height: int, rgb: tuple[int, int, int], rng: np.random.G
 PATTERNS = WORDS["PATTERNS"]
 
 
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates as a (height, 1) and a (1, width) float32 array: broadcast, they give every
+    pixel the values np.mgrid would, without building two full grids per image (the generator's main cost)."""
+    return (np.arange(height, dtype=np.float32)[:, None], np.arange(width, dtype=np.float32)[None, :])
+
+
 def _pattern(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A periodic pattern in [0, 1] with a random kind, period, angle and phase (plain: all 0.5)."""
     kind = str(rng.choice(PATTERNS))
     if kind == "plain":
         return np.full((height, width), 0.5, np.float32)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = _grid(height, width)
     period = rng.uniform(4.0, 14.0)
     a = rng.uniform(0, np.pi)
     u = (np.cos(a) * xx + np.sin(a) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
