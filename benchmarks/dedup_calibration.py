@@ -44,7 +44,7 @@ def main() -> None:
     def cached_neighbours(vectors: np.ndarray, k: int):
         key = len(vectors)
         if key not in cache:
-            cache[key] = dedup.neighbours_lancedb(vectors, k)
+            cache[key] = dedup.neighbours(vectors, k)
         return cache[key]
 
     rows = []

@@ -38,6 +38,57 @@ def test_training_is_deterministic_on_cpu_and_honours_the_budget():
     assert other.loss_per_step != a.loss_per_step
 
 
+def _trained(compact_vocabulary: bool, channels_last: bool, steps: int = 6):
+    import torch
+
+    blobs, caps = pairs()
+    params = clip_train.TrainParams(budget_samples_seen=16 * steps, batch_size=16, warmup_steps=2, seed=3)
+    torch.manual_seed(params.seed)
+    model, preprocess, tokenizer = clip_train.create_model()
+    initial = model.token_embedding.weight.detach().clone()
+    tokens = tokenizer(caps)
+    res = clip_train.train_on_tensors(model, clip_train.preprocess_images(blobs, preprocess, lambda m: None), tokens,
+                                      params, progress=lambda m: None, compact_vocabulary=compact_vocabulary,
+                                      channels_last=channels_last)
+    return res, initial, torch.unique(tokens)
+
+
+def test_the_compact_vocabulary_trains_the_same_weights_as_the_full_table():
+    import torch
+
+    dense, initial, used = _trained(compact_vocabulary=False, channels_last=False)
+    compact, _, _ = _trained(compact_vocabulary=True, channels_last=False)
+    assert compact.loss_per_step == dense.loss_per_step
+    assert compact.model.token_embedding.weight.shape == initial.shape  # the full table is back in the model
+    a, b = dense.model.state_dict(), compact.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "token_embedding.weight")
+    emb_a, emb_b = a["token_embedding.weight"], b["token_embedding.weight"]
+    assert torch.equal(emb_a[used], emb_b[used])  # the trained rows bit for bit
+    unused = torch.ones(len(initial), dtype=torch.bool)
+    unused[used] = False
+    assert torch.allclose(emb_a[unused], emb_b[unused], rtol=1e-6, atol=0)  # the others decayed alike
+    assert not torch.equal(emb_b[unused], initial[unused])  # ... and decayed at all
+
+
+def test_channels_last_convolutions_train_the_same_model_to_float_rounding():
+    import torch
+
+    contiguous, _, _ = _trained(compact_vocabulary=True, channels_last=False)
+    last, _, _ = _trained(compact_vocabulary=True, channels_last=True)
+    # Adam amplifies rounding differences in its first steps (each update is about lr in size whatever the gradient)
+    assert np.allclose(last.loss_per_step, contiguous.loss_per_step, rtol=2e-3)
+    assert all(p.is_contiguous() for p in last.model.parameters())  # back to the default layout after training
+    # Adam moves a weight whose gradient is near zero by about lr either way, so single weights may differ by a few lr;
+    # what the two models compute agrees
+    blobs, caps = pairs(8, seed=5)
+    _, preprocess, tokenizer = clip_train.create_model()
+    with torch.no_grad():
+        images = clip_train.preprocess_images(blobs, preprocess, lambda m: None)
+        for encode, x in (("encode_image", images), ("encode_text", tokenizer(caps))):
+            cos = (getattr(contiguous.model, encode)(x, normalize=True) * getattr(last.model, encode)(x, normalize=True)).sum(1)
+            assert float(cos.min()) > 0.999, (encode, cos)
+
+
 def test_a_smaller_subset_gets_more_epochs_for_the_same_budget():
     blobs, caps = pairs()
     params = clip_train.TrainParams(budget_samples_seen=64, batch_size=16, warmup_steps=1)

@@ -84,6 +84,33 @@ def test_lancedb_neighbours_match_brute_force():
     assert np.allclose(cos[:, 0], sims[np.arange(300), truth[:, 0]], atol=1e-4)
 
 
+def test_exact_neighbours_match_lancedb_and_brute_force():
+    rng = np.random.default_rng(2)
+    x = unit(rng.normal(size=(300, 16)))
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    truth = np.argsort(-sims, axis=1)[:, :5]
+    # blocks of 7 rows: the self-exclusion must follow each block's offset
+    idx, cos = dedup.neighbours_exact(3.0 * x, k=5, block_entries=7 * 300)  # unnormalised input: cosine all the same
+    assert (idx == truth).all()
+    assert np.allclose(cos, np.take_along_axis(sims, truth, axis=1), atol=1e-5)
+    assert (idx != np.arange(300)[:, None]).all()
+    lance_idx, _ = dedup.neighbours_lancedb(x, k=5)
+    assert (lance_idx == idx).mean() > 0.99
+    assert dedup.neighbours_exact(x[:3], k=5)[0].shape == (3, 2)  # at most n - 1 neighbours
+    assert dedup.neighbours_exact(x[:1], k=5)[0].shape == (1, 0)
+
+
+def test_neighbours_search_exactly_below_the_limit_and_through_lancedb_above(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dedup, "neighbours_lancedb", lambda v, k: calls.append(len(v)) or dedup.neighbours_exact(v, k))
+    x = unit(np.random.default_rng(3).normal(size=(50, 8)))
+    dedup.neighbours(x, 3, exact_max_rows=50)
+    assert calls == []
+    dedup.neighbours(x, 3, exact_max_rows=49)
+    assert calls == [50]
+
+
 def test_deduplicate_removes_planted_duplicates_and_nothing_else():
     rng = np.random.default_rng(1)
     n = 400

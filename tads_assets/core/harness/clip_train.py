@@ -130,11 +130,58 @@ def train_clip(blobs: Sequence[bytes], captions: Sequence[str], params: TrainPar
     return train_on_tensors(model, images, tokenizer(list(captions)), params, device, progress)
 
 
+class _CompactVocabulary:
+    """Train a text tower's token embedding on only the rows the subset's captions use.
+
+    With a dense embedding gradient, AdamW reads and writes every row of the table each step (TADS-Tiny-RN: 49,408 x
+    128 = 6.3M entries, most of its parameters), though a subset's captions use a few thousand tokens. AdamW is
+    elementwise: a row whose gradient is zero at every step keeps zero moments, so its only change is the decoupled
+    weight decay, p <- p (1 - lr_t wd) per step. Training a compact table of the used rows (tokens remapped into it)
+    and applying that product of factors to the other rows afterwards gives the dense run's weights: the used rows
+    bit for bit (the same values, gradients and elementwise updates), the unused ones up to float rounding
+    (tests/core/test_clip_train.py). Models without an `nn.Embedding` `token_embedding`, or subsets that use most of
+    the vocabulary, train as they are."""
+
+    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor):
+        self.model, self.full = model, getattr(model, "token_embedding", None)
+        self.used = torch.unique(tokens) if isinstance(self.full, torch.nn.Embedding) and tokens.numel() else None
+        if self.used is not None and len(self.used) > self.full.num_embeddings // 2:
+            self.used = None
+        self.tokens = tokens
+        if self.used is not None:
+            remap = torch.zeros(self.full.num_embeddings, dtype=tokens.dtype)
+            remap[self.used] = torch.arange(len(self.used), dtype=tokens.dtype)
+            self.tokens = remap[tokens]
+            weight = self.full.weight
+            compact = torch.nn.Embedding(len(self.used), self.full.embedding_dim, device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                compact.weight.copy_(weight[self.used.to(weight.device)])
+            model.token_embedding = compact
+
+    def restore(self, decays: Sequence[float]) -> None:
+        """Put the full table back: the trained rows, and the others decayed by each step's factor (1 - lr_t wd)."""
+        if self.used is None:
+            return
+        compact = self.model.token_embedding
+        factor = math.prod(decays)
+        with torch.no_grad():
+            self.full.weight.mul_(factor)
+            self.full.weight[self.used.to(self.full.weight.device)] = compact.weight
+        self.model.token_embedding = self.full
+
+
 def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, params: TrainParams,
-                     device: str = "cpu", progress: Callable[[str], None] = log.info) -> TrainResult:
+                     device: str = "cpu", progress: Callable[[str], None] = log.info,
+                     compact_vocabulary: bool = True, channels_last: bool = True) -> TrainResult:
     """The training loop over preprocessed images and tokenized captions (row i of each is pair i): batches
     drawn from a fresh seeded permutation each epoch, AdamW with warmup and cosine decay, exactly
-    ceil(budget / batch) steps, so every subset is trained for the same number of samples seen."""
+    ceil(budget / batch) steps, so every subset is trained for the same number of samples seen.
+    `compact_vocabulary`: update only the token-embedding rows the captions use (`_CompactVocabulary`: the same
+    weights; a 25 MiB gradient less per step, which in a worker thread's malloc arena was mapped and page-faulted
+    anew every step: 2,700 -> 370 page faults per step). `channels_last`: the image tower's convolutions in
+    channels-last layout (the same model to float rounding). TADS-Tiny-RN on 2 CPU cores, median of 3:
+    793 samples/s with neither, 801 compact, 883 channels-last, 918 with both; two 1-thread trainings at once
+    in threads (trained_clip): 577-623 -> 642-715 samples/s each."""
     import open_clip
 
     n = len(images)
@@ -143,6 +190,15 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
     gen = torch.Generator().manual_seed(params.seed)
     bs = min(params.batch_size, n)
     steps = max(1, math.ceil(params.budget_samples_seen / bs))
+    vocabulary = _CompactVocabulary(model, tokens) if compact_vocabulary else None
+    if vocabulary is not None:
+        tokens = vocabulary.tokens
+    # channels-last convolutions (oneDNN's native layout on CPU, tensor cores' on CUDA): measured 1.5x the forward and
+    # backward of TADS-Tiny-RN's image tower on 1 CPU thread (115 -> 73-82 ms per batch of 128)
+    visual = getattr(model, "visual", None) if channels_last else None
+    memory_format = torch.channels_last if visual is not None else torch.contiguous_format
+    if visual is not None:
+        visual.to(memory_format=torch.channels_last)
     # fused: one kernel per step for every tensor (torch's CPU and CUDA fused AdamW); measured 1.3x the step rate of the
     # per-tensor loop for TADS-Tiny-RN on 2 cores (its 6.3M-entry token embedding is most of the update), the same
     # loss to 6 digits
@@ -159,7 +215,7 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     model.train()
     order = torch.randperm(n, generator=gen)
-    pos, history = 0, []
+    pos, history, decays = 0, [], []
     t0 = last = time.perf_counter()
     for step in range(steps):
         if pos + bs > n:  # next epoch: a fresh permutation
@@ -168,8 +224,9 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
         pos += bs
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
+        decays.append(1.0 - lr_at(step) * params.weight_decay)
         with autocast:
-            img = model.encode_image(images[idx].to(device), normalize=True)
+            img = model.encode_image(images[idx].to(device, memory_format=memory_format), normalize=True)
             txt = model.encode_text(tokens[idx].to(device), normalize=True)
             loss = loss_fn(img, txt, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
@@ -183,6 +240,10 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
             done = (step + 1) * bs
             progress(f"clip_train: step {step + 1}/{steps}, loss {history[-1]:.4f}, "
                      f"{done / (time.perf_counter() - t0):.0f} samples/s")
+    if vocabulary is not None:
+        vocabulary.restore(decays)
+    if visual is not None:
+        visual.to(memory_format=torch.contiguous_format)
     model.eval()
     seconds = time.perf_counter() - t0
     return TrainResult(model, history, steps, steps * bs / n, steps * bs, seconds, steps * bs / max(seconds, 1e-9))

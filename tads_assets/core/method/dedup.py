@@ -2,8 +2,8 @@
 
 Every function works on arrays aligned with one pool table (row i is sample i) and returns, per layer,
 which rows it removes and which kept row each removed one duplicated, so every drop can be ledgered
-with its reason. Candidate pairs of the quality-guided layer come from a nearest-neighbour search
-(LanceDB, `neighbours_lancedb`) and never from all pairs.
+with its reason. Candidate pairs of the quality-guided layer come from a k-nearest-neighbour search
+(`neighbours`: exact below 50,000 rows, a LanceDB index above) and never from all pairs.
 """
 
 from __future__ import annotations
@@ -162,6 +162,43 @@ def normalised_edit_distance(a: list[str], b: list[str]) -> np.ndarray:
     return np.array([Levenshtein.normalized_distance(x, y) for x, y in zip(a, b)], dtype=np.float64)
 
 
+EXACT_MAX_ROWS = 50_000  # `neighbours` searches exactly up to here, through a LanceDB index above
+
+
+def neighbours_exact(vectors: np.ndarray, k: int, block_entries: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (cosine) of every row among all rows: blocks of rows against all rows as one
+    matrix product each (at most `block_entries` similarities, 64 MiB, at a time), the top k of each row.
+    Returns (indices, cosines), each (n, min(k, n - 1)), self excluded, nearest first."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = len(x)
+    k = min(k, n - 1)
+    idx, cos = np.zeros((n, max(k, 0)), np.int64), np.zeros((n, max(k, 0)), np.float32)
+    if k <= 0:
+        return idx, cos
+    block = max(1, block_entries // n)
+    with torch.inference_mode():
+        for start in range(0, n, block):
+            sims = x[start : start + block] @ x.T
+            rows = torch.arange(len(sims))
+            sims[rows, rows + start] = -float("inf")  # not its own neighbour
+            c, i = sims.topk(k, dim=1)
+            idx[start : start + len(sims)], cos[start : start + len(sims)] = i.numpy(), c.numpy()
+    return idx, cos
+
+
+def neighbours(vectors: np.ndarray, k: int, exact_max_rows: int = EXACT_MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (cosine) of every row: `neighbours_exact` up to `exact_max_rows` rows, else
+    `neighbours_lancedb` (an IVF index whose work per query stays constant). Exact search by blocked matrix products
+    measured 1.0 s for the demo's 9,460 rows of 512 dimensions on 2 cores, against 13-15 s for LanceDB's exhaustive
+    scan (one pass over the table per query), with the same neighbours (tests/core/test_dedup.py)."""
+    if len(vectors) <= exact_max_rows:
+        return neighbours_exact(vectors, k)
+    return neighbours_lancedb(vectors, k)
+
+
 def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "dedup_candidates",
                        index_min_rows: int = 50_000, partition_rows: int = 1_000, nprobes: int = 8,
                        query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +329,7 @@ class DedupOutcome:
 
 def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width: np.ndarray, height: np.ndarray,
                 image_vec: np.ndarray, text_vec: np.ndarray, params: DedupParams,
-                neighbours: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = neighbours_lancedb,
+                neighbours: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = neighbours,
                 progress: Callable[[str], None] = log.info, tiny_vec: np.ndarray | None = None) -> DedupOutcome:
     """Run the three layers in order; each sees only the rows the previous layers kept. `tiny_vec`
     (tiny_image_vectors of raw_pool's `tiny` column) enables the visual test of the quality layer."""
