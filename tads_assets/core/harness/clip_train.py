@@ -3,7 +3,7 @@ a smaller subset is seen for more epochs, so methods are compared at equal compu
 
 The model shape is data: `model_configs/*.json` are registered with open_clip; any open_clip config
 name, e.g. `ViT-B-16` (the paper's), works on a GPU. The default `TADS-Tiny-RN` (a width-16 ResNet image
-tower at 32 px, a 2-layer text transformer with a 16-token context) trains at ~800 samples/s on 2 CPU
+tower at 32 px, a 2-layer text transformer with a 16-token context) trains at ~900 samples/s on 2 CPU
 cores. It was chosen by measurement on the demo pool (README "Baselines, training and the benchmark"):
 ViT towers from scratch stayed at chance on zero-shot classification even after 150k samples seen,
 while the convolutional tower learns the garment classes within 20-40k; the short context keeps the
