@@ -256,7 +256,7 @@ DEDUP_COLUMNS = {"uid": "sample id", "cluster": "its semantic cluster (eq. 2)",
     group_name="pool", kinds={"parquet", "lancedb"},
     description=describe("§3.1 three-layer deduplication: metadata (sha256/url, eq. 1), semantic (MiniBatch "
                          "K-Means, eq. 2), quality-guided (edit distance, text cosine or tiny-image cosine within a "
-                         "cluster, LanceDB neighbours, eq. 3-6); every removed sample in the ledger with the one it "
+                         "cluster among k nearest neighbours: exact below 50,000 rows, a LanceDB index above; eq. 3-6); every removed sample in the ledger with the one it "
                          "duplicates.", DEDUP_COLUMNS),
 )
 @one_writer

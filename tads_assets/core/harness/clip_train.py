@@ -158,12 +158,12 @@ class _CompactVocabulary:
                 compact.weight.copy_(weight[self.used.to(weight.device)])
             model.token_embedding = compact
 
-    def restore(self, decays: Sequence[float]) -> None:
-        """Put the full table back: the trained rows, and the others decayed by each step's factor (1 - lr_t wd)."""
+    def restore(self, factor: float) -> None:
+        """Put the full table back: the trained rows, and the others decayed by `factor`, the product of every
+        step's (1 - lr_t wd)."""
         if self.used is None:
             return
         compact = self.model.token_embedding
-        factor = math.prod(decays)
         with torch.no_grad():
             self.full.weight.mul_(factor)
             self.full.weight[self.used.to(self.full.weight.device)] = compact.weight
@@ -215,7 +215,7 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     model.train()
     order = torch.randperm(n, generator=gen)
-    pos, history, decays = 0, [], []
+    pos, history = 0, []
     t0 = last = time.perf_counter()
     for step in range(steps):
         if pos + bs > n:  # next epoch: a fresh permutation
@@ -224,7 +224,6 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
         pos += bs
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        decays.append(1.0 - lr_at(step) * params.weight_decay)
         with autocast:
             img = model.encode_image(images[idx].to(device, memory_format=memory_format), normalize=True)
             txt = model.encode_text(tokens[idx].to(device), normalize=True)
@@ -241,7 +240,7 @@ def train_on_tensors(model: torch.nn.Module, images: torch.Tensor, tokens: torch
             progress(f"clip_train: step {step + 1}/{steps}, loss {history[-1]:.4f}, "
                      f"{done / (time.perf_counter() - t0):.0f} samples/s")
     if vocabulary is not None:
-        vocabulary.restore(decays)
+        vocabulary.restore(math.prod(1.0 - lr_at(step) * params.weight_decay for step in range(steps)))
     if visual is not None:
         visual.to(memory_format=torch.contiguous_format)
     model.eval()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tads_assets.core.settings import DROP
-from tads_assets.core.vectors import kmeans_clusters
+from tads_assets.core.vectors import kmeans_clusters, l2_normalize
 from tads_assets.core.io.formats import TINY_SIDE
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,7 @@ def neighbours_exact(vectors: np.ndarray, k: int, block_entries: int = 1 << 24) 
     Returns (indices, cosines), each (n, min(k, n - 1)), self excluded, nearest first."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    x = torch.from_numpy(np.ascontiguousarray(l2_normalize(vectors)))
     n = len(x)
     k = min(k, n - 1)
     idx, cos = np.zeros((n, max(k, 0)), np.int64), np.zeros((n, max(k, 0)), np.float32)
@@ -200,7 +199,7 @@ def neighbours(vectors: np.ndarray, k: int, exact_max_rows: int = EXACT_MAX_ROWS
 
 
 def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "dedup_candidates",
-                       index_min_rows: int = 50_000, partition_rows: int = 1_000, nprobes: int = 8,
+                       index_min_rows: int = EXACT_MAX_ROWS, partition_rows: int = 1_000, nprobes: int = 8,
                        query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours (cosine) of every row among all rows, from a LanceDB table.
 
