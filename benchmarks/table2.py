@@ -65,7 +65,7 @@ def main() -> None:
     subsets = {"tads": tads_uids}
     for key, signals in selection.ABLATIONS.items():
         score = selection.static_score(sig.q, sig.r, sig.d, signals)
-        subsets[key] = sig.uids[selection.threshold_selection(score, -1.0, size / len(score)).keep].tolist()
+        subsets[key] = sig.uids[selection.threshold_selection(score, -1.0, size).keep].tolist()
 
     truth = demo_truth(cat)
     composition = []

@@ -285,10 +285,22 @@ class LangId(ConfigurableResource):
 
 
 class Budget(ConfigurableResource):
-    """The data budget (TADS_BUDGET_FRACTION): the share of the deduplicated pool a selection keeps. One value
-    for Algorithm 1's draws, the DVN's initial value, final_subset's cap and the size-matched baselines."""
+    """The data budget, set by the user's pool: `fraction` (TADS_BUDGET_FRACTION) of the readable raw pool, or
+    `size` samples (TADS_BUDGET_SIZE, when > 0). One setting for Algorithm 1's draws, the DVN's initial value,
+    final_subset's cap and the size-matched baselines — never a share of what an upstream stage left."""
 
-    fraction: float = Field(default=BUDGET_FRACTION, gt=0.0, le=1.0)
+    fraction: float = Field(default=BUDGET_FRACTION, gt=0.0, le=1.0,
+                            description="share of the readable raw pool (the paper: 0.36)")
+    size: int = Field(default=0, ge=0, description="an absolute number of samples; 0 = use `fraction`")
+
+    def samples(self, n_pool: int) -> int:
+        """The budget in samples for a readable raw pool of `n_pool`."""
+        from tads_assets.core.method.selection import budget_size
+
+        return budget_size(n_pool, self.fraction, self.size)
+
+    def rule(self) -> str:
+        return f"{self.size} samples" if self.size else f"{self.fraction:g} of the readable raw pool"
 
 
 class CatalogIOManager(ConfigurableIOManager):
@@ -314,7 +326,7 @@ ENV = {
     "paths": (TadsPaths, {"home": "TADS_HOME", "pool": "TADS_POOL", "tasks": "TADS_TASKS",
                           "demo_samples": "TADS_DEMO_SAMPLES", "demo_seed": "TADS_DEMO_SEED",
                           "lock_timeout_s": "TADS_LOCK_TIMEOUT_S"}),
-    "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION"}),
+    "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION", "size": "TADS_BUDGET_SIZE"}),
     "device": (TorchDevice, {"device": "TADS_DEVICE"}),
     "encoder": (ClipEncoder, {"spec": "TADS_ENCODER", "image_size": "TADS_IMAGE_SIDE",
                               "tower_runtime": "TADS_TOWER_RUNTIME"}),

@@ -16,7 +16,6 @@ from tads_assets.characterize import (cluster_diversity, feature_table, operator
 from tads_assets.core.harness import clip_train
 from tads_assets.core.io import embeddings, ingest
 from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
-from tads_assets.core.method.selection import budget_cap
 from tads_assets.pool import clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool
 from tads_assets.select import STATIC_ABLATIONS, baseline_partitions, baseline_subsets, final_subset, trained_dvn
 from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
@@ -215,19 +214,30 @@ def _finite_tensors(path: Path) -> tuple[int, int]:
 
 
 @asset_check(asset=final_subset, blocking=True,
-             description="Subset size within the data budget: 1 ≤ kept ≤ ⌊max_fraction · n⌋ (the budget "
-             "final_subset ran under, kept in its manifest), every kept v finite and in (0, 1), no uid twice.")
+             description="Subset size within the data budget: 1 ≤ kept ≤ the budget in samples final_subset ran "
+             "under (kept in its manifest), every kept v finite and in (0, 1), no uid twice.")
 def final_subset_size_within_bounds(paths: TadsPaths) -> AssetCheckResult:
     cat = paths.catalog
     kept = cat.final_subset.read(["uid", "score"])
     n_in = cat.trained_dvn.height()
-    max_fraction = float(cat.final_subset.manifest().get("max_fraction", 1.0))
-    cap = budget_cap(n_in, max_fraction)
+    manifest = cat.final_subset.manifest()
+    cap = int(manifest.get("budget", n_in))
     problems = {"empty": int(kept.height == 0), "above_budget": max(0, kept.height - cap),
                 "duplicate_uids": kept.height - kept["uid"].n_unique(),
                 "score_out_of_range": kept.filter(~pl.col("score").is_between(0, 1) | pl.col("score").is_nan()).height}
     return AssetCheckResult(passed=not any(problems.values()), metadata={
-        "kept": kept.height, "n_in": n_in, "max_fraction": max_fraction, "budget": cap, **problems})
+        "kept": kept.height, "n_in": n_in, "budget": cap, "budget_rule": manifest.get("budget_rule", ""), **problems})
+
+
+@asset_check(asset=final_subset, description="The subset fills the data budget; when fewer candidates survive "
+             "deduplication than the budget (or an explicit τ keeps fewer), a warning names how many are missing and why.")
+def final_subset_fills_budget(paths: TadsPaths) -> AssetCheckResult:
+    manifest = paths.catalog.final_subset.manifest()
+    short = int(manifest.get("short_of_budget", 0))
+    return AssetCheckResult(passed=short == 0, severity=AssetCheckSeverity.WARN, metadata={
+        "budget": int(manifest.get("budget", 0)), "short_of_budget": short,
+        "reason": manifest.get("short_reason") or "none", "budget_rule": manifest.get("budget_rule", ""),
+        "raw_pool": int(manifest.get("n_pool", 0))})
 
 
 @asset_check(asset=clip_encoder, blocking=True,

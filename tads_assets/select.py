@@ -37,13 +37,13 @@ DVN_COLUMNS = {"uid": "sample id", "v": "data value v(x) ∈ (0, 1)",
 BaselineSubsetsConfig = config_from(
     "BaselineSubsetsConfig", "Baseline settings (`tads_assets.core.harness.baselines.BaselineParams`). `size` 0: "
     "the size of TADS's final_subset when it exists, else the data budget's share of the pool.",
-    (BaselineParams, {"exclude": ("keep_fraction",)}), extra={"size": (int, 0)})
+    (BaselineParams, {}), extra={"size": (int, 0)})
 
 
 def _static_ablation(method: str, size: int, sig: selection.Signals) -> tuple[np.ndarray, baselines.Selection]:
     """Table 2's static rows over the deduplicated pool: the top `size` by equal-weight standardised signals."""
     score = selection.static_score(sig.q, sig.r, sig.d, selection.ABLATIONS[method])
-    keep = selection.threshold_selection(score, -1.0, min(1.0, size / len(score))).keep
+    keep = selection.threshold_selection(score, -1.0, size).keep
     return sig.uids, baselines.Selection(keep, score.astype(np.float32), f"{method}_static_score_below_cutoff",
                                          {"signals": "+".join(selection.ABLATIONS[method])})
 
@@ -52,10 +52,12 @@ def _signals(quality: QualityScores, relevance: RelevanceVectors, diversity: Tab
     return embeddings.load_signals(quality.path, relevance.connect(), diversity.path)
 
 
-def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason: str, value: np.ndarray, detail: str) -> pl.DataFrame:
-    """The ledger rows of the candidates a selection leaves out."""
+def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason, value: np.ndarray, detail: str) -> pl.DataFrame:
+    """The ledger rows of the candidates a selection leaves out; `reason` one for all, or one per candidate."""
+    why = (pl.lit(reason) if isinstance(reason, str) else
+           pl.Series("reason", np.asarray(reason, object)[~np.asarray(keep)].astype(str), pl.String))
     return uids.filter(~pl.Series(keep)).with_columns(
-        pl.lit(DROP).alias("decision"), pl.lit(reason).alias("reason"),
+        pl.lit(DROP).alias("decision"), why.alias("reason"),
         pl.Series("value", np.asarray(value)[~keep], pl.Float64), pl.lit(detail).alias("detail"))
 
 
@@ -81,16 +83,16 @@ def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConf
     pool = baselines.load_candidates(raw_pool.dir, pool_embeddings.connect(), quality_scores.path,
                                      cat.frozen_cache_dir if builtin else None)
     size, size_source = ((config.size, "config size") if config.size else
-                         baselines.matched_size(cat.final_subset.path, budget.fraction, len(pool.uids)))
+                         baselines.matched_size(cat.final_subset.path, budget.samples(raw_pool.height()), budget.rule()))
     if method in STATIC_ABLATIONS:
         uids, sel = _static_ablation(method, size, _signals(quality_scores, relevance_vectors, cluster_diversity))
     else:
-        uids, sel = baselines.select(method, pool, params_of(config, BaselineParams, keep_fraction=budget.fraction), size)
+        uids, sel = baselines.select(method, pool, params_of(config, BaselineParams), size)
     size_source = {"no_filter": "the whole pool", "quality_only": f"q_φ ≥ {config.quality_threshold}"}.get(method, size_source)
     seconds = time.perf_counter() - t0
     cand = pl.DataFrame({"uid": uids})
     kept = cand.with_columns(pl.Series("score", sel.score, pl.Float32)).filter(pl.Series(sel.keep))
-    drops = _drop_rows(cand, sel.keep, sel.reason, sel.score, method)
+    drops = _drop_rows(cand, sel.keep, sel.reason if sel.reasons is None else sel.reasons, sel.score, method)
     out = cat.subsets.of(method)
     result = write_stage_output(out.dir, paths.ledger(), f"baseline_{method}", kept, drops, out.path.name)
     context.log.info(f"baseline_subsets[{method}]: kept {kept.height} of {cand.height} ({size_source})")
@@ -182,7 +184,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     dev, cat, log = device.resolve(), paths.catalog, lambda m: context.log.info(f"trained_dvn: {m}")
     tasks, digest = task_set.read()
     sig = _signals(quality_scores, relevance_vectors, cluster_diversity)
-    params = params_of(config, Algorithm1Params, fdo=params_of(config, FdoParams, rate=budget.fraction))
+    rate = draw_rate(budget, raw_pool.height(), len(sig.uids), log)
+    params = params_of(config, Algorithm1Params, fdo=params_of(config, FdoParams, rate=rate))
     check_tasks(sig, tasks)
     reward = _reward(config, encoder, dev, tasks, sig.uids, raw_pool, pool_embeddings, clip_encoder, cat.frozen_cache_dir,
                      context.log.info)
@@ -210,10 +213,25 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
         "metrics_top_final": res.metrics_top_final, "history": res.history})
     scores = pl.DataFrame({"uid": sig.uids, "v": res.v.astype(np.float32), "fdo_cluster": res.clusters.astype(np.int32)})
     write_parquet_atomic(scores, cat.trained_dvn.path)
-    meta = _dvn_metadata(res, config, budget.fraction, reward, scores, cat, digest)
+    meta = _dvn_metadata(res, config, rate, reward, scores, cat, digest)
+    meta.update({"budget_rule": MetadataValue.text(budget.rule()), "budget_samples": budget.samples(raw_pool.height()),
+                 "draw_rate": rounded(rate)})
     if target_cache:
         meta["task_alignment_target"] = MetadataValue.text("cached" if target_cache["hit"] else "trained")
     return MaterializeResult(metadata=meta)
+
+
+MAX_DRAW_RATE = 0.95  # with a budget at or above the candidates there is nothing to select; the draws still need room
+
+
+def draw_rate(budget: Budget, n_pool: int, n_candidates: int, log) -> float:
+    """Algorithm 1's draw rate over the deduplicated pool: the budget in samples over the candidates (at most
+    MAX_DRAW_RATE), so the expected draw is the budget whatever share of the pool dedup left."""
+    n_budget = budget.samples(n_pool)
+    if n_budget >= n_candidates:
+        log(f"the budget ({budget.rule()}: {n_budget} samples) is at least the {n_candidates} deduplicated candidates; "
+            f"Algorithm 1 draws at {MAX_DRAW_RATE:.0%} and final_subset will keep every candidate")
+    return min(MAX_DRAW_RATE, n_budget / max(n_candidates, 1))
 
 
 def _proxy_features(reward, config) -> str:
@@ -272,16 +290,16 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
 
 
 FinalSubsetConfig = config_from(
-    "FinalSubsetConfig", "{x : v(x) > τ} under the data budget (the `budget` resource): τ < 0 picks the τ that keeps "
-    "exactly the budget's share of the deduplicated pool; an explicit τ is raised if it would keep more. `export` "
+    "FinalSubsetConfig", "{x : v(x) > τ} under the data budget (the `budget` resource, samples set by the readable "
+    "raw pool): τ < 0 picks the τ that keeps exactly the budget; an explicit τ is raised if it would keep more. `export` "
     "writes WebDataset shards and an open_clip CSV of the subset under TADS_HOME/exports/tads.",
     extra={"tau": (float, -1.0), "export": (bool, True)})
 
 
 @asset(
     group_name="select", kinds={"parquet", "webdataset"},
-    description=describe("TADS's selection: {x : v(x) > τ} over the deduplicated pool, at most the data budget's "
-                         "share of it; every sample left out in the ledger with its v, and an export to train on "
+    description=describe("TADS's selection: {x : v(x) > τ} over the deduplicated pool, at most the data budget "
+                         "(a share of the readable raw pool, or a count); every sample left out in the ledger with its v, and an export to train on "
                          "(WebDataset shards and an open_clip CSV).", SUBSET_COLUMNS),
 )
 @one_writer
@@ -290,17 +308,30 @@ def final_subset(context: AssetExecutionContext, config: FinalSubsetConfig, path
     t0, cat = time.perf_counter(), paths.catalog
     scores = trained_dvn.read()
     v = scores["v"].to_numpy().astype(np.float64)
-    th = selection.threshold_selection(v, config.tau, budget.fraction)
+    n_pool = raw_pool.height()
+    n_budget = budget.samples(n_pool)
+    th = selection.threshold_selection(v, config.tau, n_budget)
     kept = scores.select("uid", pl.col("v").alias("score")).filter(pl.Series(th.keep))
     drops = _drop_rows(scores.select("uid"), th.keep, "dvn_value_at_or_below_tau", v, f"tau={th.tau:.4f}")
+    short = n_budget - kept.height
+    short_reason = ("" if short <= 0 else f"only {scores.height} candidates survived deduplication"
+                    if scores.height < n_budget else f"τ = {config.tau} keeps fewer than the budget")
     result = write_stage_output(cat.final_subset.dir, paths.ledger(), "final_subset", kept, drops,
-                                cat.final_subset.path.name, extra={"max_fraction": budget.fraction})
-    context.log.info(f"final_subset: kept {kept.height} of {scores.height} (τ {th.tau:.4f})")
+                                cat.final_subset.path.name,
+                                extra={"budget": n_budget, "budget_rule": budget.rule(), "n_pool": n_pool,
+                                       "short_of_budget": max(short, 0), "short_reason": short_reason})
+    context.log.info(f"final_subset: kept {kept.height} of {scores.height} (τ {th.tau:.4f}; budget {n_budget} = "
+                     f"{budget.rule()} of {n_pool})")
+    if short > 0:
+        context.log.warning(f"final_subset: {kept.height} samples, {short} short of the budget of {n_budget}: "
+                            f"{short_reason}")
     meta = {"path": MetadataValue.path(str(cat.final_subset.dir)), "n_in": scores.height, "n_out": kept.height,
             "dagster/column_schema": column_schema(kept, SUBSET_COLUMNS), "dagster/row_count": kept.height,
             "n_kept": kept.height, "n_dropped": drops.height, "kept_fraction": rounded(kept.height / max(scores.height, 1)),
             "tau": rounded(th.tau), "tau_requested": rounded(th.requested_tau), "tau_raised_by_budget": th.budget_bound,
-            "max_fraction": rounded(budget.fraction), "run_id": MetadataValue.text(result["run_id"]),
+            "budget_rule": MetadataValue.text(budget.rule()), "budget_samples": n_budget,
+            "share_of_raw_pool": rounded(kept.height / max(n_pool, 1)), "short_of_budget": max(short, 0),
+            "short_reason": MetadataValue.text(short_reason or "none"), "run_id": MetadataValue.text(result["run_id"]),
             "v_kept_vs_dropped": MetadataValue.md(histogram_markdown(
                 {"kept": v[th.keep], "dropped": v[~th.keep]}, "v(x) of kept and dropped samples", "v")),
             "samples_by_value": MetadataValue.md(scored_samples_grid(

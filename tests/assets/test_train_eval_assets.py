@@ -87,6 +87,9 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     chance = report["rows"][-1]
     assert chance["fashion/top1"] == pytest.approx(10.0) and chance["fashion/top5"] == pytest.approx(50.0)
     assert (paths.catalog.benchmark_scores.file("md")).read_text().startswith("# Zero-shot benchmark")
+    defined = report["metric_definitions"]  # the report states how each metric was defined
+    assert defined["tasks"]["fashion"]["classes"] == 10 and "caption identity" in defined["retrieval"]
+    assert defined["tasks"]["captions"]["distinct_captions"] <= defined["tasks"]["captions"]["images"]
     assert (paths.catalog.benchmark_scores.file("png")).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -151,7 +154,12 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     assert all("reward_top" in h for h in info["history"]) and np.isfinite(info["reward_top_final"])
     scores = pl.read_parquet(paths.catalog.trained_dvn.path)
     kept = pl.read_parquet(paths.catalog.final_subset.path)
-    assert kept.height == int(0.4 * scores.height)  # the default: τ at 40 % of the deduplicated pool
+    # the default budget: 36 % of the readable raw pool (not of what dedup left), shared with the baselines
+    n_raw = paths.catalog.raw_pool.height()
+    assert scores.height > round(0.36 * n_raw) and kept.height == round(0.36 * n_raw)
+    final_meta = runs["select"].asset_materializations_for_node("final_subset")[0].metadata
+    assert final_meta["budget_rule"].value == "0.36 of the readable raw pool"
+    assert final_meta["budget_samples"].value == kept.height and final_meta["short_of_budget"].value == 0
     dropped = scores.join(kept.select("uid"), on="uid", how="anti")
     assert scores.join(kept.select("uid"), on="uid")["v"].min() >= dropped["v"].max()
     drops = Ledger(paths.catalog.ledger_dir).read("final_subset")

@@ -72,6 +72,51 @@ def test_dbp_keeps_more_of_the_spread_out_cluster_and_prunes_prototypes():
         assert kept_d.min() >= dropped_d.max()
 
 
+def test_dbp_defaults_are_the_reference_implementations():
+    p = baselines.BaselineParams()  # amro-kamal/effective_pruning: --num_NNs 20, --temperature 0.5, --cls-bal-ratio 0.5
+    assert (p.dbp_variant, p.dbp_neighbours, p.dbp_temperature, p.dbp_balance) == ("reference", 20, 0.5, 0.5)
+    assert p.dbp_semdedup_keep == pytest.approx(280 / 440, abs=0.001)  # LAION-440M -> LAION-DeDup-280M
+
+
+def test_dbp_qp_quotas_solve_the_reference_quadratic_programme():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(3)
+    complexity, sizes, size = rng.uniform(0.1, 1.0, 8), rng.integers(5, 60, 8), 120
+    quota = baselines.dbp_qp_quotas(complexity, sizes, size, temperature=0.5, balance=0.5)
+    lb = np.minimum(int(size / 8 * 0.5), sizes - 1)
+    assert quota.sum() == size and (quota >= lb).all() and (quota <= sizes).all()
+    # the continuous optimum of prune.py's programme, by a generic solver, agrees to rounding
+    p = np.exp(complexity / 0.5) / np.exp(complexity / 0.5).sum()
+    res = minimize(lambda x: 0.5 * x @ x - (p * size) @ x, np.full(8, size / 8), jac=lambda x: x - p * size,
+                   bounds=list(zip(lb, sizes)), constraints=[{"type": "eq", "fun": lambda x: x.sum() - size}],
+                   method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+    assert np.abs(quota - res.x).max() <= 1.0 + 1e-6
+    # the lower bound holds even for a cluster the softmax gives almost nothing
+    tiny = baselines.dbp_qp_quotas(np.array([10.0, 0.0, 0.0]), np.array([100, 100, 100]), 60, 0.5, 0.5)
+    assert tiny.tolist() == [40, 10, 10]  # ⌊0.5 · 60 / 3⌋ = 10 each; the rest to the complex cluster
+    with pytest.raises(ValueError, match="cannot keep"):
+        baselines.dbp_qp_quotas(np.ones(2), np.array([1, 1]), 3, 0.5, 0.5)
+
+
+def test_dbp_runs_semdedup_first_and_the_earlier_variant_stays_available():
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(150, 16)).astype(np.float32)
+    copies = base[:50] + 1e-4 * rng.normal(size=(50, 16)).astype(np.float32)  # 50 near copies of rows 0..49
+    vectors = np.concatenate([base, copies])
+    sel = baselines.dbp_selection(vectors, size=90, n_clusters=5, neighbours=20, temperature=0.5, seed=0)
+    assert sel.keep.sum() == 90 and sel.info["semdedup"]["kept"] == round(0.636 * 200)
+    # each planted pair loses one member to SemDeDup before DBP sees the pool
+    pair_kept = sel.keep[:50] & sel.keep[150:]
+    assert not pair_kept.any()
+    assert (sel.reasons[~sel.keep] == "dbp_semdedup_redundant").sum() == 200 - round(0.636 * 200)
+    v1 = baselines.dbp_selection(vectors, size=90, n_clusters=5, neighbours=5, temperature=0.1, seed=0,
+                                 variant="tads_v1")
+    assert v1.keep.sum() == 90 and "semdedup" not in v1.info and set(v1.reasons[~v1.keep]) == {"dbp_prototypical"}
+    with pytest.raises(ValueError, match="dbp_variant"):
+        baselines.dbp_selection(vectors, 90, 5, 20, 0.5, 0, variant="v2")
+
+
 def test_quality_selection_is_a_threshold():
     sel = baselines.quality_selection(np.array([0.2, 0.5, 0.8]), 0.5)
     assert sel.keep.tolist() == [False, True, True]

@@ -11,11 +11,14 @@ data size and equal training budget:
   cluster, items sorted by decreasing distance to the centroid; an item's redundancy is its highest
   cosine to an item earlier in that order; the `size` least redundant items are kept (the paper's
   threshold ε chosen so that the kept count is `size`).
-- `dbp_selection` — Density-Based Pruning (Abbas et al., 2024, `seeds/dbp_abstract.txt`): k-means; per
-  cluster a complexity C_j = d_intra · d_inter (mean distance of members to their centroid, mean
-  distance of the centroid to its nearest other centroids); quotas ∝ softmax(C/τ) of `size`, capped by
-  cluster sizes with the excess redistributed; inside each cluster the most prototypical members
-  (closest to the centroid) are pruned.
+- `dbp_selection` — Density-Based Pruning (Abbas et al., 2024, `seeds/dbp_abstract.txt`), with the defaults
+  of its reference implementation (amro-kamal/effective_pruning): SemDeDup first (the paper prunes
+  LAION-DeDup-280M, SemDeDup's 63.6 % of LAION-440M); k-means; per cluster a complexity
+  C_j = d_intra · d_inter (mean cosine distance of members to their centroid; mean cosine distance of the
+  centroid to its 20 nearest other centroids); per-cluster counts from the quadratic programme of
+  `prune.py` — closest to softmax(C/0.5)·size with Σ = size, each between min(⌊0.5·size/k⌋, n_j − 1) and
+  n_j; inside each cluster the members farthest from the centroid ("hard") are kept. `dbp_variant: tads_v1`
+  is this project's earlier, labelled variant (5 neighbours, τ 0.1, no lower bound, no SemDeDup first).
 - `quality_selection` — a threshold on q_φ (the Q row of Table 2).
 """
 
@@ -28,21 +31,27 @@ import numpy as np
 
 from tads_assets.core.vectors import kmeans_clusters
 from tads_assets.core.vectors import l2_normalize as _unit
-from tads_assets.core.settings import BUDGET_FRACTION
 from tads_assets.core.io import embeddings
 from tads_assets.core.io.ingest import scan_raw_pool
 
 METHODS = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
 
 
+# The project's DBP before it followed the reference defaults (labelled `dbp_variant: tads_v1`): d_inter over the 5
+# nearest centroids, τ 0.1, quotas ∝ softmax capped by cluster size (`dbp_quotas`), no SemDeDup first.
+TADS_V1_DBP = {"neighbours": 5, "temperature": 0.1}
+
+
 @dataclass
 class BaselineParams:
     """Defaults of the baseline selections (the Dagster Config class takes its defaults from here)."""
 
-    keep_fraction: float = BUDGET_FRACTION  # size of random/clip_score/semdedup/dbp when TADS has no subset yet
     n_clusters: int = 50  # k-means clusters of SemDeDup and DBP
-    dbp_neighbours: int = 5  # nearest other centroids in d_inter
-    dbp_temperature: float = 0.1  # τ of the softmax over cluster complexities
+    dbp_variant: str = "reference"  # "reference" (effective_pruning's defaults) or "tads_v1" (the earlier variant)
+    dbp_neighbours: int = 20  # nearest other centroids in d_inter (compute_centroid_distances.py --num_NNs)
+    dbp_temperature: float = 0.5  # τ of the softmax over cluster complexities (prune.py --temperature)
+    dbp_balance: float = 0.5  # lower bound of a cluster's count: this share of size/k (prune.py --cls-bal-ratio)
+    dbp_semdedup_keep: float = 0.636  # SemDeDup first, down to this share (LAION-440M → LAION-DeDup-280M)
     quality_threshold: float = 0.5  # quality_only keeps q_φ ≥ this
     seed: int = 0
 
@@ -53,6 +62,7 @@ class Selection:
     score: np.ndarray  # what the method ranks by (higher = kept first)
     reason: str  # ledger reason of every dropped row
     info: dict
+    reasons: np.ndarray | None = None  # per row, when dropped rows have different reasons (else `reason`)
 
 
 def _check_size(size: int, n: int) -> int:
@@ -168,27 +178,78 @@ def dbp_quotas(complexity: np.ndarray, cluster_sizes: np.ndarray, size: int, tem
     return quota
 
 
+def dbp_qp_quotas(complexity: np.ndarray, cluster_sizes: np.ndarray, size: int, temperature: float,
+                  balance: float) -> np.ndarray:
+    """Per-cluster keep counts of effective_pruning's `pruning_qp`: the x minimising ½‖x‖² − (p·size)ᵀx with
+    Σx = size and min(⌊balance·size/k⌋, n_j − 1) ≤ x_j ≤ n_j, p = softmax(complexity/τ). That programme is the
+    Euclidean projection of p·size onto the box ∩ {Σ = size}, x_j = clip(p_j·size + λ, lb_j, ub_j) for the λ
+    that makes the sum `size`: found by bisection (no QP solver needed), then rounded to integers summing
+    exactly to `size` (largest remainders first, within the bounds)."""
+    ub = np.asarray(cluster_sizes, np.int64)
+    k = len(ub)
+    if size > ub.sum():
+        raise ValueError(f"cannot keep {size} of {ub.sum()} samples")
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"dbp_balance must lie in [0, 1], got {balance}")
+    min_samples = int(size / k * balance) if balance > 0 else 1
+    lb = np.minimum(min_samples, np.maximum(ub - 1, 0)).astype(np.float64)
+    z = np.asarray(complexity, np.float64) / temperature
+    target = np.exp(z - z.max())
+    target = target / target.sum() * size
+    lo, hi = float((lb - target).min()) - 1.0, float((ub - target).max()) + 1.0
+    for _ in range(200):  # Σ clip(target + λ) is monotone in λ
+        lam = 0.5 * (lo + hi)
+        lo, hi = (lam, hi) if np.clip(target + lam, lb, ub).sum() < size else (lo, lam)
+    x = np.clip(target + 0.5 * (lo + hi), lb, ub)
+    quota = np.floor(x + 1e-9).astype(np.int64)
+    for i in np.lexsort((np.arange(k), -(x - quota))):  # hand out the rest by largest remainder
+        if quota.sum() >= size:
+            break
+        if quota[i] < ub[i]:
+            quota[i] += 1
+    while quota.sum() < size:  # remainders exhausted (rounding at the bounds): fill any room left
+        quota[np.flatnonzero(quota < ub)[0]] += 1
+    return quota
+
+
 def dbp_selection(vectors: np.ndarray, size: int, n_clusters: int, neighbours: int, temperature: float,
-                  seed: int) -> Selection:
-    """Density-Based Pruning at a target size (see the module docstring)."""
+                  seed: int, balance: float = 0.5, semdedup_keep: float = 0.636, variant: str = "reference") -> Selection:
+    """Density-Based Pruning at a target size (see the module docstring). `variant` "reference": SemDeDup first
+    down to max(size, semdedup_keep·n), then DBP over what it kept with `dbp_qp_quotas`; "tads_v1": DBP over
+    every row with `dbp_quotas` (the project's earlier variant, kept as a labelled option)."""
+    if variant not in ("reference", "tads_v1"):
+        raise ValueError(f"dbp_variant must be 'reference' or 'tads_v1', got {variant!r}")
     size = _check_size(size, len(vectors))
     vectors = _unit(vectors)
-    labels = kmeans_clusters(vectors, n_clusters, seed=seed)
-    clusters, d_intra, d_inter = dbp_complexity(vectors, labels, neighbours)
+    n = len(vectors)
+    rows, info = np.arange(n), {"variant": variant}
+    score = np.full(n, -1.0, np.float32)  # rows SemDeDup removes rank below every row DBP saw
+    reason = np.full(n, "dbp_prototypical", object)
+    if variant == "reference" and semdedup_keep < 1.0:
+        n_dedup = max(size, int(round(semdedup_keep * n)))
+        dedup = semdedup_selection(vectors, n_dedup, n_clusters, seed)
+        rows = np.flatnonzero(dedup.keep)
+        reason[~dedup.keep] = "dbp_semdedup_redundant"
+        info["semdedup"] = {"kept": int(len(rows)), "of": n, "epsilon": dedup.info["epsilon"]}
+    v = vectors[rows]
+    labels = kmeans_clusters(v, n_clusters, seed=seed)
+    clusters, d_intra, d_inter = dbp_complexity(v, labels, neighbours)
     complexity = d_intra * d_inter
     sizes = np.array([(labels == c).sum() for c in clusters])
-    quota = dbp_quotas(complexity, sizes, size, temperature)
-    cents = _centroids(vectors, labels, clusters)
-    distance = np.zeros(len(vectors), np.float32)  # to own centroid: small = prototypical = pruned first
-    keep = np.zeros(len(vectors), bool)
+    quota = (dbp_qp_quotas(complexity, sizes, size, temperature, balance) if variant == "reference"
+             else dbp_quotas(complexity, sizes, size, temperature))
+    cents = _centroids(v, labels, clusters)
+    keep = np.zeros(n, bool)
     for i, c in enumerate(clusters):
         members = np.flatnonzero(labels == c)
-        distance[members] = 1.0 - vectors[members] @ cents[i]
-        keep[members[_top(distance[members], int(quota[i]))]] = True
-    info = {"clusters": int(len(clusters)),
-            "per_cluster": [{"cluster": int(c), "size": int(s), "d_intra": round(float(a), 4), "d_inter": round(float(b), 4),
-                             "quota": int(q)} for c, s, a, b, q in zip(clusters, sizes, d_intra, d_inter, quota)]}
-    return Selection(keep, distance, "dbp_prototypical", info)
+        distance = 1.0 - v[members] @ cents[i]  # to own centroid: small = prototypical = pruned first
+        score[rows[members]] = distance
+        keep[rows[members[_top(distance, int(quota[i]))]]] = True
+    info.update({"clusters": int(len(clusters)),
+                 "per_cluster": [{"cluster": int(c), "size": int(s), "d_intra": round(float(a), 4),
+                                  "d_inter": round(float(b), 4), "quota": int(q)}
+                                 for c, s, a, b, q in zip(clusters, sizes, d_intra, d_inter, quota)]})
+    return Selection(keep, score, "dbp_prototypical", info, reasons=reason)
 
 
 def quality_selection(q: np.ndarray, threshold: float) -> Selection:
@@ -242,14 +303,15 @@ def load_candidates(raw_pool_dir, db, quality_path, frozen_cache_dir=None) -> Ca
                       quality["quality"].to_numpy())
 
 
-def matched_size(final_subset_path, keep_fraction: float, n_pool: int) -> tuple[int, str]:
+def matched_size(final_subset_path, n_budget: int, rule: str) -> tuple[int, str]:
     """(size, where it came from) of the size-matched methods: TADS's final_subset size once it exists, so
-    baselines are compared with TADS at equal size, else `keep_fraction` of the pool."""
+    baselines are compared with TADS at equal size (the budget, or fewer when TADS fell short of it), else the
+    budget itself (`n_budget` samples, set by `rule`: `resources.Budget`)."""
     import polars as pl
 
     if Path(final_subset_path).exists():
         return pl.scan_parquet(final_subset_path).select(pl.len()).collect().item(), "TADS final_subset size"
-    return max(1, round(keep_fraction * n_pool)), f"keep_fraction {keep_fraction} of the pool"
+    return max(1, int(n_budget)), f"budget: {rule}"
 
 
 def select(method: str, cand: Candidates, params: BaselineParams, size: int) -> tuple[np.ndarray, Selection]:
@@ -266,6 +328,9 @@ def select(method: str, cand: Candidates, params: BaselineParams, size: int) -> 
     if method == "semdedup":
         return cand.uids, semdedup_selection(cand.image_vec, size, params.n_clusters, params.seed)
     if method == "dbp":
-        return cand.uids, dbp_selection(cand.image_vec, size, params.n_clusters, params.dbp_neighbours,
-                                        params.dbp_temperature, params.seed)
+        v1 = params.dbp_variant == "tads_v1"  # the earlier variant, with the settings it ran with
+        return cand.uids, dbp_selection(cand.image_vec, size, params.n_clusters,
+                                        TADS_V1_DBP["neighbours"] if v1 else params.dbp_neighbours,
+                                        TADS_V1_DBP["temperature"] if v1 else params.dbp_temperature, params.seed,
+                                        params.dbp_balance, params.dbp_semdedup_keep, params.dbp_variant)
     raise ValueError(f"unknown baseline method {method!r} (one of {', '.join(METHODS)})")

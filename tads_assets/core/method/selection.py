@@ -5,9 +5,11 @@
   equally (no feedback). Relevance is a sample's standardised r_k for its most relevant task
   (max_k z(r_k)): relevant to any one task is relevant; a mean over tasks would reward samples that are
   vaguely like every task.
+- `budget_size` — the data budget in samples, set by the user's pool: a fraction of the *readable raw pool*
+  (the paper keeps 36 % of the original data) or an absolute count, never a share of what an upstream stage
+  happened to leave. Every size-matched selection (TADS's draws and final subset, the baselines) uses it.
 - `threshold_selection` — the final subset {x : v(x) > τ} of §3.3, with the data budget as a bound: τ is
-  raised where needed so that at most `max_fraction` of the pool is kept; τ < 0 asks for τ at exactly
-  that budget (the τ that keeps `max_fraction` of the pool).
+  raised where needed so that at most `max_keep` samples are kept; τ < 0 asks for τ at exactly that budget.
 """
 
 from __future__ import annotations
@@ -51,18 +53,25 @@ class Threshold:
     budget_bound: bool  # whether the budget raised τ above the requested value
 
 
-def budget_cap(n: int, max_fraction: float) -> int:
-    """The most samples a selection under the data budget may keep out of `n`: ⌊max_fraction · n⌋, at least 1."""
-    if not 0 < max_fraction <= 1:
-        raise ValueError(f"the data budget (a fraction of the pool) must lie in (0, 1], got {max_fraction}")
-    return max(1, int(np.floor(max_fraction * n)))
+def budget_size(n_pool: int, fraction: float, size: int = 0) -> int:
+    """The data budget in samples: `size` when it is set (> 0), else round(fraction · n_pool), at least 1, where
+    n_pool is the readable raw pool (every sample ingestion could read)."""
+    if size < 0:
+        raise ValueError(f"the data budget's size must be a count of samples (0 = use the fraction), got {size}")
+    if size:
+        return int(size)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the data budget (a fraction of the readable raw pool) must lie in (0, 1], got {fraction}")
+    return max(1, int(round(fraction * n_pool)))
 
 
-def threshold_selection(v: np.ndarray, tau: float, max_fraction: float) -> Threshold:
-    """{x : v(x) > τ}, keeping at most ⌊max_fraction · n⌋ samples (ties at the cut broken by row order).
-    τ < 0: the τ that keeps exactly that many."""
+def threshold_selection(v: np.ndarray, tau: float, max_keep: int) -> Threshold:
+    """{x : v(x) > τ}, keeping at most `max_keep` samples (ties at the cut broken by row order). τ < 0: the τ that
+    keeps exactly min(max_keep, n)."""
     v = np.asarray(v, np.float64)
-    cap = budget_cap(len(v), max_fraction)
+    if max_keep < 1:
+        raise ValueError(f"the data budget must allow at least one sample, got {max_keep}")
+    cap = min(int(max_keep), len(v))
     if tau >= 1:
         raise ValueError(f"tau must be < 1 (v is a probability), got {tau}")
     keep = v > tau if tau >= 0 else np.zeros(len(v), bool)
