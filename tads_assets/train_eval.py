@@ -22,8 +22,8 @@ from tads_assets.select import baseline_partitions, baseline_subsets, export_pai
 
 BENCHMARK_COLUMNS = {"method": "the selection (tads, a baseline, a static ablation) or chance",
                      "samples": "the subset's size", "samples_seen": "the training budget",
-                     "TASK/top1, TASK/top5": "classification accuracy (percent)",
-                     "TASK/i2t_r1, TASK/t2i_r1": "retrieval recall@1 (percent)", "average": "mean of the task columns"}
+                     "TASK/top1, TASK/top5": "classification accuracy (percent; top5 only with more than 5 classes)",
+                     "TASK/i2t_r1, TASK/t2i_r1": "retrieval recall@1 (percent), hits by caption identity", "average": "mean of the task columns"}
 # One CLIP per selection: TADS (final_subset) and every baseline_subsets partition.
 training_partitions = StaticPartitionsDefinition(["tads", *baseline_partitions.get_partition_keys()])
 
@@ -119,10 +119,11 @@ def trained_clip(context: AssetExecutionContext, config: TrainedClipConfig, path
     return meta
 
 
-def _benchmark_rows(cat: Catalog, tasks, dev: str, log) -> tuple[list[dict], list[str], dict | None]:
-    """One Table 1 row per method whose trained_clip checkpoint exists; the methods without one; chance."""
+def _benchmark_rows(cat: Catalog, tasks, dev: str, log) -> tuple[list[dict], list[str], dict | None, dict]:
+    """One Table 1 row per method whose trained_clip checkpoint exists; the methods without one; chance; how the
+    metrics were defined (`benchmark.definitions`)."""
     eval_sets = load_eval_sets(tasks, "test")
-    rows, missing, chance = [], [], None
+    rows, missing, chance, defined = [], [], None, {}
     for method in training_partitions.get_partition_keys():
         ckpt = cat.trained_clip.of(method)
         if not (ckpt / clip_train.CHECKPOINT).exists():
@@ -131,10 +132,11 @@ def _benchmark_rows(cat: Catalog, tasks, dev: str, log) -> tuple[list[dict], lis
         encoder, info = clip_train.load_trained(ckpt, dev)
         scores = benchmark.evaluate_model(tasks, eval_sets, encoder.encode_images, encoder.encode_texts)
         chance = chance or benchmark.chance_row(scores)
+        defined = defined or benchmark.definitions(scores)
         rows.append({"method": method, "samples": info["subset_samples"], "samples_seen": info["samples_seen"],
                      **benchmark.headline(scores)})
         log(f"benchmark_scores: {method} average {rows[-1]['average']:.2f}")
-    return rows, missing, chance
+    return rows, missing, chance, defined
 
 
 @asset(
@@ -148,15 +150,16 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
                      task_set: TaskSetFile) -> MaterializeResult:
     t0, cat = time.perf_counter(), paths.catalog
     tasks, tasks_sha256 = task_set.read()
-    rows, missing, chance = _benchmark_rows(cat, tasks, device.resolve(), context.log.info)
+    rows, missing, chance, defined = _benchmark_rows(cat, tasks, device.resolve(), context.log.info)
     if not rows:
         raise FileNotFoundError("benchmark_scores: no trained_clip partition has a checkpoint yet; materialize "
                                 f"trained_clip for at least one of {', '.join(missing)}")
     rows_all = [*rows, {"method": "chance", "samples": None, "samples_seen": None, **chance}]
     report = {"tasks_sha256": tasks_sha256, "split": "test", "metrics_in": "percent", "rows": rows_all,
-              "not_trained": missing}
+              "not_trained": missing, "metric_definitions": defined}
     shown = [{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows_all]
-    md = "# Zero-shot benchmark (test sets, percent)\n\n" + markdown_table(shown)
+    md = ("# Zero-shot benchmark (test sets, percent)\n\n" + markdown_table(shown) + "\n\n" +
+          _definitions_markdown(defined))
     png = bar_plot_png([r["method"] for r in rows], [r["average"] for r in rows], "average zero-shot metric",
                        "percent", reference=chance["average"])
     reports = cat.benchmark_scores
@@ -172,5 +175,16 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
         "not_trained": MetadataValue.text(", ".join(missing) or "none"),
         "best_method": MetadataValue.text(max(rows, key=lambda r: r["average"])["method"]),
         "report": MetadataValue.path(str(reports.file("md"))), "tasks_sha256": MetadataValue.text(tasks_sha256),
+        "metric_definitions": MetadataValue.md(_definitions_markdown(defined)),
         "seconds": rounded(time.perf_counter() - t0, 1),
     })
+
+
+def _definitions_markdown(defined: dict) -> str:
+    """The metric definitions under the table: the two rules and what each task's scores rest on."""
+    lines = [f"- {defined['top5']}; the average and the chance row use the defined columns only",
+             f"- {defined['retrieval']}"]
+    for task, info in defined["tasks"].items():
+        rest = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info.items() if k not in ("kind", "definition"))
+        lines.append(f"- {task} ({info['kind']}): {rest}")
+    return "\n".join(lines)

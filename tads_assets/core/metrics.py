@@ -1,13 +1,26 @@
 """Zero-shot metrics on embeddings, shared by the benchmark (test sets) and Algorithm 1's reward (validation
-sets, eq. 15): class prototypes from prompt embeddings, top-k accuracy, recall@k, each with its chance level."""
+sets, eq. 15): class prototypes from prompt embeddings, top-k accuracy, recall@k, each with its chance level.
+
+Only metrics that can tell models apart are defined: top-5 only with more than 5 classes (with 5 or fewer every
+model scores 100 %), and retrieval hits by caption identity, so that images sharing one caption (templated
+product titles) are not counted as misses of one another."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 from tads_assets.core.vectors import l2_normalize as _unit
+
+TOP5_RULE = "top5 only for tasks with more than 5 classes"
+RETRIEVAL_RULE = ("retrieval hits by caption identity (distinct captions as text queries): captions compared "
+                  "stripped, whitespace collapsed and lower-cased; text→image ranks all images for each distinct "
+                  "caption, a hit is any image with that caption; image→text ranks the distinct captions, a hit is "
+                  "the image's own")
 
 
 def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
@@ -27,41 +40,86 @@ def topk_accuracy(image_emb: np.ndarray, prototypes: np.ndarray, labels: np.ndar
     return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
 
 
-def recall_at_k(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int) -> float:
-    """Share of queries i whose own item i is among the k most similar gallery items."""
+def caption_groups(captions: Sequence[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the index of each of n items' distinct caption, the first item of each distinct caption): captions are the
+    same when equal stripped, with runs of whitespace collapsed and lower-cased; numbered by first appearance.
+    None: every item its own caption (0..n-1)."""
+    if captions is None:
+        return np.arange(n), np.arange(n)
+    if len(captions) != n:
+        raise ValueError(f"{len(captions)} captions for {n} items")
+    ids: dict[str, int] = {}
+    group = np.asarray([ids.setdefault(" ".join(c.split()).lower(), len(ids)) for c in captions], np.int64)
+    return group, np.unique(group, return_index=True)[1]
+
+
+def recall_at_k(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int, query_ids: np.ndarray | None = None,
+                gallery_ids: np.ndarray | None = None) -> float:
+    """Share of queries with a hit among the k most similar gallery items; a hit is a gallery item whose id is the
+    query's (default: query i's only hit is gallery item i). A query's rank is the number of gallery items strictly
+    more similar than its best hit, so ties count for the query."""
     n = len(query_emb)
     if n == 0:
         return float("nan")
     sims = _unit(query_emb) @ _unit(gallery_emb).T
-    own = sims[np.arange(n), np.arange(n)]
-    rank = (sims > own[:, None]).sum(axis=1)  # items strictly better than the right one
+    qid = np.arange(n) if query_ids is None else np.asarray(query_ids)
+    gid = np.arange(sims.shape[1]) if gallery_ids is None else np.asarray(gallery_ids)
+    best = np.where(qid[:, None] == gid[None, :], sims, -np.inf).max(axis=1)
+    rank = (sims > best[:, None]).sum(axis=1)
     return float((rank < k).mean())
+
+
+def retrieval_chance(group: np.ndarray, k: int) -> dict[str, float]:
+    """R@k of a random ranking for items with distinct-caption indices `group` (`caption_groups`): text→image, a
+    caption shared by m of n images has one of them in a random top k with probability 1 − C(n−m, k)/C(n, k),
+    averaged over the distinct captions; image→text, one hit among g distinct captions: min(1, k/g). Computed
+    exactly (fractions): with all captions distinct both are min(1, k/n)."""
+    counts = np.bincount(group)
+    n, g, kk = len(group), len(counts), min(k, len(group))
+    if g == 0:
+        return {f"i2t_r{k}": float("nan"), f"t2i_r{k}": float("nan")}
+    sizes, how_many = np.unique(counts, return_counts=True)
+    t2i = sum(int(c) * (1 - Fraction(math.comb(n - int(m), kk), math.comb(n, kk))) for m, c in zip(sizes, how_many))
+    return {f"i2t_r{k}": min(1.0, k / g), f"t2i_r{k}": float(t2i / g)}
 
 
 @dataclass
 class TaskScores:
     task: str
     kind: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    chance: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # only the metrics defined for the task
+    chance: dict[str, float] = field(default_factory=dict)  # the same keys
     n: int = 0
+    info: dict[str, object] = field(default_factory=dict)  # how the metrics were defined (the report states it)
 
 
 def score_classification(name: str, image_emb: np.ndarray, labels: np.ndarray, class_text_emb: np.ndarray,
                          n_classes: int, n_templates: int) -> TaskScores:
+    """top1, and top5 only with more than 5 classes."""
     protos = class_prototypes(class_text_emb, n_classes, n_templates)
-    k5 = min(5, n_classes)
-    return TaskScores(name, "classification",
-                      {"top1": topk_accuracy(image_emb, protos, labels, 1), "top5": topk_accuracy(image_emb, protos, labels, k5)},
-                      {"top1": 1.0 / n_classes, "top5": k5 / n_classes}, len(labels))
+    ks = (1, 5) if n_classes > 5 else (1,)
+    return TaskScores(name, "classification", {f"top{k}": topk_accuracy(image_emb, protos, labels, k) for k in ks},
+                      {f"top{k}": k / n_classes for k in ks}, len(labels),
+                      {"classes": n_classes, "definition": TOP5_RULE})
 
 
-def score_retrieval(name: str, image_emb: np.ndarray, text_emb: np.ndarray) -> TaskScores:
+def score_retrieval(name: str, image_emb: np.ndarray, text_emb: np.ndarray,
+                    captions: Sequence[str] | None = None) -> TaskScores:
+    """R@1 and R@5 both ways with hits by caption identity (RETRIEVAL_RULE). `text_emb`: one row per image, its
+    caption's embedding; `captions`: the images' captions (None: all distinct, image i's only match caption i)."""
     n = len(image_emb)
-    m = {"i2t_r1": recall_at_k(image_emb, text_emb, 1), "i2t_r5": recall_at_k(image_emb, text_emb, 5),
-         "t2i_r1": recall_at_k(text_emb, image_emb, 1), "t2i_r5": recall_at_k(text_emb, image_emb, 5)}
-    chance = {"i2t_r1": min(1.0, 1 / n), "i2t_r5": min(1.0, 5 / n), "t2i_r1": min(1.0, 1 / n), "t2i_r5": min(1.0, 5 / n)}
-    return TaskScores(name, "retrieval", m, chance, n)
+    if len(text_emb) != n:
+        raise ValueError(f"{n} images but {len(text_emb)} caption embeddings")
+    group, first = caption_groups(captions, n)
+    cap_emb, cap_ids = np.asarray(text_emb)[first], np.arange(len(first))
+    metrics, chance = {}, {}
+    for k in (1, 5):
+        metrics[f"i2t_r{k}"] = recall_at_k(image_emb, cap_emb, k, group, cap_ids)
+        metrics[f"t2i_r{k}"] = recall_at_k(cap_emb, image_emb, k, cap_ids, group)
+        chance.update(retrieval_chance(group, k))
+    info = {"images": n, "distinct_captions": len(first), "i2t_queries": n, "t2i_queries": len(first),
+            "definition": RETRIEVAL_RULE}
+    return TaskScores(name, "retrieval", metrics, chance, n, info)
 
 
 def eval_k(scores: TaskScores) -> float:

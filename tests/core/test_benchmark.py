@@ -30,6 +30,43 @@ def test_an_encoder_that_maps_each_image_onto_its_class_prompts_scores_exactly_1
     assert s.chance == {"top1": 0.1, "top5": 0.5}
 
 
+def test_top5_is_defined_only_with_more_than_5_classes():
+    rng = np.random.default_rng(3)
+    centres = unit(rng.normal(size=(5, 16)))
+    labels = rng.integers(0, 5, 100)
+    s = metrics.score_classification("coarse", centres[labels], labels, centres, 5, 1)
+    assert set(s.metrics) == set(s.chance) == {"top1"} and s.info["classes"] == 5
+    scores = [s, metrics.score_classification("fine", unit(rng.normal(size=(50, 16))), rng.integers(0, 10, 50),
+                                              unit(rng.normal(size=(10, 16))), 10, 1)]
+    row, chance = bm.headline(scores), bm.chance_row(scores)
+    assert set(row) == set(chance) == {"coarse/top1", "fine/top1", "fine/top5", "average"}
+    assert chance["average"] == pytest.approx((20.0 + 10.0 + 50.0) / 3)  # no 100 % top-5 of 5 classes inflating it
+    assert bm.definitions(scores)["tasks"]["coarse"]["classes"] == 5
+
+
+def test_retrieval_with_repeated_captions_counts_caption_identity_hits():
+    rng = np.random.default_rng(4)
+    templates = unit(rng.normal(size=(4, 16)))
+    group = np.repeat(np.arange(4), 5)  # 20 product images, 4 distinct titles
+    captions = [f"  Product  {g} " if i % 2 else f"product {g}" for i, g in enumerate(group)]  # case/space variants
+    images = unit(templates[group] + 0.05 * rng.normal(size=(20, 16)))
+    text = templates[group]  # each image's own caption embedding
+    s = metrics.score_retrieval("products", images, text, captions)
+    assert s.metrics["i2t_r1"] == 1.0 and s.metrics["t2i_r1"] == 1.0  # per image pair it would be ~1/5
+    assert s.info["distinct_captions"] == 4 and s.info["t2i_queries"] == 4
+    assert s.chance["i2t_r1"] == pytest.approx(1 / 4)
+    # text→image chance: one of a caption's 5 images among a random top 1 of 20
+    assert s.chance["t2i_r1"] == pytest.approx(5 / 20) and s.chance["t2i_r5"] == pytest.approx(
+        1 - (15 * 14 * 13 * 12 * 11) / (20 * 19 * 18 * 17 * 16))
+    # without caption identity the same embeddings miss most text→image queries
+    assert metrics.recall_at_k(text, images, 1) < 0.5
+    # all-distinct captions: the old per-pair definition, chance k/n
+    d = metrics.score_retrieval("r", images, text, [f"c{i}" for i in range(20)])
+    assert d.chance["t2i_r5"] == pytest.approx(5 / 20) and d.info["distinct_captions"] == 20
+    with pytest.raises(ValueError, match="3 captions for 20 items"):
+        metrics.score_retrieval("r", images, text, ["a", "b", "c"])
+
+
 def test_random_embeddings_score_near_chance():
     rng = np.random.default_rng(2)
     n = 400

@@ -1,9 +1,10 @@
 """Zero-shot evaluation of a CLIP-style encoder on the tasks' held-out sets (paper §4).
 
 Classification: class-name prompts from the task's templates, text embeddings averaged per class and
-re-normalised, top-1/top-5 accuracy. Retrieval: image→text and text→image recall@1 and @5 over the
-paired set. Every figure comes with its chance level (`tads_assets.core.metrics`); the held-out sets are
-read by `tads_assets.core.io.eval_sets`.
+re-normalised, top-1 accuracy, and top-5 for tasks with more than 5 classes. Retrieval: image→text and
+text→image recall@1 and @5 with hits by caption identity (the distinct captions are the text queries and the
+image→text gallery). Every figure comes with its chance level (`tads_assets.core.metrics`); the held-out sets
+are read by `tads_assets.core.io.eval_sets`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tads_assets.core.io.eval_sets import EvalSet
-from tads_assets.core.metrics import TaskScores, score_classification, score_retrieval
+from tads_assets.core.metrics import RETRIEVAL_RULE, TOP5_RULE, TaskScores, score_classification, score_retrieval
 
 
 def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable) -> TaskScores:
@@ -29,11 +30,12 @@ def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode
     if task["kind"] == "retrieval":
         if any(not c for c in eval_set.captions):
             raise ValueError(f"task {task['name']}: retrieval samples need a caption (KEY.txt)")
-        return score_retrieval(task["name"], image_emb, encode_texts(eval_set.captions))
+        return score_retrieval(task["name"], image_emb, encode_texts(eval_set.captions), eval_set.captions)
     raise ValueError(f"task {task['name']}: unknown kind {task['kind']!r} (classification or retrieval)")
 
 
-# The Table 1 columns per task kind (the paper reports top-1/top-5 and image→text / text→image R@1).
+# The Table 1 columns per task kind (the paper reports top-1/top-5 and image→text / text→image R@1); a task
+# shows those of them defined for it (no top5 with 5 classes or fewer).
 HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", "t2i_r1")}
 
 
@@ -43,16 +45,25 @@ def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images
 
 
 def _row(scores: Sequence[TaskScores], field: str) -> dict[str, float]:
-    row = {f"{s.task}/{m}": 100.0 * getattr(s, field)[m] for s in scores for m in HEADLINE_METRICS[s.kind]}
+    """`field`'s value (metrics or chance) of each headline metric defined for its task, and their mean."""
+    row = {f"{s.task}/{m}": 100.0 * getattr(s, field)[m] for s in scores for m in HEADLINE_METRICS[s.kind]
+           if m in s.metrics}
     row["average"] = float(np.mean(list(row.values()))) if row else float("nan")
     return row
 
 
 def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
-    """Table 1 columns of one model, in percent: `task/metric` for each headline metric, and `average`."""
+    """Table 1 columns of one model, in percent: `task/metric` for each headline metric defined for the task, and
+    `average` (their mean)."""
     return _row(scores, "metrics")
 
 
 def chance_row(scores: Sequence[TaskScores]) -> dict[str, float]:
     """The same columns for a guess (each metric's chance level)."""
     return _row(scores, "chance")
+
+
+def definitions(scores: Sequence[TaskScores]) -> dict:
+    """How the metrics were defined, for a report: the rules, and per task what its scores rest on (classes;
+    images, distinct captions, queries each way)."""
+    return {"top5": TOP5_RULE, "retrieval": RETRIEVAL_RULE, "tasks": {s.task: {"kind": s.kind, **s.info} for s in scores}}

@@ -22,7 +22,7 @@ from torch import nn
 
 from tads_assets.core.io.eval_sets import read_eval_set
 from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads
-from tads_assets.core.metrics import eval_k, score_classification, score_retrieval
+from tads_assets.core.metrics import caption_groups, eval_k, retrieval_chance, score_classification, score_retrieval
 
 
 @dataclass
@@ -43,7 +43,8 @@ class ProxyParams:
 @dataclass
 class ValTask:
     """A task's validation set as frozen features: images, and either class labels with the prompt features
-    (class-major: class 0's templates first) or the paired caption features."""
+    (class-major: class 0's templates first) or the paired caption features and the captions (None: all distinct;
+    retrieval hits by caption identity, `metrics.score_retrieval`)."""
 
     name: str
     kind: str
@@ -53,6 +54,7 @@ class ValTask:
     prompt_feats: np.ndarray | None = None
     n_classes: int = 0
     caption_feats: np.ndarray | None = None
+    captions: list[str] | None = None
 
 
 @dataclass
@@ -233,11 +235,13 @@ class HeadProxy:
                     1, (t.n_classes, -1)).mean(dim=2), dim=-1)  # (M, classes, d): class_prototypes
                 hit = torch.bmm(img, protos.transpose(1, 2)).argmax(dim=2).cpu() == torch.as_tensor(t.labels)
                 per_task[t.name] = hit.double().mean(dim=1)  # top-1
-            else:
-                sims = torch.bmm(img, embed("text", t.caption_feats, eps_t).transpose(1, 2))  # (M, n, n)
-                own = sims.diagonal(dim1=1, dim2=2)
-                i2t = ((sims > own[:, :, None]).sum(dim=2) < 1).double().mean(dim=1)  # R@1, image -> text
-                t2i = ((sims > own[:, None, :]).sum(dim=1) < 1).double().mean(dim=1)  # R@1, text -> image
+            else:  # score_retrieval's R@1: the distinct captions, hits by caption identity
+                group, first = caption_groups(t.captions, len(t.image_feats))
+                sims = torch.bmm(img, embed("text", t.caption_feats[first], eps_t).transpose(1, 2))  # (M, n, g)
+                hit = torch.as_tensor(group, device=self.device)[:, None] == torch.arange(len(first), device=self.device)
+                own = sims.masked_fill(~hit, -torch.inf)
+                i2t = ((sims > own.amax(dim=2, keepdim=True)).sum(dim=2) < 1).double().mean(dim=1)  # image -> text
+                t2i = ((sims > own.amax(dim=1, keepdim=True)).sum(dim=1) < 1).double().mean(dim=1)  # text -> image
                 per_task[t.name] = 0.5 * (i2t + t2i).cpu()
         return [{name: float(v[m]) for name, v in per_task.items()} for m in range(len(params["logit_scale"]))]
 
@@ -346,14 +350,19 @@ def evaluate_embeddings(val: list[ValTask], embed_images, embed_texts) -> dict[s
             scores = score_classification(t.name, img, t.labels, embed_texts(t.prompt_feats), t.n_classes,
                                                     len(t.prompt_feats) // t.n_classes)
         else:
-            scores = score_retrieval(t.name, img, embed_texts(t.caption_feats))
+            scores = score_retrieval(t.name, img, embed_texts(t.caption_feats), t.captions)
         out[t.name] = eval_k(scores)
     return out
 
 
 def chance_levels(val: list[ValTask]) -> dict[str, float]:
-    """Eval_k of a guess: 1/classes (top-1), 1/items (R@1 over the validation set's own gallery)."""
-    return {t.name: 1.0 / t.n_classes if t.kind == "classification" else 1.0 / max(len(t.image_feats), 1) for t in val}
+    """Eval_k of a guess: 1/classes (top-1), the mean of the two R@1 chance levels (`metrics.retrieval_chance`:
+    1/items when all captions are distinct)."""
+    def retrieval(t: ValTask) -> float:
+        chance = retrieval_chance(caption_groups(t.captions, len(t.image_feats))[0], 1)
+        return 0.5 * (chance["i2t_r1"] + chance["t2i_r1"])
+
+    return {t.name: 1.0 / t.n_classes if t.kind == "classification" else retrieval(t) for t in val}
 
 
 def alignment_factors(target: dict[str, float], proxy_scores: dict[str, float], chance: dict[str, float]) -> dict[str, float]:
@@ -386,6 +395,7 @@ def validation_tasks(tasks, encode_images, encode_texts, split: str = "validatio
             out.append(ValTask(t.name, t.kind, t.weight, image_feats, labels=es.labels[keep],
                                prompt_feats=encode_texts(prompts), n_classes=len(t.classes)))
         else:
-            out.append(ValTask(t.name, t.kind, t.weight, image_feats,
-                               caption_feats=encode_texts([es.captions[i] for i in keep])))
+            captions = [es.captions[i] for i in keep]
+            out.append(ValTask(t.name, t.kind, t.weight, image_feats, caption_feats=encode_texts(captions),
+                               captions=captions))
     return out
