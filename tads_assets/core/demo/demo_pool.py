@@ -117,6 +117,17 @@ VAGUE_FIXED = WORDS["VAGUE_FIXED"]
 BANNER_LINES = WORDS["BANNER_LINES"]
 TASK_TEMPLATES_FASHION = WORDS["TASK_TEMPLATES_FASHION"]
 TASK_TEMPLATES_DIGITS = WORDS["TASK_TEMPLATES_DIGITS"]
+CATALOG_NAMES = WORDS["CATALOG_NAMES"]
+CATALOG_TEMPLATES = WORDS["CATALOG_TEMPLATES"]
+CATALOG_DIGIT_TEMPLATES = WORDS["CATALOG_DIGIT_TEMPLATES"]
+COARSE_CATEGORIES = WORDS["COARSE_CATEGORIES"]
+TASK_TEMPLATES_COARSE = WORDS["TASK_TEMPLATES_COARSE"]
+
+CAPTION_STYLES = ("varied", "catalog")
+# The task set written beside the pool: "demo" (fashion's 10 classes, digits, caption retrieval), "coarse" (garment
+# categories top/bottom/dress/footwear/bag, names the captions never use, and product retrieval), "digits" (digit
+# classification and digit caption retrieval only: the garments are off-task).
+TASK_PROFILES = ("demo", "coarse", "digits")
 
 
 @dataclass
@@ -135,8 +146,23 @@ class DemoConfig:
     captions_val: int = 200
     captions_test: int = 500
     fashion_mnist_dir: str = str(FASHION_MNIST_DIR)
+    # "varied": captions phrased freely with colour, background and listing details; "catalog": product titles from
+    # a few templates (CATALOG_TEMPLATES x class: under 100 distinct clean captions however large the pool)
+    caption_style: str = "varied"
+    image_sides: tuple[int, ...] = ()  # square sides of the glyph samples' images; () = the demo's 96-192 px, any aspect
+    task_profile: str = "demo"
 
     def __post_init__(self) -> None:
+        self.image_sides = tuple(int(s) for s in self.image_sides)
+        if self.caption_style not in CAPTION_STYLES:
+            raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, got {self.caption_style!r}")
+        if self.task_profile not in TASK_PROFILES:
+            raise ValueError(f"task_profile must be one of {TASK_PROFILES}, got {self.task_profile!r}")
+        if any(s < 16 for s in self.image_sides):
+            raise ValueError(f"image_sides must be at least 16 px, got {self.image_sides}")
+        self._check_rates()
+
+    def _check_rates(self) -> None:
         unknown = set(self.rates) - set(NOISE_KINDS) - set(BROKEN_KINDS)
         if unknown:
             raise ValueError(f"unknown noise kinds {sorted(unknown)}; known: {', '.join(NOISE_KINDS + BROKEN_KINDS)}")
@@ -155,7 +181,8 @@ class DemoConfig:
         return counts
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as JSON types (tuples as lists), equal to what the manifest reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -370,17 +397,34 @@ def english_caption(spec: GlyphSpec, rng: np.random.Generator, avoid: str | None
     return text
 
 
+def catalog_caption(spec: GlyphSpec, rng: np.random.Generator, avoid: str | None = None) -> str:
+    """A product title from a few fixed templates and the class's one catalogue name: many images, few captions."""
+    for _ in range(8):
+        if spec.source == "fashion":
+            text = str(rng.choice(CATALOG_TEMPLATES)).format(name=CATALOG_NAMES[spec.label])
+        else:
+            text = str(rng.choice(CATALOG_DIGIT_TEMPLATES)).format(d=spec.label)
+        if text != avoid:
+            return text
+    return text
+
+
+def caption_of(spec: GlyphSpec, style: str, rng: np.random.Generator, avoid: str | None = None) -> str:
+    """The English caption of a glyph sample in the pool's caption style."""
+    return (catalog_caption if style == "catalog" else english_caption)(spec, rng, avoid)
+
+
 REPOST_TAGS = WORDS["REPOST_TAGS"]
 REPOST_PREFIXES = WORDS["REPOST_PREFIXES"]
 PARAPHRASED_REPOSTS = 0.35  # share of near duplicates whose caption is rewritten rather than lightly edited
 
 
-def repost_caption(caption: str, spec: GlyphSpec, rng: np.random.Generator) -> str:
+def repost_caption(caption: str, spec: GlyphSpec, rng: np.random.Generator, style: str = "varied") -> str:
     """The caption a re-post of a listing carries: usually the original lightly edited (case, separator,
     a detail dropped, a tag or prefix added, as mirrors and re-pins do); otherwise a paraphrase that keeps
     the listing details. Never the original caption itself."""
     if rng.random() < PARAPHRASED_REPOSTS:
-        return english_caption(spec, rng, avoid=caption)
+        return caption_of(spec, style, rng, avoid=caption)
     text = caption
     details = ", ".join(spec.details)
     edits = ["case", "separator", "tag", "prefix", "period"] + (["drop"] if len(spec.details) > 1 else [])
@@ -450,8 +494,10 @@ def vague_caption(rng: np.random.Generator) -> str:
 class _GlyphPool:
     """Draws glyph specs for pool samples: garments from the train split, digits from the pool part."""
 
-    def __init__(self, src: ImageSources, pool_digit_idx: np.ndarray, digit_share: float, rng: np.random.Generator):
+    def __init__(self, src: ImageSources, pool_digit_idx: np.ndarray, digit_share: float, rng: np.random.Generator,
+                 image_sides: tuple[int, ...] = (), details: bool = True):
         self.src, self.rng, self.digit_share = src, rng, digit_share
+        self.image_sides, self.details = image_sides, details
         self.fashion_order = rng.permutation(len(src.fashion_train))
         self.digit_order = pool_digit_idx
         self.f_next = 0
@@ -467,7 +513,12 @@ class _GlyphPool:
             idx = int(self.fashion_order[self.f_next % len(self.fashion_order)])
             self.f_next += 1
             source, split, label = "fashion", "train", FASHION_CLASSES[int(self.src.fashion_train_labels[idx])]
-        return random_spec(source, idx, split, label, rng, width_height, scale)
+        if width_height is None and self.image_sides:
+            side = int(rng.choice(self.image_sides))
+            width_height = (side, side)
+            scale = scale if scale is not None else float(rng.uniform(0.75, 0.95))  # a catalogue's centred item
+        spec = random_spec(source, idx, split, label, rng, width_height, scale)
+        return spec if self.details else dataclasses.replace(spec, details=())
 
 
 def random_spec(source: str, idx: int, split: str, label: str, rng: np.random.Generator,
@@ -535,7 +586,8 @@ def _make_samples(config: DemoConfig, src: ImageSources, rng: np.random.Generato
     # Duplicates are made from clean samples after those exist, so generate them last.
     first = [k for k in kinds if k not in ("exact_duplicate", "near_duplicate")]
     order = [first[i] for i in rng.permutation(len(first))] + [k for k in kinds if k not in first]
-    glyphs = _GlyphPool(src, _pool_digit_indices(config, src), config.digit_share, rng)
+    glyphs = _GlyphPool(src, _pool_digit_indices(config, src), config.digit_share, rng, config.image_sides,
+                        details=config.caption_style != "catalog")
 
     samples: list[_Sample] = []
     clean_specs: list[tuple[int, GlyphSpec]] = []  # (position in samples, spec) of clean samples
@@ -556,8 +608,14 @@ def _make_samples(config: DemoConfig, src: ImageSources, rng: np.random.Generato
     return shuffled
 
 
+def _caption_digit_share(config: DemoConfig) -> float:
+    """Share of digits among the caption-retrieval sets: the pool's in the demo, all of them when the task set is
+    about digits only, none when it is about garments only."""
+    return {"demo": config.digit_share, "coarse": 0.0, "digits": 1.0}[config.task_profile]
+
+
 def _digit_share_of_captions(config: DemoConfig) -> int:
-    return int(round((config.captions_val + config.captions_test) * config.digit_share))
+    return int(round((config.captions_val + config.captions_test) * _caption_digit_share(config)))
 
 
 def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPool, rng: np.random.Generator,
@@ -577,7 +635,7 @@ def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPo
         img = repost_image(orig.image, rng)
         data, ext = _encode(img, rng, fmt="jpg", quality=int(rng.integers(55, 86)))
         return _Sample("", kind, spec.source, spec.label, spec.color, spec.background, "en",
-                       repost_caption(orig.caption, spec, rng), data, ext, _url(rng, ext),
+                       repost_caption(orig.caption, spec, rng, config.caption_style), data, ext, _url(rng, ext),
                        duplicate_of=str(pos), source_split=spec.split, source_index=spec.index)
 
     if kind == "rare":
@@ -621,10 +679,10 @@ def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPo
         other = glyphs.draw()
         while other.label == spec.label:
             other = glyphs.draw()
-        return from_spec(spec, img, english_caption(other, rng))
+        return from_spec(spec, img, caption_of(other, config.caption_style, rng))
     if kind == "empty_caption":
         return from_spec(spec, img, str(rng.choice(("", " ", "\n", "\t "))), lang="none")
-    s = from_spec(spec, img, english_caption(spec, rng))
+    s = from_spec(spec, img, caption_of(spec, config.caption_style, rng))
     if kind == "corrupt_image":
         r = rng.random()
         if r < 0.4:
@@ -645,7 +703,7 @@ def _heldout_specs(config: DemoConfig, src: ImageSources, rng: np.random.Generat
     digits = _heldout_digit_order(config, src)
     fv, ft = config.fashion_val, config.fashion_test
     cap_digits = _digit_share_of_captions(config)
-    cv_d = int(round(config.captions_val * config.digit_share))
+    cv_d = int(round(config.captions_val * _caption_digit_share(config)))
     out: dict[str, list[GlyphSpec]] = {}
 
     def fspec(i: int) -> GlyphSpec:
@@ -688,17 +746,28 @@ def _write_tar(path: Path, members: Iterator[tuple[str, bytes]]) -> None:
     tmp.replace(path)
 
 
+def coarse_category(label: str) -> str:
+    """A Fashion-MNIST class's coarse category (COARSE_CATEGORIES: top, bottom, dress, footwear, bag)."""
+    return next(cat for cat, members in COARSE_CATEGORIES.items() if label in members)
+
+
 def _task_members(specs: list[GlyphSpec], src: ImageSources, rng: np.random.Generator, prefix: str,
-                  classes: tuple[str, ...] | None) -> Iterator[tuple[str, bytes]]:
+                  classes: tuple[str, ...] | None, config: DemoConfig,
+                  class_of=lambda label: label) -> Iterator[tuple[str, bytes]]:
     for i, spec in enumerate(specs):
         key = f"{prefix}{i:06d}"
+        if config.image_sides:  # held-out images look like the pool's
+            side = int(rng.choice(config.image_sides))
+            spec = dataclasses.replace(spec, width=side, height=side, scale=float(rng.uniform(0.75, 0.95)), cx=0.5, cy=0.5)
+        if config.caption_style == "catalog":
+            spec = dataclasses.replace(spec, details=())
         data, ext = _encode(render_glyph(src, spec, rng), rng, fmt="jpg", quality=90)
         yield f"{key}.{ext}", data
-        yield f"{key}.txt", english_caption(spec, rng).encode()
+        yield f"{key}.txt", caption_of(spec, config.caption_style, rng).encode()
         meta = {"label": spec.label, "source": spec.source, "split": spec.split, "index": spec.index,
                 "color": spec.color, "background": spec.background}
         if classes is not None:
-            yield f"{key}.cls", str(classes.index(spec.label)).encode()
+            yield f"{key}.cls", str(classes.index(class_of(spec.label))).encode()
         yield f"{key}.json", json.dumps(meta).encode()
 
 
@@ -712,35 +781,51 @@ def _rare_members(n: int, src: ImageSources, rng: np.random.Generator, prefix: s
 
 
 def write_task_sets(out: Path, config: DemoConfig, src: ImageSources) -> dict:
+    """The task set of `config.task_profile` (TASK_PROFILES) with its validation and test shards, and tasks.yaml."""
     rng = np.random.default_rng([config.seed, 11])
     specs = _heldout_specs(config, src, rng)
     digit_classes = tuple(str(d) for d in range(10))
-    n_rare = {"val": max(1, config.captions_val // 40), "test": max(1, config.captions_test // 40)}
+    coarse_classes = tuple(COARSE_CATEGORIES)
+    profile = config.task_profile
+    n_rare = ({"val": max(1, config.captions_val // 40), "test": max(1, config.captions_test // 40)}
+              if profile == "demo" else {"val": 0, "test": 0})
     for split in ("val", "test"):
-        _write_tar(out / split / "fashion.tar", _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", FASHION_CLASSES))
-        _write_tar(out / split / "digits.tar", _task_members(specs[f"digits_{split}"], src, rng, f"d{split}", digit_classes))
+        if profile == "demo":
+            _write_tar(out / split / "fashion.tar",
+                       _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", FASHION_CLASSES, config))
+        if profile == "coarse":
+            _write_tar(out / split / "garment_category.tar",
+                       _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", coarse_classes, config,
+                                     class_of=coarse_category))
+        if profile in ("demo", "digits"):
+            _write_tar(out / split / "digits.tar",
+                       _task_members(specs[f"digits_{split}"], src, rng, f"d{split}", digit_classes, config))
 
         def captions(split: str = split) -> Iterator[tuple[str, bytes]]:
-            yield from _task_members(specs[f"captions_{split}"], src, rng, f"c{split}", None)
+            yield from _task_members(specs[f"captions_{split}"], src, rng, f"c{split}", None, config)
             yield from _rare_members(n_rare[split], src, rng, f"r{split}")
 
         _write_tar(out / split / "captions.tar", captions())
-    tasks = {
-        "tasks": [
-            {"name": "fashion", "kind": "classification", "classes": list(FASHION_CLASSES),
-             "templates": list(TASK_TEMPLATES_FASHION), "weight": 1.0,
-             "validation": "webdataset:val/fashion.tar", "test": "webdataset:test/fashion.tar"},
-            {"name": "digits", "kind": "classification", "classes": list(digit_classes),
-             "templates": list(TASK_TEMPLATES_DIGITS), "weight": 1.0,
-             "validation": "webdataset:val/digits.tar", "test": "webdataset:test/digits.tar"},
-            {"name": "captions", "kind": "retrieval", "templates": ["{}"], "weight": 1.0,
-             "validation": "webdataset:val/captions.tar", "test": "webdataset:test/captions.tar"},
-        ]
-    }
+
+    def classification(name: str, classes, templates) -> dict:
+        return {"name": name, "kind": "classification", "classes": list(classes), "templates": list(templates),
+                "weight": 1.0, "validation": f"webdataset:val/{name}.tar", "test": f"webdataset:test/{name}.tar"}
+
+    listed = {"demo": [classification("fashion", FASHION_CLASSES, TASK_TEMPLATES_FASHION),
+                       classification("digits", digit_classes, TASK_TEMPLATES_DIGITS)],
+              "coarse": [classification("garment_category", coarse_classes, TASK_TEMPLATES_COARSE)],
+              "digits": [classification("digits", digit_classes, TASK_TEMPLATES_DIGITS)]}[profile]
+    retrieval = {"demo": "captions", "coarse": "products", "digits": "digit_captions"}[profile]
+    listed.append({"name": retrieval, "kind": "retrieval", "templates": ["{}"], "weight": 1.0,
+                   "validation": "webdataset:val/captions.tar", "test": "webdataset:test/captions.tar"})
     (out / "tasks.yaml").write_text(
-        "# The demo task set. Paths are relative to this file's folder.\n" + yaml.safe_dump(tasks, sort_keys=False)
+        ("# The demo task set" if profile == "demo" else f"# The {profile} task set of a generated pool")
+        + ". Paths are relative to this file's folder.\n"
+        + yaml.safe_dump({"tasks": listed}, sort_keys=False)
     )
-    sizes = {k: len(v) for k, v in specs.items()}
+    keep = {"demo": ("fashion", "digits", "captions"), "coarse": ("fashion", "captions"),
+            "digits": ("digits", "captions")}[profile]
+    sizes = {k: len(v) for k, v in specs.items() if k.rsplit("_", 1)[0] in keep}
     sizes["captions_val"] += n_rare["val"]
     sizes["captions_test"] += n_rare["test"]
     return sizes
