@@ -7,7 +7,8 @@ radius of candidate pairs) and print the trade-off between redundancy removed an
 As in the paper (§3.1), pick the elbow that removes the most redundancy while keeping the false removal
 of clean unique samples below 1 %; the script prints that setting. Neighbours are searched once and
 reused. τ_edit = 0 switches the structural test off, τ_sem > 1 the semantic one, τ_vis > 1 the visual one
-(the paper's text-only rule).
+(the paper's text-only rule). The sweep is of the `text_or_image` rule with calibration off: it is how the
+pre-issue-20 defaults were chosen on the demo truth, kept to compare with `calibrate: true` (benchmarks/zoo.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main() -> None:
     print(f"{len(grid)} settings over {pool.height} samples")
     print(f"{'gamma':>5} {'joint':>5} {'t_edit':>6} {'t_sem':>5} {'t_vis':>5} | {'exact%':>6} {'near%':>6} {'clean_lost%':>11} {'kept':>5}")
     for gamma, joint, tau_edit, tau_sem, tau_vis in grid:
-        params = dedup.DedupParams(gamma=gamma, min_joint_cos=joint, tau_edit=tau_edit, tau_sem=tau_sem, tau_vis=tau_vis)
+        params = dedup.DedupParams(gamma=gamma, min_joint_cos=joint, tau_edit=tau_edit, tau_sem=tau_sem, tau_vis=tau_vis,
+                                   redundancy="text_or_image", calibrate=False)  # the sweep sets the thresholds
         out = dedup.deduplicate(pool["sha256"].to_numpy(), pool["url"].to_numpy(), pool["caption"].to_list(),
                                 pool["width"].to_numpy(), pool["height"].to_numpy(), image, text, params, tiny_vec=tiny,
                                 neighbours=cached_neighbours, progress=lambda m: None)

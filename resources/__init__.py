@@ -41,6 +41,7 @@ class TadsPaths(ConfigurableResource):
     tasks: str = ""  # empty: the demo pool's tasks.yaml
     demo_samples: int = 10_000
     demo_seed: int = 0
+    demo_profile: str = "demo"  # which pool of the zoo `demo` generates (tads_assets.core.demo.zoo.ZOO)
     lock_timeout_s: float = 0.0  # 0: wait for the other writer however long it takes
 
 
@@ -64,7 +65,9 @@ class TadsPaths(ConfigurableResource):
         return Ledger(self.catalog.ledger_dir)
 
     def demo_config(self) -> demo_pool.DemoConfig:
-        return demo_pool.DemoConfig(n_samples=self.demo_samples, seed=self.demo_seed)
+        from tads_assets.core.demo.zoo import zoo_config
+
+        return zoo_config(self.demo_profile, self.demo_samples, self.demo_seed)
 
     def pool_spec(self) -> PoolSpec:
         """The configured pool; `demo` is generated on first use and resolved to its WebDataset shards."""
@@ -303,6 +306,16 @@ class Budget(ConfigurableResource):
         return f"{self.size} samples" if self.size else f"{self.fraction:g} of the readable raw pool"
 
 
+class Guard(ConfigurableResource):
+    """The guard against degenerate stage outcomes (`checks.deduped_pool_removal_within_guard`): a stage that removes
+    more than an expected share of its input is flagged, naming the dominant reason with examples. `severity`
+    "warn" (default) reports and lets the run go on; "error" makes the check fail the run's checks as an error."""
+
+    severity: str = Field(default="warn", pattern="^(warn|error)$", description="warn or error")
+    dedup_max_share: float = Field(default=0.4, gt=0.0, le=1.0,
+                                   description="largest share of its input deduped_pool may remove unflagged")
+
+
 class CatalogIOManager(ConfigurableIOManager):
     """Hands each asset the typed handle of an upstream output (`tads_assets.core.io.catalog`): a location
     derived from the asset key, never the data. Assets write their outputs themselves (atomically, under a
@@ -325,6 +338,7 @@ class CatalogIOManager(ConfigurableIOManager):
 ENV = {
     "paths": (TadsPaths, {"home": "TADS_HOME", "pool": "TADS_POOL", "tasks": "TADS_TASKS",
                           "demo_samples": "TADS_DEMO_SAMPLES", "demo_seed": "TADS_DEMO_SEED",
+                          "demo_profile": "TADS_DEMO_PROFILE",
                           "lock_timeout_s": "TADS_LOCK_TIMEOUT_S"}),
     "budget": (Budget, {"fraction": "TADS_BUDGET_FRACTION", "size": "TADS_BUDGET_SIZE"}),
     "device": (TorchDevice, {"device": "TADS_DEVICE"}),
@@ -332,6 +346,7 @@ ENV = {
                               "tower_runtime": "TADS_TOWER_RUNTIME"}),
     "ocr": (Ocr, {"workers": "TADS_OCR_WORKERS"}),
     "langid": (LangId, {"model_path": "TADS_LANGID_MODEL"}),
+    "guard": (Guard, {"severity": "TADS_GUARD_SEVERITY", "dedup_max_share": "TADS_GUARD_DEDUP_MAX_SHARE"}),
 }
 
 

@@ -10,7 +10,7 @@ import polars.selectors as cs
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 from safetensors.numpy import load_file
 
-from resources import TadsPaths
+from resources import Guard, TadsPaths
 from tads_assets.characterize import (cluster_diversity, feature_table, operator_features, quality_scores,
                                       relevance_vectors, task_set, weak_labels)
 from tads_assets.core.harness import clip_train
@@ -100,6 +100,31 @@ def deduped_pool_ledger_complete(paths: TadsPaths) -> AssetCheckResult:
     kept = cat.deduped_pool.read(["uid"])
     return _ledger_completeness(paths, "deduped_pool", cat.deduped_pool.manifest(), cat.raw_pool.height(), kept.height,
                                 {"duplicate_uids": kept.height - kept["uid"].n_unique()})
+
+
+@asset_check(asset=deduped_pool, description="Guard against a degenerate dedup: removing more than the guard's "
+             "share of the pool (TADS_GUARD_DEDUP_MAX_SHARE, 0.4) flags the run, naming the dominant removal reason "
+             "with examples (severity TADS_GUARD_SEVERITY: warn by default, or error).")
+def deduped_pool_removal_within_guard(paths: TadsPaths, guard: Guard) -> AssetCheckResult:
+    manifest = paths.catalog.deduped_pool.manifest()
+    n_in, n_dropped = int(manifest.get("n_seen", 0)), int(manifest.get("n_dropped", 0))
+    reasons = manifest.get("reasons", {}) or {}
+    share = n_dropped / max(n_in, 1)
+    dominant = max(reasons, key=reasons.get) if reasons else "none"
+    meta = {"n_in": n_in, "removed": n_dropped, "removed_share": round(share, 4), "max_share": guard.dedup_max_share,
+            "dominant_reason": MetadataValue.text(dominant),
+            "dominant_reason_share": round(reasons.get(dominant, 0) / max(n_dropped, 1), 4),
+            "reasons": MetadataValue.json(reasons)}
+    passed = share <= guard.dedup_max_share
+    if not passed:
+        rows = paths.ledger().read("deduped_pool").filter(pl.col("reason") == dominant).head(5)
+        meta["examples"] = MetadataValue.md("\n".join(f"- `{r['uid']}`: {r['detail']}" for r in rows.iter_rows(named=True)))
+        meta["what_to_do"] = MetadataValue.text(
+            f"deduped_pool removed {share:.0%} of its input, mostly as {dominant}: look at the examples; if they are "
+            "distinct samples, use the text_and_image rule (redundancy) or raise its thresholds; see the calibration "
+            "curve in deduped_pool's metadata")
+    return AssetCheckResult(passed=passed, metadata=meta, severity=(
+        AssetCheckSeverity.ERROR if guard.severity == "error" else AssetCheckSeverity.WARN))
 
 
 def _deduped_uids(paths: TadsPaths) -> pl.Series:

@@ -40,15 +40,17 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 
 def cmd_demo_pool(args: argparse.Namespace) -> int:
-    from tads_assets.core.demo.demo_pool import DEFAULT_RATES, DemoConfig, generate_demo_pool
+    from tads_assets.core.demo.demo_pool import generate_demo_pool
+    from tads_assets.core.demo.zoo import zoo_config
 
-    rates = dict(DEFAULT_RATES)
+    base = zoo_config(args.profile, args.n, args.seed)
+    rates = dict(base.rates)
     for item in args.rate or []:
         kind, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--rate takes KIND=RATE, got {item!r}")
         rates[kind] = float(value)
-    config = DemoConfig(n_samples=args.n, seed=args.seed, shard_size=args.shard_size, rates=rates)
+    config = zoo_config(args.profile, args.n, args.seed, shard_size=args.shard_size, rates=rates)
     manifest = generate_demo_pool(args.out, config)
     print(f"demo pool: {manifest['n_samples']} samples in {manifest['n_shards']} shards -> {Path(args.out).resolve()}")
     print(f"generated in {manifest['seconds']} s")
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--shard-size", type=int, default=1_000)
     d.add_argument("--rate", action="append", metavar="KIND=RATE", help="override a noise rate, e.g. misaligned=0.1")
+    d.add_argument("--profile", default="demo", help="which pool of the zoo (demo, catalog, task_minority, "
+                   "noise_majority, heldout; docs/results.md)")
     d.set_defaults(func=cmd_demo_pool)
 
     e = sub.add_parser("explain", help="print every ledger decision about one sample")

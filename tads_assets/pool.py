@@ -17,7 +17,7 @@ from tads_assets.core.method import dedup
 from tads_assets.core.method.dedup import DedupParams
 from tads_assets.core.method.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, save_heads,
                                              write_encoder_info)
-from tads_assets.core.report import histogram_markdown, line_plot_markdown, sample_grid_markdown
+from tads_assets.core.report import histogram_markdown, line_plot_markdown, multi_line_plot_markdown, sample_grid_markdown
 from tads_assets.meta import column_schema, describe, rounded, table
 
 
@@ -283,10 +283,36 @@ def deduped_pool(context: AssetExecutionContext, config: DedupConfig, paths: Tad
                                                       time.perf_counter() - t0))
 
 
+def _calibration_metadata(quality: dedup.LayerResult) -> dict:
+    """The quality layer's rule and thresholds, and (when calibrated) the calibration curves: per threshold, the
+    estimated false-removal rate over the pool's own null pairs (`dedup.calibrate_thresholds`)."""
+    cal = quality.extra.get("calibration")
+    meta = {"redundancy_rule": MetadataValue.text(quality.extra.get("mode", "")),
+            **{t: rounded(quality.extra[t]) for t in ("tau_vis", "tau_img", "tau_sem") if t in quality.extra},
+            "thresholds_calibrated": cal is not None}
+    if cal is None:
+        return meta
+    meta.update({"calibration_null_pairs": cal["null_pairs"], "calibration_null_samples": cal["null_rows"],
+                 "max_false_removal": cal["max_false_removal"], "calibration_attainable": cal["attainable"],
+                 "calibration_note": MetadataValue.text(cal.get("note", "none"))})
+    if "estimated_false_removal" in cal:
+        meta["estimated_false_removal"] = rounded(cal["estimated_false_removal"])
+    curves = cal["curves"]
+    if curves:
+        meta["calibration_curve"] = MetadataValue.md(multi_line_plot_markdown(
+            {name: curve for name, curve in curves.items()}, "estimated false-removal rate on null pairs",
+            "threshold", "share of samples flagged", reference=cal["max_false_removal"]))
+        meta["calibration_table"] = table([{"threshold": name, "tau": t, "estimated_false_removal": round(e, 4),
+                                            "chosen": t == cal[name]} for name, curve in curves.items()
+                                           for t, e in curve])
+    return meta
+
+
 def _dedup_metadata(pool, kept, drops, outcome, bad_vectors, result, out, seconds: float) -> dict:
     sizes = kept.group_by("cluster").len()["len"].to_numpy()
     per_layer = [{"layer": r.name, "in": int(len(r.removed)), "removed": int(r.removed.sum()),
-                  "out": int(len(r.removed) - r.removed.sum()), "seconds": round(r.seconds, 2), **r.extra}
+                  "out": int(len(r.removed) - r.removed.sum()), "seconds": round(r.seconds, 2),
+                  **{k: v for k, v in r.extra.items() if k != "calibration"}}
                  for r in outcome.layers]
     examples = drops.join(pool.select("uid", "caption"), left_on="duplicate_of", right_on="uid", suffix="_kept")
     return {
@@ -298,5 +324,6 @@ def _dedup_metadata(pool, kept, drops, outcome, bad_vectors, result, out, second
                                     "detail": r["detail"]} for r in examples.group_by("reason").head(5).iter_rows(named=True)]),
         "cluster_sizes": MetadataValue.md(histogram_markdown({"kept samples per cluster": sizes},
                                                              "cluster sizes after dedup", "samples")),
-        "run_id": MetadataValue.text(result["run_id"]),
+        "run_id": MetadataValue.text(result["run_id"]), "removed_share": rounded(drops.height / max(pool.height, 1)),
+        **_calibration_metadata(outcome.layers[-1]),
     }

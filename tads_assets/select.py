@@ -218,6 +218,13 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                  "draw_rate": rounded(rate)})
     if target_cache:
         meta["task_alignment_target"] = MetadataValue.text("cached" if target_cache["hit"] else "trained")
+    blind = [r for r in res.alignment if r.get("proxy_at_chance")]
+    meta["tasks_at_chance"] = MetadataValue.text(", ".join(r["task"] for r in blind) or "none")
+    for r in blind:
+        context.log.warning(
+            f"trained_dvn: WARNING the head proxy stays at chance on task {r['task']!r} (Eval_k {r['Eval_k proxy']:.3f}, "
+            f"chance {r['chance']:.3f}), so its weight in eq. 15 is {r['φ_k in J']:.2f} and the selection ignores it: "
+            "check that its class names and prompts describe what its images show, or give it a larger validation set")
     return MaterializeResult(metadata=meta)
 
 

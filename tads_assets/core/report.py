@@ -63,6 +63,22 @@ def line_plot_markdown(values: Sequence[float], title: str, xlabel: str, ylabel:
     return _figure_markdown(fig, title)
 
 
+def multi_line_plot_markdown(curves: Mapping[str, Sequence[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+                             reference: float | None = None) -> str:
+    """One line per named curve of (x, y) points, with an optional horizontal reference line, as inline PNG markdown."""
+    fig, ax = _axes()
+    for name, points in curves.items():
+        xs, ys = zip(*points) if points else ((), ())
+        ax.plot(xs, ys, marker="o", markersize=2, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=f"target {reference:g}")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _figure_markdown(fig, title)
+
+
 def histogram_markdown(series: Mapping[str, np.ndarray], title: str, xlabel: str, bins: int = 30) -> str:
     """Histograms of one or more value arrays, as an inline PNG inside markdown."""
     fig, ax = _axes()

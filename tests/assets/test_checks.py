@@ -10,6 +10,7 @@ from dagster import AssetSelection
 from tads_assets.local import materialize
 from safetensors.numpy import load_file, save_file
 
+from resources import TadsPaths, tads_resources
 from tests.assets.conftest import resources_for
 
 
@@ -72,3 +73,30 @@ def test_checks_fail_on_broken_outputs(built, tmp_path):
     assert outcome == {"cluster_diversity_valid": False, "trained_clip_checkpoints_valid": False,
                        "benchmark_scores_in_range": False, "final_subset_size_within_bounds": False,
                        "relevance_vectors_valid": True}, outcome
+
+
+def test_the_dedup_guard_warns_on_a_degenerate_dedup_naming_the_dominant_reason(built, tmp_path):
+    from dagster import AssetCheckSeverity
+
+    paths, _, _ = built
+    home = tmp_path / "home"
+    shutil.copytree(paths.root, home)
+    manifest_path = home / "parquet" / "deduped_pool" / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["n_dropped"] / manifest["n_seen"] <= 0.4  # the demo graph passes
+
+    def guard(environ):
+        result = materialize(_defs(), selection=AssetSelection.checks(
+            *[c for c in _defs_checks() if c.name == "deduped_pool_removal_within_guard"]),
+            resources=tads_resources(TadsPaths(home=str(home), pool=paths.pool, tasks=paths.tasks), environ),
+            raise_on_error=False)
+        return result.get_asset_check_evaluations()[0]
+
+    assert guard({}).passed
+    strict = guard({"TADS_GUARD_DEDUP_MAX_SHARE": str(0.5 * manifest["n_dropped"] / manifest["n_seen"])})
+    assert not strict.passed and strict.severity == AssetCheckSeverity.WARN
+    meta = {k: getattr(v, "value", v) for k, v in strict.metadata.items()}
+    assert meta["dominant_reason"] == max(manifest["reasons"], key=manifest["reasons"].get)
+    assert meta["examples"].count("\n- ") >= 1 and "duplicate of" in meta["examples"]
+    error = guard({"TADS_GUARD_DEDUP_MAX_SHARE": "0.001", "TADS_GUARD_SEVERITY": "error"})
+    assert not error.passed and error.severity == AssetCheckSeverity.ERROR

@@ -154,3 +154,84 @@ def test_tiny_image_vectors_match_a_reposted_picture_and_not_another_one():
     vec = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(64)])
     assert vec[0] @ vec[1] > 0.97 > vec[0] @ vec[2]
     assert not vec[3].any() and not vec[4].any()  # missing and flat descriptors match nothing
+
+
+def _catalog(rng, n=1500, templates=8, reposts=30):
+    """A catalogue: n distinct products (own picture) under a few template titles, product embeddings close within
+    a category, and `reposts` re-posts of the first products (the same picture, lightly changed, the same title)."""
+    cat = rng.integers(0, 4, n)
+    centres = unit(rng.normal(size=(4, 32)))
+    img = unit(centres[cat] + 0.06 * rng.normal(size=(n, 32)))
+    title = rng.integers(0, templates, n)
+    tvec = unit(rng.normal(size=(templates, 32)))
+    txt = unit(tvec[title] + 0.05 * unit(img))
+    tiny = unit(rng.normal(size=(n, 64)))
+    src = np.arange(reposts)
+    img = np.vstack([img, unit(img[src] + 0.003 * rng.normal(size=(reposts, 32)))])
+    txt = np.vstack([txt, txt[src]])
+    tiny = np.vstack([tiny, unit(tiny[src] + 0.12 * unit(rng.normal(size=(reposts, 64))))])
+    captions = [f"Product title number {t} in stock" for t in title] + [f"Product title number {title[i]} in stock!"
+                                                                         for i in src]
+    m = n + reposts
+    return img, txt, tiny, captions, np.array([f"h{i}" for i in range(m)], object), src
+
+
+def test_calibration_keeps_distinct_products_under_one_title_and_removes_reposts():
+    rng = np.random.default_rng(7)
+    img, txt, tiny, captions, sha, src = _catalog(rng)
+    n = len(captions) - len(src)
+    wh = np.full(len(captions), 64)
+    out = dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt, dedup.DedupParams(n_clusters=4),
+                            tiny_vec=tiny)
+    qual = out.layers[-1].extra
+    cal = qual["calibration"]
+    assert qual["mode"] == "text_and_image" and cal["attainable"] and cal["null_pairs"] > 1000
+    assert cal["estimated_false_removal"] <= 0.01
+    assert {"tau_vis", "tau_img"} <= set(cal["curves"])  # the calibration curves, for the metadata plot
+    curve = dict(cal["curves"]["tau_img"])
+    assert curve[cal["tau_img"]] <= 0.01 < curve[round(cal["tau_img"] - 0.01, 2)] or cal["tau_img"] == dedup.IMG_GRID[0]
+    # the re-posts go, the distinct products under the same titles stay
+    assert sum(out.kept[a] != out.kept[n + a] for a in src) >= len(src) - 1
+    assert (~out.kept[:n]).sum() - (~out.kept[src]).sum() <= 0.01 * n  # at most the 1 % the calibration allows
+    # the paper's text-only rule on the same pool removes most products, and calibration says it cannot help
+    text = dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt,
+                             dedup.DedupParams(n_clusters=4, redundancy="text"), tiny_vec=tiny)
+    tcal = text.layers[-1].extra["calibration"]
+    assert not tcal["attainable"] and "templated captions" in tcal["note"]
+    assert (~text.kept[:n]).sum() > 0.5 * n
+
+
+def test_calibration_without_null_pairs_keeps_the_configured_thresholds():
+    params = dedup.DedupParams()
+    cal = dedup.calibrate_thresholds(np.zeros((0, 2), np.int64), [], np.zeros((0, 4)), None, params)
+    assert (cal["tau_vis"], cal["tau_img"], cal["null_rows"]) == (params.tau_vis, params.tau_img, 0)
+    assert "no null pairs" in cal["note"]
+    with pytest.raises(ValueError, match="max_false_removal"):
+        dedup.calibrate_thresholds(np.zeros((0, 2), np.int64), [], np.zeros((0, 4)), None,
+                                   dedup.DedupParams(max_false_removal=0.0))
+
+
+def test_null_pairs_are_beyond_the_candidates_and_obey_their_filters():
+    idx = np.array([[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4], [0, 1, 2, 4], [0, 1, 2, 3]])
+    cos = np.full(idx.shape, 0.9)
+    cos[0, 3] = 0.5  # below min_joint_cos
+    labels = np.array([0, 0, 0, 0, 1])
+    cands = dedup.candidate_pairs(labels, idx[:, :1], cos[:, :1], 0.8)
+    nulls = dedup.null_pairs(labels, idx, cos, k=2, offset=2, min_joint_cos=0.8, candidates=cands)
+    got = {tuple(p) for p in nulls.tolist()}
+    assert (1, 3) in got and (0, 4) not in got and (1, 4) not in got  # (0, 4): joint cosine 0.5; row 4: another cluster
+    assert (0, 3) not in got  # ranks 3rd for row 0, but row 3's nearest neighbour is row 0: a candidate pair
+    assert all(labels[i] == labels[j] for i, j in got)
+    assert not {(min(i, j), max(i, j)) for i, j in got} & {tuple(p) for p in cands.tolist()}
+
+
+def test_the_redundancy_rules():
+    struct = np.array([True, False, False, True])
+    text_cos = np.array([0.5, 0.99, 0.2, 0.3])
+    tiny = np.array([0.2, 0.9, 0.97, 0.85])
+    f = {m: dedup.redundant(m, struct, text_cos, tiny, 0.95, 0.95, 0.8)["red"].tolist() for m in dedup.REDUNDANCY_MODES}
+    assert f["text"] == [True, True, False, True]
+    assert f["text_or_image"] == [True, True, True, True]
+    assert f["text_and_image"] == [False, True, True, True]  # pair 0: same title, another picture
+    with pytest.raises(ValueError, match="redundancy must be one of"):
+        dedup.redundant("image", struct, text_cos, tiny, 0.95, 0.95, 0.8)

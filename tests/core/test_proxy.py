@@ -233,3 +233,11 @@ def test_stacked_evaluation_scores_each_member_as_its_own_heads_do(hidden_dim):
     one_by_one = [proxy.evaluate(h) for h in proxy.adapt_many(masks)]
     assert stacked == [pytest.approx(m, abs=1e-9) for m in one_by_one]
     assert len({m["pairs"] for m in stacked}) > 1 or len({m[val.name] for m in stacked}) > 1
+
+
+def test_a_task_at_chance_is_told_apart_from_one_the_proxy_learned():
+    from tads_assets.core.method.proxy import at_chance
+
+    # garment_category on the outside catalogue pool: 0.190 top-1 with 5 classes over 200 validation items
+    assert at_chance(0.190, 0.2, 200) and at_chance(0.24, 0.2, 200)  # 0.24 is within 2 standard errors (0.057)
+    assert not at_chance(0.30, 0.2, 200) and not at_chance(0.37, 0.1, 1000)

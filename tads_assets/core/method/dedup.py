@@ -8,6 +8,7 @@ with its reason. Candidate pairs of the quality-guided layer come from a k-neare
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ METADATA = "metadata_duplicate"
 SEMANTIC = "semantic_density"
 QUALITY = "quality_duplicate"
 MAX_AUTO_CLUSTERS = 1_000
+REDUNDANCY_MODES = ("text", "text_or_image", "text_and_image")
 
 
 
@@ -49,6 +51,17 @@ class DedupParams:
     k_neighbours: int = 10  # candidate pairs per sample from the nearest-neighbour search
     min_joint_cos: float = 0.8  # candidates must also be this close in the joint space [z_I; z_T] (0: off)
     seed: int = 0
+    # What eq. 5 calls "the same sample" (REDUNDANCY_MODES): "text" the paper's rule (I_struct ∨ I_sem), "text_or_image"
+    # adds I_vis as a third alternative, "text_and_image" asks the caption tests to be backed by the picture
+    # (I_vis ∨ ((I_struct ∨ I_sem) ∧ tiny cos > τ_img)): two distinct photos under one template title are not
+    # duplicates. The default measured best across the zoo of pools (docs/results.md, benchmarks/zoo.py).
+    redundancy: str = "text_and_image"
+    tau_img: float = 0.8  # the picture test backing a caption match (text_and_image), when not calibrated
+    # Calibrate τ_vis, τ_img (and τ_sem in the text modes) on the pool itself (`calibrate_thresholds`): the
+    # smallest τ whose estimated false-removal rate over pairs that are not duplicates stays ≤ max_false_removal.
+    calibrate: bool = True
+    max_false_removal: float = 0.01
+    null_rank_offset: int = 5  # null pairs: the neighbours ranked offset+1 .. offset+k (beyond the candidates)
 
 
 @dataclass
@@ -280,27 +293,55 @@ def tiny_image_vectors(tiny: list[bytes | None]) -> np.ndarray:
     return np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-6)
 
 
+def _caption_tests(a: np.ndarray, b: np.ndarray, captions: list[str], text_vec: np.ndarray,
+                   tau_edit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (a, b): eq. 3's I_struct (normalised edit distance < τ_edit) and the text-embedding cosine of eq. 4."""
+    struct = normalised_edit_distance([captions[x] for x in a], [captions[y] for y in b]) < tau_edit
+    return struct, np.sum(text_vec[a] * text_vec[b], axis=1)
+
+
+def _tiny_cos(a: np.ndarray, b: np.ndarray, tiny_vec: np.ndarray | None) -> np.ndarray:
+    return np.zeros(len(a)) if tiny_vec is None else np.sum(tiny_vec[a] * tiny_vec[b], axis=1)
+
+
+def redundant(mode: str, struct: np.ndarray, text_cos: np.ndarray, tiny_cos: np.ndarray, tau_sem: float,
+              tau_vis: float, tau_img: float) -> dict[str, np.ndarray]:
+    """Eq. 5 per pair under `mode` (REDUNDANCY_MODES): the flags of each test and `red`, their combination."""
+    if mode not in REDUNDANCY_MODES:
+        raise ValueError(f"redundancy must be one of {', '.join(REDUNDANCY_MODES)}, got {mode!r}")
+    caption = struct | (text_cos > tau_sem)
+    vis = tiny_cos > tau_vis if (mode != "text" and tau_vis <= 1.0) else np.zeros(len(struct), bool)
+    if mode == "text":
+        red = caption
+    elif mode == "text_or_image":
+        red = caption | vis
+    else:
+        red = vis | (caption & (tiny_cos > tau_img))
+    return {"structural": struct, "semantic": text_cos > tau_sem, "visual": vis, "caption": caption, "red": red}
+
+
 def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, alignment: np.ndarray,
                   tau_edit: float, tau_sem: float, tiny_vec: np.ndarray | None = None,
-                  tau_vis: float = 2.0) -> LayerResult:
+                  tau_vis: float = 2.0, mode: str = "text_or_image", tau_img: float = 2.0) -> LayerResult:
     """Eq. 3-6: a candidate pair is redundant if its captions are within edit distance τ_edit (eq. 3) or
     their text embeddings' cosine exceeds τ_sem (eq. 4), eq. 5 I_red = I_struct ∨ I_sem; each connected
     group of redundant pairs keeps the sample with the highest CLIP alignment cos(z_I, z_T) (eq. 6).
 
-    Extension: with `tiny_vec` and τ_vis ≤ 1, eq. 5 becomes I_struct ∨ I_sem ∨ I_vis where I_vis flags pairs
-    whose tiny-image vectors' cosine exceeds τ_vis (the same picture re-posted with a new caption)."""
+    `mode` (REDUNDANCY_MODES) says what "the same sample" takes: "text" is the paper's eq. 5 as written;
+    "text_or_image" adds I_vis (tiny-image cosine of `tiny_vec` > τ_vis: the same picture re-posted with a new
+    caption); "text_and_image" (I_vis ∨ (I_struct ∨ I_sem) ∧ tiny cosine > τ_img) also asks a caption match to
+    be backed by the picture, so distinct photos under one template title are not duplicates."""
     t0 = time.perf_counter()
     n = len(captions)
     if len(pairs) == 0:
         return LayerResult(QUALITY, np.zeros(n, bool), np.full(n, -1), time.perf_counter() - t0,
-                           {"pairs": 0, "redundant_pairs": 0, "structural_pairs": 0, "semantic_pairs": 0, "visual_pairs": 0})
+                           {"pairs": 0, "redundant_pairs": 0, "structural_pairs": 0, "semantic_pairs": 0,
+                            "visual_pairs": 0, "caption_only_pairs": 0, "mode": mode})
     a, b = pairs[:, 0], pairs[:, 1]
-    sem = np.sum(text_vec[a] * text_vec[b], axis=1) > tau_sem
-    struct = normalised_edit_distance([captions[x] for x in a], [captions[y] for y in b]) < tau_edit
-    vis = np.zeros(len(a), bool)
-    if tiny_vec is not None and tau_vis <= 1.0:
-        vis = np.sum(tiny_vec[a] * tiny_vec[b], axis=1) > tau_vis
-    red = sem | struct | vis
+    struct, text_cos = _caption_tests(a, b, captions, text_vec, tau_edit)
+    tiny_cos = _tiny_cos(a, b, tiny_vec)
+    flags = redundant(mode, struct, text_cos, tiny_cos, tau_sem, tau_vis, tau_img)
+    red = flags["red"]
     parent = np.arange(n)
     for x, y in pairs[red]:
         ra, rb = _find(parent, int(x)), _find(parent, int(y))
@@ -310,8 +351,106 @@ def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, 
     removed, dup_of = _keep_best(groups, np.asarray(alignment, np.float64))
     return LayerResult(QUALITY, removed, dup_of, time.perf_counter() - t0,
                        {"pairs": int(len(pairs)), "redundant_pairs": int(red.sum()),
-                        "structural_pairs": int(struct.sum()), "semantic_pairs": int(sem.sum()),
-                        "visual_pairs": int(vis.sum())})
+                        "structural_pairs": int(flags["structural"].sum()), "semantic_pairs": int(flags["semantic"].sum()),
+                        "visual_pairs": int(flags["visual"].sum()),
+                        "caption_only_pairs": int((flags["caption"] & ~red).sum()), "mode": mode})
+
+
+def null_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, k: int, offset: int,
+               min_joint_cos: float, candidates: np.ndarray) -> np.ndarray:
+    """Pairs (i, j) that stand in for "not duplicates" in `calibrate_thresholds`: each row's neighbours ranked
+    offset+1 .. offset+k, under the candidates' own filters (same semantic cluster, joint cosine ≥ min_joint_cos)
+    and not themselves a candidate pair. A re-post has one or a few copies, which rank first; what ranks beyond the
+    first `offset` is, in all but the densest duplicate groups, another sample that merely resembles it — in a
+    catalogue, another product under the same title. One row per (query row, neighbour), query first."""
+    n = len(nbr_idx)
+    cols = slice(offset, offset + k)
+    i = np.repeat(np.arange(n), nbr_idx[:, cols].shape[1])
+    j, c = nbr_idx[:, cols].ravel(), nbr_cos[:, cols].ravel()
+    ok = (j >= 0) & (c >= min_joint_cos)
+    i, j = i[ok], j[ok]
+    ok = labels[i] == labels[j]
+    i, j = i[ok], j[ok]
+    if len(candidates) and len(i):
+        key = np.minimum(i, j) * n + np.maximum(i, j)
+        ok = ~np.isin(key, candidates[:, 0] * n + candidates[:, 1])
+        i, j = i[ok], j[ok]
+    return np.stack([i, j], axis=1) if len(i) else np.zeros((0, 2), np.int64)
+
+
+VIS_GRID = np.round(np.arange(0.80, 1.0001, 0.005), 3)  # τ_vis candidates
+IMG_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)  # τ_img candidates
+SEM_GRID = np.round(np.arange(0.85, 1.0001, 0.005), 3)  # τ_sem candidates (text modes)
+
+
+NULL_BOUND_Z = 1.0  # p is taken at the Wilson upper bound with this z (one-sided ~84 %): few null pairs, more caution
+
+
+def _upper_rate(hits: int, n: int, z: float = NULL_BOUND_Z) -> float:
+    """Wilson score upper bound of a rate from `hits` of `n`: rare events in the tail of a few thousand null pairs
+    are too noisy to take at face value (0 of 2,000 does not mean 0)."""
+    if n == 0:
+        return 0.0
+    p, z2 = hits / n, z * z
+    return float((p + z2 / (2 * n) + z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n))
+
+
+def _false_removal(flagged: np.ndarray, degree: np.ndarray) -> float:
+    """Estimated false-removal rate of a test that flags null pairs `flagged`: with p the upper bound of its rate
+    (`_upper_rate`), each of the layer's Σd/2 candidate pairs (d: a sample's candidate pairs) that is not a
+    duplicate is flagged with probability p and then removes one of its two samples, so the expected share of
+    samples removed by mistake is p · mean(d) / 2."""
+    p = _upper_rate(int(np.sum(flagged)), len(flagged))
+    return float(min(1.0, p * np.mean(degree) / 2.0)) if len(degree) else 0.0
+
+
+def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.ndarray, tiny_vec: np.ndarray | None,
+                         params: DedupParams, degree: np.ndarray | None = None) -> dict:
+    """τ_vis, τ_img (text_and_image) or τ_sem (text modes) set on the pool's own null pairs (`null_pairs`).
+
+    For a threshold, p is the share of null pairs its test flags (at its upper bound, `_upper_rate`), and the estimated
+    false-removal rate is p · mean(d) / 2 (`_false_removal`; d a sample's number of candidate pairs, `degree`, default
+    one each): the expected share of samples that flagged pairs of distinct samples remove. τ_vis is the smallest
+    grid value whose visual test alone stays at ≤ α/2 (α = max_false_removal); then τ_img (text_and_image) or
+    τ_sem (text, text_or_image) the smallest whose whole rule stays ≤ α. When even the strictest caption threshold
+    estimates more than α (the structural test alone: a pool of templated titles under the text-only rule), the
+    result says `attainable: False` and the caller warns. Returns the thresholds, the curves (threshold,
+    estimated false-removal rate) and what the estimate rests on."""
+    mode, alpha = params.redundancy, params.max_false_removal
+    if not 0 < alpha < 1:
+        raise ValueError(f"max_false_removal must lie in (0, 1), got {alpha}")
+    n_rows = len(np.unique(nulls[:, 0]))
+    degree = np.ones(n_rows) if degree is None else np.asarray(degree)
+    out = {"mode": mode, "max_false_removal": alpha, "null_pairs": int(len(nulls)), "null_rows": n_rows,
+           "mean_candidates_per_sample": round(float(degree.mean()), 2) if len(degree) else 0.0,
+           "tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem, "curves": {},
+           "attainable": True}
+    if n_rows == 0:
+        out["note"] = "no null pairs (no neighbours beyond the candidates pass the filters): thresholds as configured"
+        return out
+    a, b = nulls[:, 0], nulls[:, 1]
+    struct, text_cos = _caption_tests(a, b, captions, text_vec, params.tau_edit)
+    tiny = _tiny_cos(a, b, tiny_vec)
+    if mode != "text" and tiny_vec is not None:
+        curve = [(float(t), _false_removal(tiny > t, degree)) for t in VIS_GRID]
+        out["curves"]["tau_vis"] = curve
+        out["tau_vis"] = next((t for t, e in curve if e <= alpha / 2), float(VIS_GRID[-1]))
+    vis = tiny > out["tau_vis"] if mode != "text" and tiny_vec is not None else np.zeros(len(a), bool)
+    name = "tau_img" if mode == "text_and_image" else "tau_sem"
+    if mode == "text_and_image":
+        caption = struct | (text_cos > params.tau_sem)
+        curve = [(float(t), _false_removal(vis | (caption & (tiny > t)), degree)) for t in IMG_GRID]
+    else:
+        curve = [(float(t), _false_removal(vis | struct | (text_cos > t), degree)) for t in SEM_GRID]
+    out["curves"][name] = curve
+    fits = [(t, e) for t, e in curve if e <= alpha]
+    out["attainable"] = bool(fits)
+    out[name], out["estimated_false_removal"] = fits[0] if fits else curve[-1]
+    if not fits:
+        out["note"] = (f"no {'τ_img' if name == 'tau_img' else 'τ_sem'} keeps the estimated false-removal rate ≤ "
+                       f"{alpha:.1%} (at the strictest, {curve[-1][1]:.1%}): the caption tests alone flag that many "
+                       "pairs of distinct samples — templated captions; the text_and_image rule asks the picture to agree")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- all
@@ -364,13 +503,36 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
 
     keep_after_sem = ~sem.removed
     rows2 = rows[keep_after_sem]
+    if params.redundancy not in REDUNDANCY_MODES:
+        raise ValueError(f"redundancy must be one of {', '.join(REDUNDANCY_MODES)}, got {params.redundancy!r}")
+    if tiny_vec is None and params.redundancy != "text":
+        progress(f"dedup: no tiny-image descriptors, so the {params.redundancy} rule falls back to the paper's "
+                 "text-only rule")
+        params = dataclasses.replace(params, redundancy="text")
     t0 = time.perf_counter()
-    nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], params.k_neighbours)
-    pairs = candidate_pairs(sub_labels[keep_after_sem], nbr_idx, nbr_cos, params.min_joint_cos)
-    progress(f"dedup: {len(pairs)} candidate pairs from {params.k_neighbours}-NN search ({time.perf_counter() - t0:.1f}s)")
+    k, offset = params.k_neighbours, params.null_rank_offset
+    nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], k + offset + k if params.calibrate else k)
+    labels2 = sub_labels[keep_after_sem]
+    pairs = candidate_pairs(labels2, nbr_idx[:, :k], nbr_cos[:, :k], params.min_joint_cos)
+    progress(f"dedup: {len(pairs)} candidate pairs from {k}-NN search ({time.perf_counter() - t0:.1f}s)")
     alignment = np.sum(image_vec[rows2] * text_vec[rows2], axis=1)
-    qual = quality_dedup(pairs, [captions[i] for i in rows2], text_vec[rows2], alignment, params.tau_edit, params.tau_sem,
-                         tiny_vec[rows2] if tiny_vec is not None else None, params.tau_vis)
+    caps2, tiny2 = [captions[i] for i in rows2], tiny_vec[rows2] if tiny_vec is not None else None
+    taus = {"tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem}
+    calibration = None
+    if params.calibrate:
+        nulls = null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs)
+        degree = np.bincount(pairs.ravel(), minlength=len(rows2)) if len(pairs) else np.zeros(len(rows2))
+        calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, degree)
+        taus = {t: calibration[t] for t in taus}
+        progress(f"dedup: calibrated on {calibration['null_pairs']} null pairs of {calibration['null_rows']} samples: "
+                 + ", ".join(f"{t} {v:.3f}" for t, v in taus.items())
+                 + (f" (estimated false removal {calibration['estimated_false_removal']:.2%})"
+                    if "estimated_false_removal" in calibration else ""))
+        if not calibration["attainable"]:
+            progress(f"dedup WARNING: {calibration['note']}")
+    qual = quality_dedup(pairs, caps2, text_vec[rows2], alignment, params.tau_edit, taus["tau_sem"], tiny2,
+                         taus["tau_vis"], params.redundancy, taus["tau_img"])
+    qual.extra.update({**taus, "calibration": calibration})
     qual.extra["neighbour_seconds"] = round(time.perf_counter() - t0 - qual.seconds, 2)
     apply(qual, rows2)
     return DedupOutcome(kept, layer, dup_of, labels, [meta, sem, qual])

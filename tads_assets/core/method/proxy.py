@@ -365,6 +365,12 @@ def chance_levels(val: list[ValTask]) -> dict[str, float]:
     return {t.name: 1.0 / t.n_classes if t.kind == "classification" else retrieval(t) for t in val}
 
 
+def at_chance(score: float, chance: float, n: int) -> bool:
+    """Whether a validation score is indistinguishable from a guess: within two binomial standard errors of chance
+    over the task's n validation items."""
+    return score - chance <= 2.0 * float(np.sqrt(max(chance * (1.0 - chance), 1e-12) / max(n, 1)))
+
+
 def alignment_factors(target: dict[str, float], proxy_scores: dict[str, float], chance: dict[str, float]) -> dict[str, float]:
     """How much of what the head proxy learns on task k the target model learns too, at the target's budget:
     a_k = clip((Eval_k(target) − chance_k) / (Eval_k(proxy) − chance_k), 0, 1), both trained on the same subset.
