@@ -85,7 +85,7 @@ def align_tasks(tasks, reward, target: dict[str, float], mask: np.ndarray) -> li
         raise ValueError(f"the target model stays at chance on every task ({target}), so no task can reward a "
                          "selection: give the target more samples seen or switch task alignment off")
     reward.reweight({t.name: t.weight * factors[t.name] for t in tasks})
-    n_val = {v.name: len(v.image_feats) for v in reward.val}
+    n_val = {v.name: len(v.image_feats) if v.image_feats is not None else 0 for v in reward.val}  # 0: unknown size
     return [{"task": t.name, "φ_k (task file)": t.weight, "chance": chance[t.name], "Eval_k proxy": proxy_scores[t.name],
              "Eval_k target": target[t.name], "a_k": factors[t.name], "φ_k in J": t.weight * factors[t.name],
              "proxy_at_chance": proxy.at_chance(proxy_scores[t.name], chance[t.name], n_val[t.name])}
