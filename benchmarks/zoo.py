@@ -12,6 +12,9 @@ under each redundancy rule (`--rules`), calibrated, and prints per rule: exact-d
 recall, clean unique samples removed, the removed share, the calibrated thresholds. Targets (issue 20): exact
 100 %, near >= 85 %, clean removed <= 2 % on every pool.
 
+`--stage quality` materializes the graph up to quality_scores and prints q_phi's and y_weak's ROC-AUC clean vs
+noisy, overall and per noise kind (targets: >= 0.90 overall, >= 0.80 per kind), and the LFs the LabelModel inverted.
+
 `--stage all` runs `tads run` (the whole graph with the defaults) and prints, per pool and seed: the dedup figures
 of deduped_pool, q_phi's ROC-AUC clean vs noisy overall and per noise kind, the final subset's size and clean
 share, and Table 1's averages per method; with several seeds, mean +- std per method. Each run is timed.
@@ -66,6 +69,49 @@ def pool_stages(h: Path, name: str, seed: int, n: int) -> float:
     if not res.success:
         raise SystemExit(f"{name} seed {seed}: the pool stages failed")
     return time.perf_counter() - t0
+
+
+QUALITY_STAGES = ("raw_pool", "clip_encoder", "pool_embeddings", "deduped_pool", "feature_table", "weak_labels",
+                  "quality_scores")
+
+
+def quality_stages(h: Path, name: str, seed: int, n: int, reuse: bool) -> tuple[float, dict]:
+    """The graph up to quality_scores (with --reuse and a feature table there: only feature_table, whose parts are
+    cached, weak_labels and quality_scores); seconds, and weak_labels' metadata (plain values)."""
+    import tads_assets.characterize as ch
+    import tads_assets.pool as po
+    from resources import TadsPaths, tads_resources
+    from tads_assets.local import materialize
+
+    t0 = time.perf_counter()
+    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
+    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
+    names = QUALITY_STAGES[-3:] if reuse and Catalog(h).feature_table.path.exists() else QUALITY_STAGES
+    assets = [getattr(ch, a, None) or getattr(po, a) for a in names]
+    res = materialize(assets, resources=tads_resources(paths, env))
+    if not res.success:
+        raise SystemExit(f"{name} seed {seed}: the quality stages failed")
+    (weak,) = res.asset_materializations_for_node("weak_labels")
+    return time.perf_counter() - t0, {k: getattr(v, "value", v) for k, v in weak.metadata.items()}
+
+
+def quality_figures(h: Path, weak_meta: dict) -> dict:
+    """q_phi's and y_weak's ROC-AUC clean vs noisy, overall and per noise kind, over the deduplicated pool; the LFs
+    the LabelModel inverted."""
+    cat = Catalog(h)
+    truth = pl.read_parquet(cat.demo_dir / "truth.parquet").select("uid", "kind")
+    q = pl.read_parquet(cat.quality_scores.path, columns=["uid", "quality"]).join(
+        pl.read_parquet(cat.weak_labels.path, columns=["uid", "y_weak"]), on="uid").join(truth, on="uid")
+    out = {}
+    for col in ("quality", "y_weak"):
+        clean = q.filter(pl.col("kind") == "clean")[col].to_numpy()
+        noisy = q.filter(pl.col("kind").is_in(NOISY))
+        out[col] = {"all": auc(clean, noisy[col].to_numpy()),
+                    **{k: auc(clean, noisy.filter(pl.col("kind") == k)[col].to_numpy())
+                       for k in NOISY if noisy.filter(pl.col("kind") == k).height >= 10}}
+    out["inverted"] = weak_meta.get("inverted_lfs", "")
+    out["clean_share"] = float((q["kind"] == "clean").mean())
+    return out
 
 
 def load(h: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
@@ -131,7 +177,7 @@ def graph_figures(h: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dedup", "all"), default="dedup")
+    p.add_argument("--stage", choices=("dedup", "quality", "all"), default="dedup")
     p.add_argument("--pools", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--samples", type=int, default=10_000)
@@ -156,6 +202,14 @@ def main() -> None:
                     print(f"  {r['rule']:<15} {100 * r['exact']:6.1f} {100 * r['near']:6.1f} {100 * r['clean']:6.2f} "
                           f"{100 * r['removed']:7.1f}  {100 * r['est']:5.2f}%  {r['taus']}"
                           f"{'' if r['attainable'] else '  (1 % not attainable)'}", flush=True)
+                continue
+            if args.stage == "quality":
+                seconds, weak_meta = quality_stages(h, name, seed, args.samples, args.reuse)
+                f = quality_figures(h, weak_meta)
+                print(f"\n{tag}: quality stages {seconds:.0f} s ({h}); {100 * f['clean_share']:.1f} % of the "
+                      f"deduplicated pool clean; inverted LFs: {f['inverted'] or 'none'}")
+                for col in ("quality", "y_weak"):
+                    print(f"  ROC-AUC {col:<8} " + ", ".join(f"{k} {v:.3f}" for k, v in f[col].items()), flush=True)
                 continue
             t0 = time.perf_counter()
             run = subprocess.run([str(Path(sys.executable).parent / "tads"), "run"], env=environment(h, name, seed, args.samples),

@@ -19,7 +19,7 @@ from tads_assets.core.io.eval_sets import check_eval_set, read_eval_set
 from tads_assets.core.io.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features
 from tads_assets.core.io.tasks import TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.method import diversity, operators, quality_model, relevance, weak_supervision
-from tads_assets.core.method.encoder import heldout_cosine_for_new_captions, load_heads
+from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_cosine_for_new_captions, load_heads
 from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, reference_rows
 from tads_assets.core.method.diversity import DiversityParams
 from tads_assets.core.method.quality_model import QualityParams
@@ -107,12 +107,41 @@ def feature_table(context: AssetExecutionContext, config: FeatureTableConfig, pa
     inputs, params = _feature_inputs(context, config, deduped_pool, pool_embeddings, clip_encoder,
                                      paths.catalog.feature_parts_dir, encoder, device, ocr, langid)
     run = build_feature_table(raw_pool.dir, inputs, progress=context.log.info)
+    run.table = run.table.with_columns(*_match_p_columns(run.table["uid"].to_list(), clip_encoder, pool_embeddings,
+                                                          paths.catalog.frozen_cache_dir, device.resolve(), params))
     write_parquet_atomic(run.table, out.path)
     with atomic_path(out.rater_path) as tmp:
         save_file(run.rater.to_tensors(), str(tmp))
     # quality_scores recomputes operators for its synthetic pairs with exactly these settings
     write_json_atomic(dataclasses.asdict(params), out.params_path)
     return MaterializeResult(metadata=_feature_metadata(run, inputs, out))
+
+
+def _match_p_columns(uids: list[str], clip_encoder: ClipEncoderDir, pool_embeddings: PoolEmbeddings, frozen_cache_dir,
+                     device: str, params: OperatorParams) -> list[pl.Series]:
+    """caption_match_p and image_match_p (`operators.match_p_values`) of the feature table's rows, scored as
+    clip_similarity is: by the builtin encoder's cross-fitted heads, each fold's pairs against random pairings
+    within the fold (no head trained on either pair), or by an open_clip encoder's own embeddings."""
+    info = clip_encoder.info()
+    if info["kind"] == "builtin" and info.get("heldout_heads"):
+        heads = [load_heads(clip_encoder.file(f), device) for f in info["heldout_heads"]]
+        frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(frozen_cache_dir), on="uid",
+                                                 how="left", maintain_order="left")
+        image_feats, text_feats = embeddings.arrays(frozen, "image_feat", "text_feat")
+        groups = fold_of(uids, len(heads))
+        img = txt = None
+        for f, h in enumerate(heads):
+            rows = groups == f
+            enc = BuiltinEncoder(h, towers=False)
+            fi, ft = enc.embed_image_features(image_feats[rows]), enc.embed_text_features(text_feats[rows])
+            if img is None:
+                img, txt = np.zeros((len(uids), fi.shape[1]), np.float32), np.zeros((len(uids), ft.shape[1]), np.float32)
+            img[rows], txt[rows] = fi, ft
+    else:
+        img, txt = pool_embeddings.aligned(uids, "image_vec", "text_vec")
+        groups = np.zeros(len(uids), np.int64)
+    caption_p, image_p = operators.match_p_values(img, txt, groups, seed=params.seed)
+    return [pl.Series("caption_match_p", caption_p), pl.Series("image_match_p", image_p)]
 
 
 def _feature_metadata(run, inputs, out: FeatureTable) -> dict:
@@ -165,7 +194,15 @@ def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths:
         pl.DataFrame({lf.name: L[:, j].astype(np.int8) for j, lf in enumerate(lfs)}))
     write_parquet_atomic(out, out_path)
     summary = fit.lf_summary
+    accuracy = dict(zip(summary["lf"].to_list(), summary["learned_accuracy"].round(4).to_list()))
+    write_json_atomic({"n": out.height, "label_model_epochs": fit.epochs, "inverted_lfs": fit.inverted,
+                       "learned_accuracy": accuracy}, out_path.parent / "_manifest.json")
+    if fit.inverted:
+        context.log.warning(f"weak_labels: the LabelModel inverted {', '.join(fit.inverted)} on this pool (learned "
+                            "accuracy < 0.5: its BAD vote would have raised P(good)); ŷ_weak is fitted without them. "
+                            "Look at their thresholds and votes in lf_summary")
     return MaterializeResult(metadata={
+        "inverted_lfs": MetadataValue.text(", ".join(fit.inverted) or "none"),
         "path": MetadataValue.path(str(out_path)), "n_in": features.height, "n_out": out.height, "n_dropped": 0,
         "dagster/column_schema": column_schema(out, {**WEAK_COLUMNS, **{lf.name: f"vote of {lf.name}: 1 good, 0 bad, "
                                                                          "-1 abstain" for lf in lfs}}),

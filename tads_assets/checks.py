@@ -164,6 +164,21 @@ def weak_labels_valid(paths: TadsPaths) -> AssetCheckResult:
     return AssetCheckResult(passed=not any(problems.values()), metadata={"rows": frame.height, "lfs": len(lfs), **problems})
 
 
+@asset_check(asset=weak_labels, description="No labelling function inverted: the LabelModel learned every LF's "
+             "accuracy at 0.5 or above. An inverted LF (its BAD vote would raise P(good)) is left out of ŷ_weak and "
+             "flagged here as a warning, with its learned accuracy.")
+def weak_labels_no_inverted_lf(paths: TadsPaths) -> AssetCheckResult:
+    manifest = paths.catalog.weak_labels.manifest()
+    inverted = list(manifest.get("inverted_lfs", []))
+    accuracy = manifest.get("learned_accuracy", {})
+    return AssetCheckResult(passed=not inverted, severity=AssetCheckSeverity.WARN, metadata={
+        "inverted_lfs": MetadataValue.text(", ".join(inverted) or "none"),
+        "learned_accuracy": MetadataValue.json(accuracy),
+        **({"what_to_do": MetadataValue.text(
+            "an inverted LF fires where this pool's good samples are (look at its threshold and its BAD votes' "
+            "examples): fix its threshold or leave it out; ŷ_weak was fitted without it")} if inverted else {})})
+
+
 @asset_check(asset=quality_scores, blocking=True,
              description="One score per feature-table sample, finite and in [0, 1]; the q_φ checkpoint exists.")
 def quality_scores_in_range(paths: TadsPaths) -> AssetCheckResult:

@@ -7,14 +7,14 @@ from sklearn.metrics import roc_auc_score
 
 from resources import TadsPaths, tads_resources
 from tads_assets.characterize import feature_table, quality_scores, weak_labels
-from tads_assets.checks import feature_table_valid, quality_scores_in_range, weak_labels_valid
+from tads_assets.checks import feature_table_valid, quality_scores_in_range, weak_labels_no_inverted_lf, weak_labels_valid
 from tads_assets.core.io import embeddings
 from tads_assets.core.method import operators, quality_model
 from tads_assets.core.method.operators import reference_images
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
 
 ASSETS = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
-          feature_table_valid, weak_labels_valid, quality_scores_in_range]
+          feature_table_valid, weak_labels_valid, weak_labels_no_inverted_lf, quality_scores_in_range]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def test_feature_table_covers_the_deduplicated_pool_without_gaps(built):
     resources, result, features = built
     assert result.success
     checks = {ev.check_name: ev.passed for ev in result.get_asset_check_evaluations()}
-    assert checks == {"feature_table_valid": True, "weak_labels_valid": True, "quality_scores_in_range": True}
+    assert checks == {"feature_table_valid": True, "weak_labels_valid": True, "weak_labels_no_inverted_lf": True,
+                      "quality_scores_in_range": True}
     kept = pl.read_parquet(resources["paths"].catalog.deduped_pool.path)
     assert features.height == kept.height and set(features["uid"]) == set(kept["uid"])
     assert np.isfinite(operators.feature_matrix(features)).all()
@@ -53,6 +54,10 @@ def test_operators_see_the_known_noise(built):
     assert med("blurred", "laplacian_var") < 0.2 * med("clean", "laplacian_var")
     assert med("text_heavy", "ocr_text_ratio") > 0.05 > med("clean", "ocr_text_ratio")
     assert med("misaligned", "clip_similarity") < med("clean", "clip_similarity") - 0.1
+    # the permutation tests: a misaligned caption is no better than a random pairing, a clean one far better
+    for col in ("caption_match_p", "image_match_p"):
+        assert f[col].is_between(0, 1).all() and f[col].null_count() == 0
+        assert med("misaligned", col) > 0.3 > 0.2 > med("clean", col), col  # 400 samples: a weak encoder
     # (the concreteness rater needs a pool-sized reference; it is measured by benchmarks/quality_quality.py)
     foreign = f.filter(pl.col("kind") == "non_english")
     assert (foreign["lang"] == foreign["lang_truth"]).mean() >= 0.9
@@ -65,7 +70,11 @@ def test_weak_labels_have_at_least_eight_lfs_and_probabilities(built):
     lf_cols = [c for c in weak.columns if c.startswith("lf_")]
     assert len(lf_cols) >= 8 and meta(result, "weak_labels")["n_lfs"].value == len(lf_cols)
     assert weak["y_weak"].is_between(0, 1).all()
-    assert "learned_accuracy" in [c.name for c in meta(result, "weak_labels")["lf_summary"].schema.columns]
+    m = meta(result, "weak_labels")
+    assert {"learned_accuracy", "in_label_model"} <= {c.name for c in m["lf_summary"].schema.columns}
+    assert m["inverted_lfs"].value == "none"
+    manifest = resources["paths"].catalog.weak_labels.manifest()
+    assert manifest["inverted_lfs"] == [] and set(manifest["learned_accuracy"]) == set(lf_cols)
 
 
 def test_quality_scores_rank_clean_above_noise(built):

@@ -157,3 +157,37 @@ def test_operators_shrink_extreme_images_before_computing():
     assert (row["width"], row["height"], row["aspect_ratio"]) == (16_384, 2, 8192.0)
     assert peak < 40 << 20, peak
     assert operators.bounded(strip).size == (operators.OPERATOR_MAX_SIDE, 1)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_match_p_values_are_uniform_for_unrelated_pairs_whatever_their_share():
+    """70 % of the pool unrelated pairs (a noise majority): their p on both sides is uniform (mean 0.5, half of
+    them at 0.5 or above), while matched pairs sit at the bottom; the test needs no clean majority."""
+    from tads_assets.core.method.operators import match_p_values
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 32
+    img = _unit(rng.normal(size=(n, d)))
+    noise = rng.random(n) < 0.7
+    txt = _unit(np.where(noise[:, None], rng.normal(size=(n, d)), img + 0.3 * rng.normal(size=(n, d))))
+    cap_p, img_p = match_p_values(img, txt, np.zeros(n, np.int64), partners=64, seed=0)
+    for p in (cap_p, img_p):
+        assert abs(p[noise].mean() - 0.5) < 0.03 and abs((p[noise] >= 0.5).mean() - 0.5) < 0.04
+        assert (p[~noise] < 0.1).mean() > 0.95 and np.median(p[~noise]) <= 2 / 65
+        assert p.min() >= 1 / 65 - 1e-6 and p.max() <= 1.0
+
+
+def test_match_p_values_compare_within_a_group_only_and_never_with_the_pair_itself():
+    from tads_assets.core.method.operators import match_p_values
+
+    img = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0], [1.0, 1.0]]))
+    txt = img.copy()
+    txt[1] = img[0]  # row 1's caption describes row 0's image
+    cap_p, img_p = match_p_values(img, txt, np.array([0, 0, 1, 1, 2]), partners=64, seed=0)
+    # groups of two: the one partner is the other row; row 0 beats it, row 1's caption matches row 0 better
+    assert cap_p[0] == 0.5 and cap_p[1] == 1.0 and img_p[0] == 1.0 and img_p[1] == 1.0
+    assert cap_p[2] == img_p[2] == cap_p[3] == img_p[3] == 0.5
+    assert np.isnan(cap_p[4]) and np.isnan(img_p[4])  # alone in its group: nothing to compare with

@@ -41,6 +41,8 @@ def pool_features(n=300, seed=0):
         "n_phrases": np.full(n, 3.0),
         "flip_consistency": rng.normal(0.9, 0.02, n),
         "caption_info_gain": np.ones(n),
+        "caption_match_p": rng.uniform(0.0, 0.2, n),
+        "image_match_p": rng.uniform(0.0, 0.2, n),
     }
     f["resolution"][0] = 12 * 12  # tiny
     f["aspect_ratio"][1] = 9.0  # extreme aspect
@@ -50,6 +52,8 @@ def pool_features(n=300, seed=0):
     f["lang_is_dominant"][7], f["lang_confidence"][7] = 0.0, 0.7
     f["concreteness"][5] = 0.5  # vague caption
     f["clip_similarity"][6], f["grounding_count"][6] = 0.05, 0.0  # misaligned
+    f["caption_match_p"][6], f["image_match_p"][6] = 0.7, 0.8
+    f["image_match_p"][9] = np.nan  # no random pairing to test against: the permutation LF abstains
     f["n_phrases"][8] = 0.0  # a caption without phrases: the grounding LF abstains
     return pl.DataFrame(f)
 
@@ -62,13 +66,14 @@ def test_each_labelling_function_flags_its_known_bad_row_and_abstains_on_ordinar
     col = {lf.name: j for j, lf in enumerate(lfs)}
     expected_bad = {"lf_tiny_image": 0, "lf_extreme_aspect": 1, "lf_blurred": 2, "lf_text_dominated": 3,
                     "lf_caption_repeats_image_text": 3, "lf_foreign_language": 4, "lf_vague_caption": 5,
-                    "lf_misaligned": 6, "lf_ungrounded": 6}
+                    "lf_misaligned": 6, "lf_ungrounded": 6, "lf_image_unmatched": 6, "lf_caption_unmatched": 6}
     for name, row in expected_bad.items():
         assert L[row, col[name]] == BAD, name
         ordinary = L[10:, col[name]]
         assert (ordinary == ABSTAIN).mean() > 0.95, name  # thresholds come from the pool, not magic numbers
     assert L[7, col["lf_foreign_language"]] == ABSTAIN  # foreign but unsure: no vote
     assert L[8, col["lf_ungrounded"]] == ABSTAIN  # no phrase to ground: no vote
+    assert L[9, col["lf_image_unmatched"]] == ABSTAIN
 
 
 def test_label_model_scores_flagged_samples_below_unflagged_ones():
@@ -109,3 +114,35 @@ def test_label_model_recovers_a_latent_label_from_noisy_votes():
     summary = fit.lf_summary
     assert summary.height == m and np.allclose(summary["coverage"].to_numpy(), 0.5, atol=0.05)
     assert (summary["learned_accuracy"].to_numpy() > 0.55).all()  # shrunk towards the prior by l2
+
+
+def test_an_lf_the_label_model_inverts_is_reported_and_left_out():
+    """Four LFs right 85 % of the time and one that votes the opposite of the truth. Fitted to convergence (no
+    early stop: min_epochs = n_epochs), its learned accuracy is below 0.5; it is named in `inverted`, marked out of
+    the model, and ŷ_weak is what the others say."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    n, m = 3000, 5
+    truth = (rng.random(n) < 0.6).astype(int)
+    correct = rng.random((n, m)) < 0.85
+    correct[:, 4] = ~correct[:, 4]  # lf4 is right 15 % of the time
+    votes = np.where(correct, truth[:, None], 1 - truth[:, None])
+    L = np.where(rng.random((n, m)) < 0.5, votes, ABSTAIN)
+    lfs = [ws.LabellingFunction(f"lf{j}", "", lambda d: None, 0.0) for j in range(m)]
+    fit = ws.fit_label_model(L, lfs, ws.WeakParams(min_epochs=1000))
+    assert fit.inverted == ["lf4"]
+    summary = fit.lf_summary
+    assert summary["in_label_model"].to_list() == [True, True, True, True, False]
+    assert summary["learned_accuracy"][4] < 0.5 < summary["learned_accuracy"][:4].min()
+    assert roc_auc_score(truth, fit.probs) > 0.9
+    silent = L.copy()
+    silent[:, 4] = ABSTAIN  # ŷ_weak is what the four honest LFs say: lf4's votes change nothing
+    assert np.allclose(fit.probs, ws.fit_label_model(silent, lfs, ws.WeakParams(min_epochs=1000)).probs, atol=1e-5)
+
+
+def test_no_inversion_on_honest_lfs():
+    feats = pool_features()
+    lfs = ws.labelling_functions(feats, ws.WeakParams())
+    fit = ws.fit_label_model(ws.apply_lfs(feats, lfs), lfs, ws.WeakParams())
+    assert fit.inverted == [] and fit.lf_summary["in_label_model"].all()

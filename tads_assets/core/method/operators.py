@@ -293,6 +293,42 @@ def caption_specificity(text_vec: np.ndarray, reference_images: np.ndarray, top_
     return ((top - sims.mean(axis=1)) / (sims.std(axis=1) + 1e-6)).astype(np.float32)
 
 
+def match_p_values(image_emb: np.ndarray, text_emb: np.ndarray, groups: np.ndarray, partners: int = 64,
+                   seed: int = 0, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """A permutation test of each pair against random pairings, on both sides: (caption_p, image_p).
+
+    caption_p: the share, among `partners` random other images of the pair's group (and the pair's own), that the
+    caption matches at least as well as its own image; image_p: likewise the share of random other captions the
+    image matches at least as well as its own caption. Under the null "this caption has nothing to do with this
+    image" both are uniform on (0, 1], whatever share of the pool is noise, so a threshold on them needs no clean
+    majority: p >= 0.5 says the pair is no better matched than half of the random pairings. A misaligned caption
+    is no better than random on both sides; a vague caption ("photo", "IMG_0042.jpg") matches every image alike,
+    so its caption side is random too. `groups`: rows scored by the same encoder (the cross-fitted fold of the
+    builtin encoder, so that no score comes from a head that trained on either pair); a group of one row gets NaN.
+    Embeddings L2-normalised, rows aligned."""
+    image_emb, text_emb = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
+    n = len(image_emb)
+    caption_p, image_p = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    rng = np.random.default_rng(seed)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        m = len(rows)
+        if m < 2:
+            continue
+        k = min(partners, m - 1)
+        img, txt = image_emb[rows], text_emb[rows]
+        own = np.sum(img * txt, axis=1)
+        for a in range(0, m, chunk):
+            b = min(m, a + chunk)
+            draw = rng.integers(0, m - 1, (b - a, k))
+            draw += draw >= np.arange(a, b)[:, None]  # uniform over the other rows
+            cap = np.einsum("nd,nkd->nk", txt[a:b], img[draw])
+            im = np.einsum("nd,nkd->nk", img[a:b], txt[draw])
+            caption_p[rows[a:b]] = (1 + (cap >= own[a:b, None]).sum(axis=1)) / (k + 1)
+            image_p[rows[a:b]] = (1 + (im >= own[a:b, None]).sum(axis=1)) / (k + 1)
+    return caption_p, image_p
+
+
 @dataclass
 class ConcretenessRater:
     """Eq.-free information-density operator: a ridge regression rating head over the text embedding,
@@ -374,6 +410,9 @@ FEATURE_DESCRIPTIONS = {
     "image and its mirror", "flip_similarity_gap": "caption cosine of the image minus of its mirror",
     "concreteness": "caption concreteness (rater fitted on the pool)", "lang_is_dominant": "caption in the pool's "
     "dominant language",
+    "caption_match_p": "share of random pool images the caption matches at least as well as its own (held-out "
+    "scorer; uniform for an unrelated caption)",
+    "image_match_p": "share of random pool captions the image matches at least as well as its own (held-out scorer)",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -35,6 +35,9 @@ class WeakParams:
     lr: float = 0.001
     l2: float = 0.0
     prec_init: float = 0.9  # prior precision of every LF
+    # the permutation tests' cut (operators.match_p_values): p >= 0.5 is a pair no better matched than the median
+    # random pairing; the null's median, not a value fitted to any pool
+    match_p_cut: float = 0.5
     seed: int = 0
 
 
@@ -125,6 +128,7 @@ def labelling_functions(features: pl.DataFrame, params: WeakParams) -> list[Labe
     clip = col(features, "clip_similarity")
     t_clip = lower_mode_split(clip, seed=params.seed)
     t_clip = robust_bounds(clip, k)[0] if t_clip is None else t_clip
+    p_cut = params.match_p_cut
     gain = col(features, "caption_info_gain")
     t_gain = otsu_threshold(gain) if (gain < 1.0).any() else 0.0
 
@@ -149,6 +153,12 @@ def labelling_functions(features: pl.DataFrame, params: WeakParams) -> list[Labe
         f("lf_misaligned", "CLIP similarity in the low mode of a two-Gaussian mixture (BIC-tested; a unimodal "
           "pool falls back to median - k·MAD)", t_clip,
           lambda d: flag(col(d, "clip_similarity") < t_clip)),
+        f("lf_image_unmatched", "permutation test, image side: the image matches at least this share of random pool "
+          "captions as well as its own (uniform when the caption is unrelated, however much of the pool is noise)",
+          p_cut, lambda d: flag(col(d, "image_match_p") >= p_cut, np.isfinite(col(d, "image_match_p")))),
+        f("lf_caption_unmatched", "permutation test, caption side: the caption matches at least this share of random "
+          "pool images as well as its own (a misaligned or vague caption is no better than random)",
+          p_cut, lambda d: flag(col(d, "caption_match_p") >= p_cut, np.isfinite(col(d, "caption_match_p")))),
         f("lf_caption_repeats_image_text", "caption information gain over the OCR text below Otsu's split "
           "(1 = nothing read in the image)", t_gain, lambda d: flag(col(d, "caption_info_gain") < t_gain)),
         f("lf_ungrounded", "none of the caption's phrases located in the image (abstains on captions without "
@@ -167,40 +177,73 @@ class WeakLabels:
     lf_summary: pl.DataFrame  # Snorkel's LF analysis plus learned accuracies
     label_model: object
     epochs: int = 0  # LabelModel epochs kept (see WeakParams)
+    inverted: list[str] = field(default_factory=list)  # LFs the LabelModel inverted, left out of the final fit
+
+
+def _fit(defect: np.ndarray, flagged: float, params: WeakParams, names: list[str]):
+    """The LabelModel on `defect`, halving the epochs while some LF's learned accuracy is below 0.5 (down to
+    params.min_epochs); the model, its epochs, its learned accuracies and those of the first (longest) fit."""
+    from snorkel.labeling.model import LabelModel
+
+    epochs, first = params.n_epochs, None
+    while True:
+        model = LabelModel(cardinality=2, verbose=False)
+        model.fit(L_train=defect, n_epochs=epochs, lr=params.lr, l2=params.l2, seed=params.seed,
+                  prec_init=params.prec_init, class_balance=[1.0 - flagged, flagged], progress_bar=False)
+        weights = np.asarray(model.get_weights(), float)
+        first = weights if first is None else first
+        if (weights >= 0.5).all() or epochs <= params.min_epochs:
+            return model, epochs, weights, first
+        log.info(f"LabelModel: {epochs} epochs invert {[n for n, w in zip(names, weights) if w < 0.5]} "
+                 f"(learned accuracy < 0.5); refitting with {max(params.min_epochs, epochs // 2)}")
+        epochs = max(params.min_epochs, epochs // 2)
 
 
 def fit_label_model(L: np.ndarray, lfs: list[LabellingFunction], params: WeakParams) -> WeakLabels:
     """Snorkel LabelModel over the LF votes → ŷ_weak = P(good); the summary adds each LF's learned accuracy.
 
     The model is fitted on the defect task (class 1 = some defect), with the class balance read off the
-    pool: the share of samples at least one LF flags (at least 1 %, at most 99 %)."""
-    from snorkel.labeling import LFAnalysis
-    from snorkel.labeling.model import LabelModel
+    pool: the share of samples at least one (used) LF flags (at least 1 %, at most 99 %).
 
+    An LF is built to be better than chance, so a learned accuracy below 0.5 means the fit turned it around: its
+    BAD vote would raise P(good). Where halving the epochs does not cure that, the inverted LFs are reported
+    (`WeakLabels.inverted`, a warning) and the model is refitted without their votes, until none is inverted: a
+    defect detector that cannot be told from its opposite on this pool gets no say, rather than the wrong one."""
+    from snorkel.labeling import LFAnalysis
+
+    names = [lf.name for lf in lfs]
     defect = np.where(L == BAD, 1, np.where(L == GOOD, 0, ABSTAIN))
-    flagged = float(np.clip((defect == 1).any(axis=1).mean(), 0.01, 0.99)) if len(L) else 0.5
-    epochs = params.n_epochs
+    used = np.ones(len(lfs), bool)
+    accuracy = np.full(len(lfs), np.nan)
+    longest = None
+    inverted: list[str] = []
     while True:
-        model = LabelModel(cardinality=2, verbose=False)
-        model.fit(L_train=defect, n_epochs=epochs, lr=params.lr, l2=params.l2, seed=params.seed,
-                  prec_init=params.prec_init, class_balance=[1.0 - flagged, flagged], progress_bar=False)
-        weights = np.asarray(model.get_weights(), float)
-        if (weights >= 0.5).all() or epochs <= params.min_epochs:
+        votes = np.where(used, defect, ABSTAIN)
+        flagged = float(np.clip((votes == 1).any(axis=1).mean(), 0.01, 0.99)) if len(L) else 0.5
+        model, epochs, weights, first = _fit(votes, flagged, params, names)
+        longest = first if longest is None else longest
+        accuracy[used] = weights[used]
+        bad = used & (weights < 0.5)
+        if not bad.any() or used.sum() - bad.sum() < 1:
             break
-        log.info(f"LabelModel: {epochs} epochs invert {[lf.name for lf, w in zip(lfs, weights) if w < 0.5]} "
-                 f"(learned accuracy < 0.5); refitting with {max(params.min_epochs, epochs // 2)}")
-        epochs = max(params.min_epochs, epochs // 2)
-    probs = model.predict_proba(defect)[:, 0].astype(np.float32)
+        inverted += [n for n, b in zip(names, bad) if b]
+        log.warning(f"LabelModel inverts {[n for n, b in zip(names, bad) if b]} (learned accuracy "
+                    f"{', '.join(f'{w:.3f}' for w in weights[bad])} < 0.5 at {epochs} epochs): they get no say in "
+                    "ŷ_weak on this pool; refitting without them")
+        used &= ~bad
+    probs = model.predict_proba(votes)[:, 0].astype(np.float32)
     summary = LFAnalysis(defect).lf_summary()
     frame = pl.DataFrame({
-        "lf": [lf.name for lf in lfs],
+        "lf": names,
         "votes_bad": (L == BAD).mean(axis=0).round(4),
         "votes_good": (L == GOOD).mean(axis=0).round(4),
         "threshold": [round(lf.threshold, 4) for lf in lfs],
         "coverage": summary["Coverage"].to_numpy().astype(float),
         "overlaps": summary["Overlaps"].to_numpy().astype(float),
         "conflicts": summary["Conflicts"].to_numpy().astype(float),
-        "learned_accuracy": np.asarray(model.get_weights(), float),
+        "learned_accuracy": accuracy,
+        f"accuracy_at_{params.n_epochs}_epochs": longest,
+        "in_label_model": used,
         "rule": [lf.description for lf in lfs],
     })
-    return WeakLabels(probs, frame, model, epochs)
+    return WeakLabels(probs, frame, model, epochs, inverted)
