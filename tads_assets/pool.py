@@ -58,7 +58,7 @@ RAW_POOL_COLUMNS = {"uid": "the sample's key in its source", "url": "source URL 
                     "caption": "the caption, NFC-normalised", "image_ref": "where the image came from (shard#member or file)",
                     "width": "image width (pixels)", "height": "image height (pixels)", "sha256": "of the image bytes",
                     "bytes": "the encoded image", "format": "image format (jpeg, png, webp, ...)",
-                    "shard": "the source shard", "tiny": "an 8×8 grey thumbnail (the quality-guided dedup's visual key)"}
+                    "shard": "the source shard", "tiny": "a 12×12 RGB thumbnail (the quality-guided dedup's visual key)"}
 
 
 @asset(
@@ -256,7 +256,8 @@ DEDUP_COLUMNS = {"uid": "sample id", "cluster": "its semantic cluster (eq. 2)",
     group_name="pool", kinds={"parquet", "lancedb"},
     description=describe("§3.1 three-layer deduplication: metadata (sha256/url, eq. 1), semantic (MiniBatch "
                          "K-Means, eq. 2), quality-guided (edit distance, text cosine or tiny-image cosine within a "
-                         "cluster among k nearest neighbours: exact below 50,000 rows, a LanceDB index above; eq. 3-6); every removed sample in the ledger with the one it "
+                         "cluster among k nearest neighbours, and tiny-image cosine among each sample's k nearest by image "
+                         "embedding in any cluster: exact below 50,000 rows, a LanceDB index above; eq. 3-6); every removed sample in the ledger with the one it "
                          "duplicates.", DEDUP_COLUMNS),
 )
 @one_writer
@@ -293,6 +294,7 @@ def _calibration_metadata(quality: dedup.LayerResult) -> dict:
     if cal is None:
         return meta
     meta.update({"calibration_null_pairs": cal["null_pairs"], "calibration_null_samples": cal["null_rows"],
+                 "calibration_visual_null_pairs": cal.get("visual_null_pairs", 0),
                  "max_false_removal": cal["max_false_removal"], "calibration_attainable": cal["attainable"],
                  "calibration_note": MetadataValue.text(cal.get("note", "none"))})
     if "estimated_false_removal" in cal:

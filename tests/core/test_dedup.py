@@ -151,9 +151,73 @@ def test_tiny_image_vectors_match_a_reposted_picture_and_not_another_one():
     a = picture((40, 20, 100, 100))
     repost = a.crop((4, 3, 156, 117)).resize((120, 90)).point(lambda v: min(255, int(v * 1.05) + 6))
     other = picture((80, 40, 150, 110))
-    vec = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(64)])
+    vec = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(432)])
     assert vec[0] @ vec[1] > 0.97 > vec[0] @ vec[2]
     assert not vec[3].any() and not vec[4].any()  # missing and flat descriptors match nothing
+
+
+def test_tiny_image_keeps_colour_so_two_colourways_of_one_silhouette_differ():
+    from PIL import Image, ImageDraw
+
+    from tads_assets.core.io.formats import TINY_BYTES, tiny_image
+
+    def shirt(colour):
+        img = Image.new("RGB", (64, 64), (128, 128, 128))
+        ImageDraw.Draw(img).rectangle((16, 10, 48, 56), fill=colour)
+        return img
+
+    red, green = shirt((200, 40, 40)), shirt((40, 121, 40))  # the same grey level, another colour
+    assert abs(np.asarray(red.convert("L"), float) - np.asarray(green.convert("L"), float)).max() <= 1
+    vec = dedup.tiny_image_vectors([tiny_image(red), tiny_image(green), tiny_image(red.resize((60, 60)))])
+    assert len(tiny_image(red)) == TINY_BYTES
+    assert vec[0] @ vec[2] > 0.97 and vec[0] @ vec[1] < 0.9
+
+
+def test_tiny_image_vectors_refuse_descriptors_of_another_length():
+    with pytest.raises(ValueError, match="row 1: a tiny-image descriptor of 64 bytes.*materialize raw_pool again"):
+        dedup.tiny_image_vectors([bytes(range(200)) * 2 + bytes(32), bytes(64)])
+
+
+def test_visual_candidates_pair_nearest_pictures_anywhere_and_skip_rows_without_a_descriptor():
+    rng = np.random.default_rng(3)
+    space = unit(rng.normal(size=(60, 16)))
+    space[7] = unit(space[3] + 0.05 * rng.normal(size=16))  # a re-post of row 3
+    has_picture = np.ones(60, bool)
+    has_picture[11] = False  # no tiny-image descriptor
+    pairs, nulls = dedup.visual_candidates(space, has_picture, k=2, null_offset=5)
+    got = {tuple(p) for p in pairs.tolist()}
+    assert (3, 7) in got and not any(11 in p for p in got)
+    assert len(nulls) and not any(11 in p for p in nulls.tolist())
+    assert not {(min(i, j), max(i, j)) for i, j in nulls.tolist()} & got  # nulls are never candidates
+    assert dedup.visual_candidates(space, has_picture, k=2)[1].shape == (0, 2)  # no offset: no nulls
+
+
+def test_a_repost_under_a_rewritten_caption_in_another_cluster_is_found_by_the_visual_search():
+    """The joint space puts a re-post whose caption was rewritten next to other samples with that caption, in
+    another cluster: only the visual search, which ignores clusters, pairs it with its original."""
+    rng = np.random.default_rng(5)
+    n = 400
+    img = unit(rng.normal(size=(n, 16)))
+    txt = unit(rng.normal(size=(n, 16)))
+    tiny = unit(rng.normal(size=(n, 48)))
+    captions = [f"listing {i} with its own words" for i in range(n)]
+    # row n: re-post of row 0: the same picture, the caption and text vector of row 200 (another listing)
+    img = np.vstack([img, unit(img[0] + 0.1 * rng.normal(size=16))])
+    txt = np.vstack([txt, txt[200]])
+    tiny = np.vstack([tiny, unit(tiny[0] + 0.04 * unit(rng.normal(size=48)))])
+    captions.append(captions[200].upper() + " (repost)")
+    sha = np.array([f"h{i}" for i in range(n + 1)], object)
+    wh = np.full(n + 1, 64)
+    run = lambda k: dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt,  # noqa: E731
+                                      dedup.DedupParams(n_clusters=20, visual_neighbours=k), tiny_vec=tiny)
+    with_search, without = run(10), run(0)
+    assert with_search.kept[0] != with_search.kept[n] and with_search.layers[-1].extra["visual_search_pairs"] >= 1
+    assert without.kept[0] and without.kept[n]  # the joint candidates never pair them
+    assert (~with_search.kept[1:n]).sum() <= 0.01 * n
+    assert "visual_null_pairs" in with_search.layers[-1].extra["calibration"]
+    with pytest.raises(ValueError, match="visual_space must be one of"):
+        dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt, dedup.DedupParams(visual_space="tiny"),
+                          tiny_vec=tiny)
 
 
 def _catalog(rng, n=1500, templates=8, reposts=30):

@@ -714,15 +714,16 @@ def clean_caption(raw: bytes | None, limits: IngestLimits) -> str | Rejection:
     return text
 
 
-TINY_SIDE = 8  # the tiny-image descriptor is TINY_SIDE x TINY_SIDE grey levels
+TINY_SIDE = 12  # the tiny-image descriptor is TINY_SIDE x TINY_SIDE RGB levels
+TINY_BYTES = TINY_SIDE * TINY_SIDE * 3
 
 
 def tiny_image(im: Image.Image) -> bytes:
-    """The tiny-image descriptor of a decoded image: its grey levels averaged down to 8 x 8 (64 bytes).
+    """The tiny-image descriptor of a decoded image: its RGB levels averaged down to 12 x 12 (432 bytes).
     Rescaling, re-encoding and small crops barely move it; the dedup layer compares it to find the same
-    picture posted twice (`dedup.tiny_image_vectors`)."""
-    grey = im.convert("L").resize((TINY_SIDE, TINY_SIDE), Image.BOX, reducing_gap=3.0)
-    return grey.tobytes()
+    picture posted twice (`dedup.tiny_image_vectors`). Colour is kept: distinct products of one kind share a
+    grey silhouette far more often than a colourway (docs/method.md, "the visual key")."""
+    return im.convert("RGB").resize((TINY_SIDE, TINY_SIDE), Image.BOX, reducing_gap=3.0).tobytes()
 
 
 def oriented(im: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tads_assets.core.settings import DROP
 from tads_assets.core.vectors import kmeans_clusters, l2_normalize
-from tads_assets.core.io.formats import TINY_SIDE
+from tads_assets.core.io.formats import TINY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ SEMANTIC = "semantic_density"
 QUALITY = "quality_duplicate"
 MAX_AUTO_CLUSTERS = 1_000
 REDUNDANCY_MODES = ("text", "text_or_image", "text_and_image")
+VISUAL_SPACES = ("image", "joint")
 
 
 
@@ -44,10 +45,20 @@ class DedupParams:
     # margin on clean loss (0.29 % there) over the one that squeezes out 3 more points of recall at 0.9 %.
     tau_edit: float = 0.15  # eq. 3 normalised edit distance below which captions are structurally redundant
     tau_sem: float = 0.95  # eq. 4 text-embedding cosine above which captions are semantically redundant
-    # Extension of eq. 5 (not in the paper): tiny-image cosine (8 x 8 grey, zero-mean) above which two
+    # Extension of eq. 5 (not in the paper): tiny-image cosine (12 x 12 RGB, zero-mean) above which two
     # images are the same picture re-posted (rescaled, re-encoded, trimmed) whatever their captions say.
     # > 1 switches it off, which gives the paper's text-only rule.
     tau_vis: float = 0.93
+    # The visual test's own candidates: each sample's nearest neighbours by image embedding over the whole layer,
+    # in any cluster and at any joint cosine (a re-post under a rewritten caption often lands in another cluster
+    # of the joint space, and beyond its k joint neighbours), with their own null pairs for τ_vis.
+    # 0: the visual test sees the joint candidates only (before issue 20).
+    visual_neighbours: int = 10
+    # Where the visual candidates are searched (VISUAL_SPACES): "image" (default: the best worst case over the
+    # zoo's tuning pools), "joint" ([z_I; z_T], without the cluster and cosine filters). Not the tiny images
+    # themselves: ranked and tested in one space, the null pairs beyond the candidates are far easier than the
+    # candidates, and τ_vis came out 3-20x optimistic (docs/results.md).
+    visual_space: str = "image"
     k_neighbours: int = 10  # candidate pairs per sample from the nearest-neighbour search
     min_joint_cos: float = 0.8  # candidates must also be this close in the joint space [z_I; z_T] (0: off)
     seed: int = 0
@@ -280,14 +291,17 @@ def candidate_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray
 
 
 def tiny_image_vectors(tiny: list[bytes | None]) -> np.ndarray:
-    """Tiny-image descriptors (formats.tiny_image, 64 grey bytes) as zero-mean unit vectors, so their dot
+    """Tiny-image descriptors (formats.tiny_image, 12 x 12 RGB bytes) as zero-mean unit vectors, so their dot
     product ignores brightness and contrast. A missing or flat descriptor becomes a zero vector (matches
-    nothing)."""
-    n_px = TINY_SIDE * TINY_SIDE
-    out = np.zeros((len(tiny), n_px), np.float32)
+    nothing); one of another length (a raw_pool ingested before the descriptor changed) is an error."""
+    out = np.zeros((len(tiny), TINY_BYTES), np.float32)
     for i, b in enumerate(tiny):
-        if b is not None and len(b) == n_px:
-            out[i] = np.frombuffer(b, np.uint8)
+        if b is None or len(b) == 0:
+            continue
+        if len(b) != TINY_BYTES:
+            raise ValueError(f"row {i}: a tiny-image descriptor of {len(b)} bytes, expected {TINY_BYTES} (12 x 12 RGB): "
+                             "raw_pool was ingested by an older TADS; materialize raw_pool again")
+        out[i] = np.frombuffer(b, np.uint8)
     out -= out.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-6)
@@ -322,7 +336,8 @@ def redundant(mode: str, struct: np.ndarray, text_cos: np.ndarray, tiny_cos: np.
 
 def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, alignment: np.ndarray,
                   tau_edit: float, tau_sem: float, tiny_vec: np.ndarray | None = None,
-                  tau_vis: float = 2.0, mode: str = "text_or_image", tau_img: float = 2.0) -> LayerResult:
+                  tau_vis: float = 2.0, mode: str = "text_or_image", tau_img: float = 2.0,
+                  visual_pairs: np.ndarray | None = None) -> LayerResult:
     """Eq. 3-6: a candidate pair is redundant if its captions are within edit distance τ_edit (eq. 3) or
     their text embeddings' cosine exceeds τ_sem (eq. 4), eq. 5 I_red = I_struct ∨ I_sem; each connected
     group of redundant pairs keeps the sample with the highest CLIP alignment cos(z_I, z_T) (eq. 6).
@@ -330,30 +345,59 @@ def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, 
     `mode` (REDUNDANCY_MODES) says what "the same sample" takes: "text" is the paper's eq. 5 as written;
     "text_or_image" adds I_vis (tiny-image cosine of `tiny_vec` > τ_vis: the same picture re-posted with a new
     caption); "text_and_image" (I_vis ∨ (I_struct ∨ I_sem) ∧ tiny cosine > τ_img) also asks a caption match to
-    be backed by the picture, so distinct photos under one template title are not duplicates."""
+    be backed by the picture, so distinct photos under one template title are not duplicates.
+
+    `pairs` (joint-space neighbours within a cluster) face the whole rule; `visual_pairs` (tiny-image
+    neighbours anywhere in the layer) face I_vis alone, which needs no caption evidence."""
     t0 = time.perf_counter()
     n = len(captions)
-    if len(pairs) == 0:
+    use_vis = visual_pairs is not None and len(visual_pairs) and mode != "text" and tiny_vec is not None and tau_vis <= 1.0
+    if use_vis and len(pairs):
+        fresh = ~np.isin(visual_pairs[:, 0] * n + visual_pairs[:, 1], pairs[:, 0] * n + pairs[:, 1])
+        visual_pairs = visual_pairs[fresh]
+    vis_only = visual_pairs[_tiny_cos(visual_pairs[:, 0], visual_pairs[:, 1], tiny_vec) > tau_vis] if use_vis else pairs[:0]
+    stats = {"pairs": int(len(pairs)), "visual_candidate_pairs": int(len(visual_pairs)) if use_vis else 0,
+             "visual_search_pairs": int(len(vis_only)), "mode": mode}
+    if len(pairs) == 0 and len(vis_only) == 0:
         return LayerResult(QUALITY, np.zeros(n, bool), np.full(n, -1), time.perf_counter() - t0,
-                           {"pairs": 0, "redundant_pairs": 0, "structural_pairs": 0, "semantic_pairs": 0,
-                            "visual_pairs": 0, "caption_only_pairs": 0, "mode": mode})
+                           {**stats, "redundant_pairs": 0, "structural_pairs": 0, "semantic_pairs": 0,
+                            "visual_pairs": 0, "caption_only_pairs": 0})
     a, b = pairs[:, 0], pairs[:, 1]
     struct, text_cos = _caption_tests(a, b, captions, text_vec, tau_edit)
     tiny_cos = _tiny_cos(a, b, tiny_vec)
     flags = redundant(mode, struct, text_cos, tiny_cos, tau_sem, tau_vis, tau_img)
     red = flags["red"]
     parent = np.arange(n)
-    for x, y in pairs[red]:
+    for x, y in np.concatenate([pairs[red], vis_only]):
         ra, rb = _find(parent, int(x)), _find(parent, int(y))
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     groups = np.array([_find(parent, i) for i in range(n)])
     removed, dup_of = _keep_best(groups, np.asarray(alignment, np.float64))
     return LayerResult(QUALITY, removed, dup_of, time.perf_counter() - t0,
-                       {"pairs": int(len(pairs)), "redundant_pairs": int(red.sum()),
+                       {**stats, "redundant_pairs": int(red.sum() + len(vis_only)),
                         "structural_pairs": int(flags["structural"].sum()), "semantic_pairs": int(flags["semantic"].sum()),
-                        "visual_pairs": int(flags["visual"].sum()),
-                        "caption_only_pairs": int((flags["caption"] & ~red).sum()), "mode": mode})
+                        "visual_pairs": int(flags["visual"].sum() + len(vis_only)),
+                        "caption_only_pairs": int((flags["caption"] & ~red).sum())})
+
+
+def visual_candidates(space: np.ndarray, has_picture: np.ndarray, k: int, null_offset: int = 0,
+                      search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The visual test's candidates: each row's k nearest rows in `space` (the image embeddings by default), in any
+    cluster and at any joint cosine, and (with `null_offset` > 0) the visual null pairs, its neighbours ranked
+    null_offset+1 .. null_offset+k that are not candidates (`null_pairs`). Rows without a tiny-image descriptor
+    (`has_picture` False) pair with nothing. `search` is the neighbour search (default `neighbours`).
+    Returns (candidate pairs i < j, null pairs)."""
+    n = len(space)
+    empty = np.zeros((0, 2), np.int64)
+    if n < 2 or k < 1:
+        return empty, empty
+    nbr_idx, nbr_cos = (search or neighbours)(space, null_offset + k if null_offset else k)
+    labels = np.where(has_picture, 0, -1 - np.arange(n))  # a row without a descriptor is its own cluster of one
+    pairs = candidate_pairs(labels, nbr_idx[:, :k], nbr_cos[:, :k], -1.0)
+    nulls = null_pairs(labels, nbr_idx, nbr_cos, k, null_offset, -1.0, pairs) if null_offset else empty
+    return pairs, nulls
 
 
 def null_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, k: int, offset: int,
@@ -405,43 +449,58 @@ def _false_removal(flagged: np.ndarray, degree: np.ndarray) -> float:
 
 
 def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.ndarray, tiny_vec: np.ndarray | None,
-                         params: DedupParams, degree: np.ndarray | None = None) -> dict:
+                         params: DedupParams, degree: np.ndarray | None = None,
+                         visual_nulls: np.ndarray | None = None, visual_degree: np.ndarray | None = None) -> dict:
     """τ_vis, τ_img (text_and_image) or τ_sem (text modes) set on the pool's own null pairs (`null_pairs`).
 
     For a threshold, p is the share of null pairs its test flags (at its upper bound, `_upper_rate`), and the estimated
     false-removal rate is p · mean(d) / 2 (`_false_removal`; d a sample's number of candidate pairs, `degree`, default
     one each): the expected share of samples that flagged pairs of distinct samples remove. τ_vis is the smallest
-    grid value whose visual test alone stays at ≤ α/2 (α = max_false_removal); then τ_img (text_and_image) or
-    τ_sem (text, text_or_image) the smallest whose whole rule stays ≤ α. When even the strictest caption threshold
-    estimates more than α (the structural test alone: a pool of templated titles under the text-only rule), the
-    result says `attainable: False` and the caller warns. Returns the thresholds, the curves (threshold,
-    estimated false-removal rate) and what the estimate rests on."""
+    grid value whose visual test alone stays at ≤ α/2 (α = max_false_removal) — on `visual_nulls` (neighbours by tiny
+    image beyond the visual candidates, `visual_candidates`) with `visual_degree` when given, else on the joint
+    nulls; then τ_img (text_and_image) or τ_sem (text, text_or_image) the smallest whose whole rule stays ≤ α (with
+    visual nulls: the visual estimate plus that of the caption branch where the visual test is silent, on the
+    joint nulls). When even the strictest caption threshold estimates more than α (the structural test alone: a pool
+    of templated titles under the text-only rule), the result says `attainable: False` and the caller warns.
+    Returns the thresholds, the curves (threshold, estimated false-removal rate) and what the estimate rests on."""
     mode, alpha = params.redundancy, params.max_false_removal
     if not 0 < alpha < 1:
         raise ValueError(f"max_false_removal must lie in (0, 1), got {alpha}")
     n_rows = len(np.unique(nulls[:, 0]))
     degree = np.ones(n_rows) if degree is None else np.asarray(degree)
+    separate = visual_nulls is not None and mode != "text" and tiny_vec is not None
     out = {"mode": mode, "max_false_removal": alpha, "null_pairs": int(len(nulls)), "null_rows": n_rows,
            "mean_candidates_per_sample": round(float(degree.mean()), 2) if len(degree) else 0.0,
            "tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem, "curves": {},
            "attainable": True}
+    e_vis = 0.0
+    if separate:
+        vdeg = np.ones(len(np.unique(visual_nulls[:, 0]))) if visual_degree is None else np.asarray(visual_degree)
+        out.update({"visual_null_pairs": int(len(visual_nulls)),
+                    "mean_visual_candidates_per_sample": round(float(vdeg.mean()), 2) if len(vdeg) else 0.0})
+        if len(visual_nulls):
+            vtiny = _tiny_cos(visual_nulls[:, 0], visual_nulls[:, 1], tiny_vec)
+            curve = [(float(t), _false_removal(vtiny > t, vdeg)) for t in VIS_GRID]
+            out["curves"]["tau_vis"] = curve
+            out["tau_vis"], e_vis = next(((t, e) for t, e in curve if e <= alpha / 2), curve[-1])
     if n_rows == 0:
         out["note"] = "no null pairs (no neighbours beyond the candidates pass the filters): thresholds as configured"
         return out
     a, b = nulls[:, 0], nulls[:, 1]
     struct, text_cos = _caption_tests(a, b, captions, text_vec, params.tau_edit)
     tiny = _tiny_cos(a, b, tiny_vec)
-    if mode != "text" and tiny_vec is not None:
+    if mode != "text" and tiny_vec is not None and not separate:
         curve = [(float(t), _false_removal(tiny > t, degree)) for t in VIS_GRID]
         out["curves"]["tau_vis"] = curve
         out["tau_vis"] = next((t for t, e in curve if e <= alpha / 2), float(VIS_GRID[-1]))
     vis = tiny > out["tau_vis"] if mode != "text" and tiny_vec is not None else np.zeros(len(a), bool)
+    silent = ~vis if separate else np.ones(len(a), bool)  # with visual nulls, I_vis is counted there already
     name = "tau_img" if mode == "text_and_image" else "tau_sem"
     if mode == "text_and_image":
         caption = struct | (text_cos > params.tau_sem)
-        curve = [(float(t), _false_removal(vis | (caption & (tiny > t)), degree)) for t in IMG_GRID]
+        curve = [(float(t), e_vis + _false_removal(silent & (vis | (caption & (tiny > t))), degree)) for t in IMG_GRID]
     else:
-        curve = [(float(t), _false_removal(vis | struct | (text_cos > t), degree)) for t in SEM_GRID]
+        curve = [(float(t), e_vis + _false_removal(silent & (vis | struct | (text_cos > t)), degree)) for t in SEM_GRID]
     out["curves"][name] = curve
     fits = [(t, e) for t, e in curve if e <= alpha]
     out["attainable"] = bool(fits)
@@ -517,12 +576,23 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     progress(f"dedup: {len(pairs)} candidate pairs from {k}-NN search ({time.perf_counter() - t0:.1f}s)")
     alignment = np.sum(image_vec[rows2] * text_vec[rows2], axis=1)
     caps2, tiny2 = [captions[i] for i in rows2], tiny_vec[rows2] if tiny_vec is not None else None
+    vis_pairs = vis_nulls = vis_degree = None
+    if params.redundancy != "text" and params.visual_neighbours > 0:
+        if params.visual_space not in VISUAL_SPACES:
+            raise ValueError(f"visual_space must be one of {', '.join(VISUAL_SPACES)}, got {params.visual_space!r}")
+        t1, kv = time.perf_counter(), params.visual_neighbours
+        space = image_vec[rows2] if params.visual_space == "image" else joint[keep_after_sem]
+        vis_pairs, vis_nulls = visual_candidates(space, np.abs(tiny2).sum(axis=1) > 0, kv,
+                                                 offset + kv if params.calibrate else 0, neighbours)
+        vis_degree = np.bincount(vis_pairs.ravel(), minlength=len(rows2)) if len(vis_pairs) else np.zeros(len(rows2))
+        progress(f"dedup: {len(vis_pairs)} visual candidate pairs from {kv}-NN search by {params.visual_space} "
+                 f"embedding, any cluster ({time.perf_counter() - t1:.1f}s)")
     taus = {"tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem}
     calibration = None
     if params.calibrate:
         nulls = null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs)
         degree = np.bincount(pairs.ravel(), minlength=len(rows2)) if len(pairs) else np.zeros(len(rows2))
-        calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, degree)
+        calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, degree, vis_nulls, vis_degree)
         taus = {t: calibration[t] for t in taus}
         progress(f"dedup: calibrated on {calibration['null_pairs']} null pairs of {calibration['null_rows']} samples: "
                  + ", ".join(f"{t} {v:.3f}" for t, v in taus.items())
@@ -531,7 +601,7 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
         if not calibration["attainable"]:
             progress(f"dedup WARNING: {calibration['note']}")
     qual = quality_dedup(pairs, caps2, text_vec[rows2], alignment, params.tau_edit, taus["tau_sem"], tiny2,
-                         taus["tau_vis"], params.redundancy, taus["tau_img"])
+                         taus["tau_vis"], params.redundancy, taus["tau_img"], vis_pairs)
     qual.extra.update({**taus, "calibration": calibration})
     qual.extra["neighbour_seconds"] = round(time.perf_counter() - t0 - qual.seconds, 2)
     apply(qual, rows2)
