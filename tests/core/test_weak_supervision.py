@@ -1,5 +1,6 @@
 import numpy as np
 import polars as pl
+import pytest
 
 from tads_assets.core.method import weak_supervision as ws
 from tads_assets.core.method.weak_supervision import ABSTAIN, BAD, GOOD
@@ -146,3 +147,39 @@ def test_no_inversion_on_honest_lfs():
     lfs = ws.labelling_functions(feats, ws.WeakParams())
     fit = ws.fit_label_model(ws.apply_lfs(feats, lfs), lfs, ws.WeakParams())
     assert fit.inverted == [] and fit.lf_summary["in_label_model"].all()
+
+
+def _p_values(rng, n_related: int, n_unrelated: int, related_high: float, partners: int = 64):
+    """Permutation p-values as operators.match_p_values gives them: unrelated pairs uniform on {1/65, .., 1}, related
+    ones uniform below `related_high`."""
+    k = partners + 1
+    unrelated = rng.integers(1, k + 1, n_unrelated) / k
+    related = np.maximum(1, np.ceil(rng.uniform(0, related_high, n_related) * k)) / k
+    return np.r_[related, unrelated], np.r_[np.zeros(n_related, bool), np.ones(n_unrelated, bool)]
+
+
+def test_null_share_cut_drops_where_clean_pairs_win_clearly_and_stays_high_where_they_do_not():
+    rng = np.random.default_rng(0)
+    sharp, bad = _p_values(rng, 8_000, 2_000, related_high=0.1)  # clean pairs beat ~all random pairings
+    blunt, bad2 = _p_values(rng, 8_000, 2_000, related_high=0.45)  # coarse concepts: many random pairings tie
+    c_sharp, c_blunt = ws.null_share_cut(sharp, 0.8), ws.null_share_cut(blunt, 0.8)
+    assert c_sharp <= 0.15 < 0.45 <= c_blunt
+    for p, truth, c in ((sharp, bad, c_sharp), (blunt, bad2, c_blunt)):
+        flagged = p >= c
+        assert truth[flagged].mean() >= 0.75  # most of what it flags is unrelated, as targeted
+    assert (sharp[bad] >= c_sharp).mean() > 0.8  # and the sharp pool's cut catches most unrelated pairs
+    # a noise majority: the estimate needs no clean majority
+    noisy, bad3 = _p_values(rng, 3_000, 7_000, related_high=0.1)
+    c = ws.null_share_cut(noisy, 0.8)
+    assert bad3[noisy >= c].mean() >= 0.75 and (noisy[bad3] >= c).mean() > 0.8
+    assert ws.null_share_cut(np.full(5, 0.9), 0.8) == ws.P_CUT_GRID[-1]  # too few pairs: the null's median
+    with pytest.raises(ValueError, match="match_null_share"):
+        ws.null_share_cut(sharp, 0.0)
+
+
+def test_a_fixed_match_p_cut_is_taken_as_given_and_a_bad_one_refused():
+    feats = pool_features()
+    fixed = {lf.name: lf.threshold for lf in ws.labelling_functions(feats, ws.WeakParams(match_p_cut=0.5))}
+    assert fixed["lf_caption_unmatched"] == fixed["lf_image_unmatched"] == 0.5
+    with pytest.raises(ValueError, match="match_p_cut"):
+        ws.labelling_functions(feats, ws.WeakParams(match_p_cut=1.5))

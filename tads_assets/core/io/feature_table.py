@@ -41,8 +41,14 @@ class FeatureRun:
         return self.table.height - self.ocr_run
 
 
+# Bumped whenever an operator's output changes for the same input, so cached parts are recomputed
+# (2: fastText confidences clipped to [0, 1]).
+OPERATORS_VERSION = 2
+
+
 def _part_key(part: Path, uids: list[str], encoder_id: str, params: op.OperatorParams) -> str:
     h = hashlib.sha256()
+    h.update(f"operators v{OPERATORS_VERSION}".encode())
     h.update(part_fingerprint(part).encode())
     h.update("\x1f".join(uids).encode())
     h.update(encoder_id.encode())

