@@ -722,7 +722,7 @@ def tiny_image(im: Image.Image) -> bytes:
     """The tiny-image descriptor of a decoded image: its RGB levels averaged down to 12 x 12 (432 bytes).
     Rescaling, re-encoding and small crops barely move it; the dedup layer compares it to find the same
     picture posted twice (`dedup.tiny_image_vectors`). Colour is kept: distinct products of one kind share a
-    grey silhouette far more often than a colourway (docs/method.md, "the visual key")."""
+    grey silhouette far more often than a colourway (docs/method.md, "Why the visual test")."""
     return im.convert("RGB").resize((TINY_SIDE, TINY_SIDE), Image.BOX, reducing_gap=3.0).tobytes()
 
 

@@ -277,6 +277,16 @@ def neighbours_lancedb(vectors: np.ndarray, k: int, db=None, table_name: str = "
     return idx, cos
 
 
+def _pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """One integer per unordered pair (i, j) of rows among n, for set tests between pair lists."""
+    return np.minimum(i, j) * n + np.maximum(i, j)
+
+
+def _degree(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Candidate pairs per row (d of `_false_removal`)."""
+    return np.bincount(pairs.ravel(), minlength=n) if len(pairs) else np.zeros(n)
+
+
 def candidate_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, min_joint_cos: float) -> np.ndarray:
     """Unique (i, j), i < j, pairs among neighbours that share a semantic cluster."""
     n, k = nbr_idx.shape
@@ -347,13 +357,13 @@ def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, 
     caption); "text_and_image" (I_vis ∨ (I_struct ∨ I_sem) ∧ tiny cosine > τ_img) also asks a caption match to
     be backed by the picture, so distinct photos under one template title are not duplicates.
 
-    `pairs` (joint-space neighbours within a cluster) face the whole rule; `visual_pairs` (tiny-image
-    neighbours anywhere in the layer) face I_vis alone, which needs no caption evidence."""
+    `pairs` (joint-space neighbours within a cluster) face the whole rule; `visual_pairs` (`visual_candidates`:
+    image-embedding neighbours anywhere in the layer) face I_vis alone, which needs no caption evidence."""
     t0 = time.perf_counter()
     n = len(captions)
     use_vis = visual_pairs is not None and len(visual_pairs) and mode != "text" and tiny_vec is not None and tau_vis <= 1.0
     if use_vis and len(pairs):
-        fresh = ~np.isin(visual_pairs[:, 0] * n + visual_pairs[:, 1], pairs[:, 0] * n + pairs[:, 1])
+        fresh = ~np.isin(_pair_keys(visual_pairs[:, 0], visual_pairs[:, 1], n), _pair_keys(pairs[:, 0], pairs[:, 1], n))
         visual_pairs = visual_pairs[fresh]
     vis_only = visual_pairs[_tiny_cos(visual_pairs[:, 0], visual_pairs[:, 1], tiny_vec) > tau_vis] if use_vis else pairs[:0]
     stats = {"pairs": int(len(pairs)), "visual_candidate_pairs": int(len(visual_pairs)) if use_vis else 0,
@@ -416,8 +426,7 @@ def null_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, k: 
     ok = labels[i] == labels[j]
     i, j = i[ok], j[ok]
     if len(candidates) and len(i):
-        key = np.minimum(i, j) * n + np.maximum(i, j)
-        ok = ~np.isin(key, candidates[:, 0] * n + candidates[:, 1])
+        ok = ~np.isin(_pair_keys(i, j, n), _pair_keys(candidates[:, 0], candidates[:, 1], n))
         i, j = i[ok], j[ok]
     return np.stack([i, j], axis=1) if len(i) else np.zeros((0, 2), np.int64)
 
@@ -456,8 +465,8 @@ def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.nd
     For a threshold, p is the share of null pairs its test flags (at its upper bound, `_upper_rate`), and the estimated
     false-removal rate is p · mean(d) / 2 (`_false_removal`; d a sample's number of candidate pairs, `degree`, default
     one each): the expected share of samples that flagged pairs of distinct samples remove. τ_vis is the smallest
-    grid value whose visual test alone stays at ≤ α/2 (α = max_false_removal) — on `visual_nulls` (neighbours by tiny
-    image beyond the visual candidates, `visual_candidates`) with `visual_degree` when given, else on the joint
+    grid value whose visual test alone stays at ≤ α/2 (α = max_false_removal) — on `visual_nulls` (the visual search's
+    neighbours beyond its candidates, `visual_candidates`) with `visual_degree` when given, else on the joint
     nulls; then τ_img (text_and_image) or τ_sem (text, text_or_image) the smallest whose whole rule stays ≤ α (with
     visual nulls: the visual estimate plus that of the caption branch where the visual test is silent, on the
     joint nulls). When even the strictest caption threshold estimates more than α (the structural test alone: a pool
@@ -468,7 +477,8 @@ def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.nd
         raise ValueError(f"max_false_removal must lie in (0, 1), got {alpha}")
     n_rows = len(np.unique(nulls[:, 0]))
     degree = np.ones(n_rows) if degree is None else np.asarray(degree)
-    separate = visual_nulls is not None and mode != "text" and tiny_vec is not None
+    visual = mode != "text" and tiny_vec is not None
+    separate = visual and visual_nulls is not None
     out = {"mode": mode, "max_false_removal": alpha, "null_pairs": int(len(nulls)), "null_rows": n_rows,
            "mean_candidates_per_sample": round(float(degree.mean()), 2) if len(degree) else 0.0,
            "tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem, "curves": {},
@@ -489,11 +499,11 @@ def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.nd
     a, b = nulls[:, 0], nulls[:, 1]
     struct, text_cos = _caption_tests(a, b, captions, text_vec, params.tau_edit)
     tiny = _tiny_cos(a, b, tiny_vec)
-    if mode != "text" and tiny_vec is not None and not separate:
+    if visual and not separate:
         curve = [(float(t), _false_removal(tiny > t, degree)) for t in VIS_GRID]
         out["curves"]["tau_vis"] = curve
         out["tau_vis"] = next((t for t, e in curve if e <= alpha / 2), float(VIS_GRID[-1]))
-    vis = tiny > out["tau_vis"] if mode != "text" and tiny_vec is not None else np.zeros(len(a), bool)
+    vis = tiny > out["tau_vis"] if visual else np.zeros(len(a), bool)
     silent = ~vis if separate else np.ones(len(a), bool)  # with visual nulls, I_vis is counted there already
     name = "tau_img" if mode == "text_and_image" else "tau_sem"
     if mode == "text_and_image":
@@ -576,7 +586,7 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     progress(f"dedup: {len(pairs)} candidate pairs from {k}-NN search ({time.perf_counter() - t0:.1f}s)")
     alignment = np.sum(image_vec[rows2] * text_vec[rows2], axis=1)
     caps2, tiny2 = [captions[i] for i in rows2], tiny_vec[rows2] if tiny_vec is not None else None
-    vis_pairs = vis_nulls = vis_degree = None
+    vis_pairs = vis_nulls = None
     if params.redundancy != "text" and params.visual_neighbours > 0:
         if params.visual_space not in VISUAL_SPACES:
             raise ValueError(f"visual_space must be one of {', '.join(VISUAL_SPACES)}, got {params.visual_space!r}")
@@ -584,15 +594,14 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
         space = image_vec[rows2] if params.visual_space == "image" else joint[keep_after_sem]
         vis_pairs, vis_nulls = visual_candidates(space, np.abs(tiny2).sum(axis=1) > 0, kv,
                                                  offset + kv if params.calibrate else 0, neighbours)
-        vis_degree = np.bincount(vis_pairs.ravel(), minlength=len(rows2)) if len(vis_pairs) else np.zeros(len(rows2))
         progress(f"dedup: {len(vis_pairs)} visual candidate pairs from {kv}-NN search by {params.visual_space} "
                  f"embedding, any cluster ({time.perf_counter() - t1:.1f}s)")
     taus = {"tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem}
     calibration = None
     if params.calibrate:
         nulls = null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs)
-        degree = np.bincount(pairs.ravel(), minlength=len(rows2)) if len(pairs) else np.zeros(len(rows2))
-        calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, degree, vis_nulls, vis_degree)
+        calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, _degree(pairs, len(rows2)),
+                                           vis_nulls, None if vis_pairs is None else _degree(vis_pairs, len(rows2)))
         taus = {t: calibration[t] for t in taus}
         progress(f"dedup: calibrated on {calibration['null_pairs']} null pairs of {calibration['null_rows']} samples: "
                  + ", ".join(f"{t} {v:.3f}" for t, v in taus.items())
