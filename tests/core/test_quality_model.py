@@ -23,6 +23,25 @@ def test_true_set_pairs_each_positive_with_a_negative_from_another_cluster():
             assert cap.split(",")[-1] == captions[row].split(",")[-1] or "," not in captions[row]
 
 
+def test_positives_stay_in_the_top_tier_when_most_of_the_pool_is_flagged():
+    """A noise majority: 70 % of the samples carry some LF flag (lower ŷ_weak tiers), 30 % none (the top tier).
+    The 60 % quantile lies inside the flagged tiers; positives must still come from the unflagged samples."""
+    rng = np.random.default_rng(0)
+    weak = np.concatenate([np.full(300, 0.30), rng.choice([0.05, 0.10, 0.20], 700)])
+    rows = qm.positive_candidates(weak, 0.6, 200)
+    assert set(rows) == set(range(300))
+    ts = qm.build_true_set(weak, [f"caption {i}" for i in range(1000)], np.arange(1000) % 5,
+                           qm.QualityParams(true_positives=200))
+    assert (weak[ts.rows[ts.labels == 1]] == 0.30).all()
+    # a top tier smaller than the positives wanted: the quantile and the wanted count decide, ties included
+    weak[:300] = np.where(np.arange(300) < 50, 0.30, 0.20)
+    assert set(np.flatnonzero(weak >= 0.20)) == set(qm.positive_candidates(weak, 0.6, 200))
+    # most of the pool in the top tier: the quantile is the tighter bound, as before
+    assert len(qm.positive_candidates(np.r_[np.zeros(30), np.ones(70)], 0.6, 10)) == 70
+    # no ties (a continuous ŷ_weak): the `wanted` highest
+    assert set(qm.positive_candidates(np.linspace(0, 1, 100), 0.6, 10)) == set(range(90, 100))
+
+
 def test_hybrid_objective_learns_from_true_labels_and_weak_labels():
     """Feature 0 decides quality; weak labels see it through noise, D_true sees it exactly."""
     rng = np.random.default_rng(0)
