@@ -61,7 +61,7 @@ def pool_features(n=300, seed=0):
 
 def test_each_labelling_function_flags_its_known_bad_row_and_abstains_on_ordinary_ones():
     feats = pool_features()
-    lfs = ws.labelling_functions(feats, ws.WeakParams())
+    lfs = ws.labelling_functions(feats, ws.WeakParams(disabled_lfs=""))
     assert len(lfs) >= 8
     L = ws.apply_lfs(feats, lfs)
     col = {lf.name: j for j, lf in enumerate(lfs)}
@@ -75,6 +75,20 @@ def test_each_labelling_function_flags_its_known_bad_row_and_abstains_on_ordinar
     assert L[7, col["lf_foreign_language"]] == ABSTAIN  # foreign but unsure: no vote
     assert L[8, col["lf_ungrounded"]] == ABSTAIN  # no phrase to ground: no vote
     assert L[9, col["lf_image_unmatched"]] == ABSTAIN
+
+
+def test_disabled_lfs_leave_the_label_model_and_are_validated():
+    feats = pool_features()
+    every = [lf.name for lf in ws.labelling_functions(feats, ws.WeakParams(disabled_lfs=""))]
+    default = [lf.name for lf in ws.labelling_functions(feats, ws.WeakParams())]
+    assert "lf_ungrounded" in every and "lf_ungrounded" not in default  # the measured default
+    assert default == [n for n in every if n != "lf_ungrounded"]
+    some = ws.labelling_functions(feats, ws.WeakParams(disabled_lfs=" lf_blurred, lf_vague_caption"))
+    assert [lf.name for lf in some] == [n for n in every if n not in ("lf_blurred", "lf_vague_caption")]
+    with pytest.raises(ValueError, match="lf_blured.*not labelling functions.*lf_blurred"):
+        ws.labelling_functions(feats, ws.WeakParams(disabled_lfs="lf_blured"))
+    with pytest.raises(ValueError, match="no labelling function"):
+        ws.labelling_functions(feats, ws.WeakParams(disabled_lfs=",".join(every)))
 
 
 def test_label_model_scores_flagged_samples_below_unflagged_ones():
