@@ -17,10 +17,11 @@ UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table
             task_set, relevance_vectors, cluster_diversity]
 TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
 # A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward,
-# the task alignment's target CLIP trained for 4096 samples seen.
+# the task alignment's target CLIP trained for 8192 samples seen (at 4096 it stayed at chance on every task once
+# lf_ungrounded left the LabelModel: the run then fails, saying so).
 DVN = {"ops": {"trained_dvn": {"config": {"meta_iterations": 3, "fdo_clusters": 6, "probe_clusters": 6,
                                           "reward_repeats": 1, "proxy_steps": 20, "validation_items": 100,
-                                          "target_budget_samples_seen": 4096}},
+                                          "target_budget_samples_seen": 8192}},
                "final_subset": {"config": {"export": True}}}}
 SELECT = [trained_dvn, final_subset, trained_dvn_scores_valid, final_subset_ledger_complete]
 

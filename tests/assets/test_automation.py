@@ -90,13 +90,9 @@ def test_task_change_reruns_only_what_depends_on_the_tasks(built, demo_dir, tmp_
     untouched = {f: f.stat().st_mtime_ns for name in TASK_INDEPENDENT
                  for f in (home / "parquet" / name).rglob("*") if f.is_file()}
     untouched |= {f: f.stat().st_mtime_ns for f in (home / "lance").rglob("*") if "embeddings" in str(f) and f.is_file()}
-    # Without the digit task the alignment's target CLIP needs more than the shared 4096 samples seen to leave chance
-    # on this CPU (the run then fails, as it should, saying so): give it twice that.
-    dvn = {**DVN["ops"], "trained_dvn": {"config": {**DVN["ops"]["trained_dvn"]["config"],
-                                                    "target_budget_samples_seen": 8192}}}
     run = materialize(_all_assets_and_checks(), selection=automation.TASK_DEPENDENT,
                       partition_key=request.partition_key, resources=resources,
-                      run_config={"ops": {**dvn, **TRAIN["ops"]}}, tags=request.tags)
+                      run_config={"ops": {**DVN["ops"], **TRAIN["ops"]}}, tags=request.tags)
     assert run.success
     recomputed = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
     assert recomputed == TASK_DEPENDENT, recomputed
