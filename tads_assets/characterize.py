@@ -203,6 +203,7 @@ def weak_labels(context: AssetExecutionContext, config: WeakLabelsConfig, paths:
                             "Look at their thresholds and votes in lf_summary")
     return MaterializeResult(metadata={
         "inverted_lfs": MetadataValue.text(", ".join(fit.inverted) or "none"),
+        "disabled_lfs": MetadataValue.text(params.disabled_lfs.strip() or "none"),  # left out by config, not by the fit
         "path": MetadataValue.path(str(out_path)), "n_in": features.height, "n_out": out.height, "n_dropped": 0,
         "dagster/column_schema": column_schema(out, {**WEAK_COLUMNS, **{lf.name: f"vote of {lf.name}: 1 good, 0 bad, "
                                                                          "-1 abstain" for lf in lfs}}),

@@ -208,11 +208,11 @@ def labelling_functions(features: pl.DataFrame, params: WeakParams) -> list[Labe
         f("lf_ungrounded", "none of the caption's phrases located in the image (abstains on captions without "
           "phrases)", 1.0, lambda d: flag(col(d, "grounding_count") < 1, col(d, "n_phrases") > 0)),
     ]
-    disabled = {n.strip() for n in params.disabled_lfs.split(",") if n.strip()}
-    if disabled - {lf.name for lf in lfs}:
-        raise ValueError(f"disabled_lfs names {sorted(disabled - {lf.name for lf in lfs})}, which are not labelling "
-                         f"functions; they are {', '.join(lf.name for lf in lfs)}")
-    if disabled >= {lf.name for lf in lfs}:
+    disabled, names = {n.strip() for n in params.disabled_lfs.split(",") if n.strip()}, {lf.name for lf in lfs}
+    if disabled - names:
+        raise ValueError(f"disabled_lfs names {sorted(disabled - names)}, which are not labelling functions; they are "
+                         f"{', '.join(lf.name for lf in lfs)}")
+    if disabled >= names:
         raise ValueError("disabled_lfs leaves no labelling function for the LabelModel")
     return [lf for lf in lfs if lf.name not in disabled]
 
