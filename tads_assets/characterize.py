@@ -19,7 +19,7 @@ from tads_assets.core.io.eval_sets import check_eval_set, read_eval_set
 from tads_assets.core.io.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features
 from tads_assets.core.io.tasks import TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.method import diversity, operators, quality_model, relevance, weak_supervision
-from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_cosine_for_new_captions, load_heads
+from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_embeddings, load_heads
 from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, reference_rows
 from tads_assets.core.method.diversity import DiversityParams
 from tads_assets.core.method.quality_model import QualityParams
@@ -122,25 +122,8 @@ def _match_p_columns(uids: list[str], clip_encoder: ClipEncoderDir, pool_embeddi
     """caption_match_p and image_match_p (`operators.match_p_values`) of the feature table's rows, scored as
     clip_similarity is: by the builtin encoder's cross-fitted heads, each fold's pairs against random pairings
     within the fold (no head trained on either pair), or by an open_clip encoder's own embeddings."""
-    info = clip_encoder.info()
-    if info["kind"] == "builtin" and info.get("heldout_heads"):
-        heads = [load_heads(clip_encoder.file(f), device) for f in info["heldout_heads"]]
-        frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(frozen_cache_dir), on="uid",
-                                                 how="left", maintain_order="left")
-        image_feats, text_feats = embeddings.arrays(frozen, "image_feat", "text_feat")
-        groups = fold_of(uids, len(heads))
-        img = txt = None
-        for f, h in enumerate(heads):
-            rows = groups == f
-            enc = BuiltinEncoder(h, towers=False)
-            fi, ft = enc.embed_image_features(image_feats[rows]), enc.embed_text_features(text_feats[rows])
-            if img is None:
-                img, txt = np.zeros((len(uids), fi.shape[1]), np.float32), np.zeros((len(uids), ft.shape[1]), np.float32)
-            img[rows], txt[rows] = fi, ft
-    else:
-        img, txt = pool_embeddings.aligned(uids, "image_vec", "text_vec")
-        groups = np.zeros(len(uids), np.int64)
-    caption_p, image_p = operators.match_p_values(img, txt, groups, seed=params.seed)
+    scorer = _PairScorer(uids, clip_encoder, pool_embeddings, frozen_cache_dir, device)
+    caption_p, image_p = operators.match_p_values(scorer.img, scorer.txt, scorer.groups, seed=params.seed)
     return [pl.Series("caption_match_p", caption_p), pl.Series("image_match_p", image_p)]
 
 
@@ -226,18 +209,19 @@ QualityScoresConfig = config_from("QualityScoresConfig", "q_φ and D_true settin
 def _negative_features(features: pl.DataFrame, feature_table: FeatureTable, pool_embeddings: PoolEmbeddings,
                        clip_encoder: ClipEncoderDir, frozen_cache_dir, encoder: ClipEncoder, langid: LangId, dev: str):
     """negative_features(rows, captions) for D_true: the operators recomputed for new captions on the pool's
-    images, with exactly feature_table's settings and on its scales."""
+    images, with exactly feature_table's settings and on its scales (the CLIP similarity and the permutation tests
+    by the scorer the feature table used)."""
     img, flip = pool_embeddings.aligned(features["uid"].to_list(), "image_vec", "flipped_image_vec")
     op_params = OperatorParams(**feature_table.operator_params())
     enc, _ = encoder.load(clip_encoder, dev)
     rater = operators.ConcretenessRater.from_tensors(load_file(str(feature_table.rater_path)))
     dominant = operators.dominant_language(features["lang"].to_list())
     refs = operators.reference_images(img, op_params.reference_images, op_params.seed)
+    scorer = _PairScorer(features["uid"].to_list(), clip_encoder, pool_embeddings, frozen_cache_dir, dev, enc)
 
     def negative_features(rows: np.ndarray, captions: list[str]) -> pl.DataFrame:
-        return operators.recombined_features(
-            features, rows, captions, img, flip, refs, langid.load(), enc.encode_texts, rater, dominant, op_params,
-            _heldout_cos(clip_encoder, frozen_cache_dir, dev, features["uid"].gather(rows).to_list(), captions, enc))
+        return operators.recombined_features(features, rows, captions, img, flip, refs, langid.load(), enc.encode_texts,
+                                             rater, dominant, op_params, scorer.cosine_of_new_pairs(rows, captions))
 
     return negative_features
 
@@ -297,18 +281,38 @@ def _quality_metadata(fit, d_true, out: pl.DataFrame, captions, params, raw_pool
     }
 
 
-def _heldout_cos(clip_encoder: ClipEncoderDir, frozen_cache_dir, device: str, uids: list[str], captions: list[str],
-                 enc) -> np.ndarray | None:
-    """The new pairs' CLIP similarity on the feature table's scale: the builtin encoder's cross-fitted heads
-    (None for an open_clip encoder, whose own cosine is already held out)."""
-    info = clip_encoder.info()
-    if info["kind"] != "builtin" or not info.get("heldout_heads"):
-        return None
-    heads = [load_heads(clip_encoder.file(f), device) for f in info["heldout_heads"]]
-    frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(frozen_cache_dir), on="uid",
-                                             how="left", maintain_order="left")
-    (image_feats,) = embeddings.arrays(frozen, "image_feat")
-    return heldout_cosine_for_new_captions(uids, image_feats, captions, heads, enc.towers)
+class _PairScorer:
+    """The pool's pairs embedded as feature_table scores them — by the builtin encoder's cross-fitted heads (each pair by
+    the head of its uid's fold, never one that trained on it) or an open_clip encoder's own embeddings — for the
+    permutation tests and for new (pool image, caption) pairs."""
+
+    def __init__(self, uids: list[str], clip_encoder: ClipEncoderDir, pool_embeddings: PoolEmbeddings, frozen_cache_dir,
+                 device: str, enc=None):
+        info = clip_encoder.info()
+        self.enc, self.heads = enc, None
+        if info["kind"] == "builtin" and info.get("heldout_heads"):
+            self.heads = [load_heads(clip_encoder.file(f), device) for f in info["heldout_heads"]]
+            frozen = pl.DataFrame({"uid": uids}).join(embeddings.load_frozen_features(frozen_cache_dir), on="uid",
+                                                     how="left", maintain_order="left")
+            self.groups = fold_of(uids, len(self.heads))
+            self.img, self.txt = heldout_embeddings(*embeddings.arrays(frozen, "image_feat", "text_feat"), self.groups,
+                                                    self.heads)
+        else:
+            self.img, self.txt = pool_embeddings.aligned(uids, "image_vec", "text_vec")
+            self.groups = np.zeros(len(uids), np.int64)
+
+    def cosine_of_new_pairs(self, rows: np.ndarray, captions: list[str]) -> np.ndarray | None:
+        """The held-out cos(z_I, z_T) of row rows[i]'s image with captions[i] (None for an open_clip encoder, whose
+        cosine the operators compute from its own embeddings)."""
+        if self.heads is None:
+            return None
+        rows, feats = np.asarray(rows, np.int64), self.enc.towers.text_features(list(captions))
+        new_txt = np.zeros((len(rows), self.txt.shape[1]), np.float32)
+        for f, h in enumerate(self.heads):
+            mine = self.groups[rows] == f
+            if mine.any():
+                new_txt[mine] = BuiltinEncoder(h, towers=False).embed_text_features(feats[mine])
+        return np.sum(self.img[rows] * new_txt, axis=1).astype(np.float32)
 
 
 # ------------------------------------------------------------------------- §3.2.2-3.2.3: tasks, relevance, diversity

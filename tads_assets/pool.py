@@ -15,8 +15,8 @@ from tads_assets.core.io.formats import IngestLimits
 from tads_assets.core.io.storage import staged_dir, write_stage_output
 from tads_assets.core.method import dedup
 from tads_assets.core.method.dedup import DedupParams
-from tads_assets.core.method.encoder import (HeadsConfig, fit_builtin_encoder, fit_heldout_heads, fold_of, save_heads,
-                                             write_encoder_info)
+from tads_assets.core.method.encoder import (HeadsConfig, HeldoutCleaning, fit_builtin_encoder, fit_heldout_heads, fold_of,
+                                             save_heads, write_encoder_info)
 from tads_assets.core.report import histogram_markdown, line_plot_markdown, multi_line_plot_markdown, sample_grid_markdown
 from tads_assets.meta import column_schema, describe, rounded, table
 
@@ -118,7 +118,8 @@ FROZEN_COLUMNS = {"uid": "sample id", "image_feat": "EfficientNet-Lite0 features
 ClipEncoderConfig = config_from(
     "ClipEncoderConfig", "Training of the builtin encoder's projection heads (`encoder.HeadsConfig`; ignored for "
     "open_clip encoders). Few epochs: more make the heads memorise the pool's misaligned pairs.",
-    HeadsConfig, extra={"val_fraction": (float, 0.05)})
+    HeadsConfig, (HeldoutCleaning, {"prefix": "heldout_clean_", "exclude": ("seed", "partners")}),
+    extra={"val_fraction": (float, 0.05)})
 
 
 @asset(
@@ -179,7 +180,9 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
     img, txt = embeddings.arrays(frozen, "image_feat", "text_feat")
     heads_config = params_of(config, HeadsConfig)
     heads, report = fit_builtin_encoder(img, txt, heads_config, config.val_fraction, dev, progress=context.log.info)
-    heldout = fit_heldout_heads(img, txt, fold_of(frozen["uid"].to_list()), heads_config, dev, context.log.info)
+    cleaning = params_of(config, HeldoutCleaning, prefix="heldout_clean_", seed=heads_config.seed)
+    heldout, cleaning_report = fit_heldout_heads(img, txt, fold_of(frozen["uid"].to_list()), heads_config, dev,
+                                                 context.log.info, cleaning)
     # heads, held-out heads and encoder.json replace the previous encoder together (never a mix of two runs)
     with staged_dir(out, context.run_id) as staging:
         save_heads(heads, staging / "heads.safetensors")
@@ -202,6 +205,7 @@ def clip_encoder(context: AssetExecutionContext, config: ClipEncoderConfig, path
         "frozen_rows_per_s": (rounded(stats["rows"] / max(stats["seconds"], 1e-9), 1) if stats["parts_computed"]
                               else MetadataValue.text("every part cached")),
         "head_training_seconds": rounded(report.seconds, 2), "device": MetadataValue.text(dev),
+        "heldout_cleaning": table(cleaning_report) if cleaning_report else MetadataValue.text("off (heldout_clean_rounds 0)"),
     })
 
 

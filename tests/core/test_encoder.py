@@ -181,3 +181,75 @@ def test_every_tower_runtime_gives_the_eager_features_and_auto_runs_on_onnxrunti
     np.testing.assert_allclose(again.image_features(images[:1])[0], feats["eager"][0], atol=1e-4)
     with pytest.raises(ValueError, match="runtime"):
         enc.FrozenTowers(runtime="tensorrt")
+
+
+def _concept_pairs(n: int, noise_share: float, seed: int = 0, noise: float = 1.0):
+    """Pairs whose image and text features share a hidden concept; the first `noise_share` of them get another
+    pair's caption (misaligned). Returns image features, text features and the misaligned mask."""
+    rng = np.random.default_rng(seed)
+    concept = rng.normal(size=(n, 12)).astype(np.float32)
+    img = concept @ rng.normal(size=(12, 48)).astype(np.float32) + noise * rng.normal(size=(n, 48)).astype(np.float32)
+    txt = concept @ rng.normal(size=(12, 20)).astype(np.float32) + noise * rng.normal(size=(n, 20)).astype(np.float32)
+    bad = np.zeros(n, bool)
+    bad[: int(noise_share * n)] = True
+    txt[bad] = txt[bad][rng.permutation(int(bad.sum()))]
+    return img, txt, bad
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def test_cleaned_heldout_heads_separate_a_noise_majority_better_and_never_train_on_their_own_fold(monkeypatch):
+    """Where most pairs are misaligned, heads trained on every pair score the clean minority less sharply; the
+    cleaning round trains them again on the pairs that beat random pairings. Head f still never trains on fold f."""
+    img, txt, bad = _concept_pairs(1600, 0.8)
+    folds = enc.fold_of([f"u{i}" for i in range(len(img))])
+    config = enc.HeadsConfig(embed_dim=16, hidden_dim=0, epochs=12, lr=1e-2)
+    trained_on = []
+    real = enc.train_projection_heads
+
+    def recording(image_feats, text_feats, *args, **kwargs):
+        trained_on.append({img.tobytes().find(row.tobytes()) // row.nbytes for row in image_feats})
+        return real(image_feats, text_feats, *args, **kwargs)
+
+    monkeypatch.setattr(enc, "train_projection_heads", recording)
+    plain, none = enc.fit_heldout_heads(img, txt, folds, config, cleaning=enc.HeldoutCleaning(rounds=0))
+    cleaned, report = enc.fit_heldout_heads(img, txt, folds, config)
+    assert none == [] and len(report) == 1 and report[0]["applied"]
+    assert report[0]["kept"] < 0.4 * len(img)  # most misaligned pairs are left out of the second fit
+    # 2 plain fits, then 2 + 2 for the cleaned run: each head's rows lie outside its own fold
+    for f, rows in zip([0, 1, 0, 1, 0, 1], trained_on):
+        assert rows and not any(folds[r] == f for r in rows)
+    assert len(trained_on[4]) < len(trained_on[2])
+    before = enc.heldout_pair_cosine(img, txt, folds, plain)
+    after = enc.heldout_pair_cosine(img, txt, folds, cleaned)
+    auc_before, auc_after = _auc(before[~bad], before[bad]), _auc(after[~bad], after[bad])
+    assert auc_after > auc_before + 0.03, (auc_before, auc_after)  # measured 0.911 -> 0.979
+
+
+def test_cleaning_that_would_leave_a_fold_without_pairs_keeps_the_first_heads(monkeypatch):
+    """Where no pair beats random pairings (every p-value 1), the cleaning round is reported as not applied and the
+    first heads are returned as they are."""
+    from tads_assets.core.method import operators
+
+    img, txt, _ = _concept_pairs(40, 0.0)
+    folds = enc.fold_of([f"u{i}" for i in range(len(img))])
+    config = enc.HeadsConfig(embed_dim=4, hidden_dim=0, epochs=1)
+    first, _ = enc.fit_heldout_heads(img, txt, folds, config, cleaning=enc.HeldoutCleaning(rounds=0))
+    monkeypatch.setattr(operators, "match_p_values", lambda i, t, g, *a, **k: (np.ones(len(i)), np.ones(len(i))))
+    heads, report = enc.fit_heldout_heads(img, txt, folds, config)
+    assert report == [{"round": 1, "caption_p_cut": 0.05, "image_p_cut": 0.05, "pairs": 40, "kept": 0,
+                       "kept_share": 0.0, "applied": False}]
+    assert np.array_equal(enc.heldout_pair_cosine(img, txt, folds, heads), enc.heldout_pair_cosine(img, txt, folds, first))
+
+
+def test_the_encoder_id_changes_with_the_heldout_heads(tmp_path):
+    info = {"kind": "builtin", "heads": "heads.safetensors", "heldout_heads": ["h0.safetensors"]}
+    enc.save_heads(enc.ProjectionHeads(enc.HeadsConfig(embed_dim=8, hidden_dim=0)), tmp_path / "heads.safetensors")
+    heldout = enc.ProjectionHeads(enc.HeadsConfig(embed_dim=8, hidden_dim=0))
+    enc.save_heads(heldout, tmp_path / "h0.safetensors")
+    first = enc.write_encoder_info(tmp_path, info)["encoder_id"]
+    torch.nn.init.zeros_(heldout.text[1].weight)
+    enc.save_heads(heldout, tmp_path / "h0.safetensors")
+    assert enc.write_encoder_info(tmp_path, info)["encoder_id"] != first

@@ -520,38 +520,89 @@ def fold_of(uids: Sequence[str], k: int = HELDOUT_FOLDS) -> np.ndarray:
     return np.array([int.from_bytes(hashlib.sha1(u.encode()).digest()[:4], "little") % k for u in uids], np.int64)
 
 
+@dataclass
+class HeldoutCleaning:
+    """Cross-fitted heads trained again on the pairs the first heads find related (`fit_heldout_heads`)."""
+
+    rounds: int = 1  # 0: the heads of the first fit as they are
+    null_share: float = 0.8  # a training pair is dropped where, by `null_share_cut`, at least this share of such pairs is unrelated
+    partners: int = 64  # random pairings per permutation test
+    seed: int = 0
+
+
+def heldout_embeddings(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
+                       heads: list[ProjectionHeads]) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's image and caption embedded by the head that did not train on it (rows aligned)."""
+    img = txt = None
+    for f, h in enumerate(heads):
+        rows = folds == f
+        enc = BuiltinEncoder(h, towers=False)
+        fi, ft = enc.embed_image_features(image_feats[rows]), enc.embed_text_features(text_feats[rows])
+        if img is None:
+            img = np.zeros((len(folds), fi.shape[1]), np.float32)
+            txt = np.zeros((len(folds), ft.shape[1]), np.float32)
+        img[rows], txt[rows] = fi, ft
+    return img, txt
+
+
 def fit_heldout_heads(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
                       config: HeadsConfig | None = None, device: str = "cpu",
-                      progress: Callable[[str], None] = log.info) -> list[ProjectionHeads]:
+                      progress: Callable[[str], None] = log.info,
+                      cleaning: HeldoutCleaning | None = None) -> tuple[list[ProjectionHeads], list[dict]]:
     """Cross-fitting: head f is trained on every pair outside fold f, so it scores fold f's pairs without
     having seen them. The builtin encoder learns from the noisy pool itself and partly memorises its
-    misaligned pairs; held-out scores keep the alignment operator honest."""
-    heads = []
-    for f in range(int(folds.max()) + 1 if len(folds) else 0):
-        train = folds != f
-        progress(f"held-out heads: fold {f + 1}, trained on {int(train.sum())} pairs")
-        heads.append(train_projection_heads(image_feats[train], text_feats[train], config, device, progress)[0])
-    return heads
+    misaligned pairs; held-out scores keep the alignment operator honest.
+
+    Cleaning (`cleaning.rounds`, default 1): a head trained on every pair of its folds also learns their misaligned,
+    vague and foreign-language pairs as if they were true, and where those are many (a noise majority) it scores
+    clean pairs less sharply. So after the first fit each pair gets a permutation test against random pairings of
+    its fold (`operators.match_p_values`, by the head that never trained on it), and the heads are trained again on
+    the pairs that beat the pool-set cut on both sides (`weak_supervision.null_share_cut`: the lowest cut at which
+    most pairs above it are unrelated, no clean majority assumed). Head f still never sees fold f: its training
+    pairs are fold 1−f's, chosen by the scores of the head that trained on fold f — which can only keep more of
+    fold 1−f, never put fold f's pairs into head f. Returns the heads and one report row per cleaning round."""
+    from tads_assets.core.method.operators import match_p_values
+    from tads_assets.core.method.weak_supervision import null_share_cut
+
+    cleaning = cleaning or HeldoutCleaning()
+    n_folds = int(folds.max()) + 1 if len(folds) else 0
+
+    def fit(use: np.ndarray, label: str) -> list[ProjectionHeads]:
+        heads = []
+        for f in range(n_folds):
+            train = (folds != f) & use
+            progress(f"held-out heads{label}: fold {f + 1}, trained on {int(train.sum())} pairs")
+            heads.append(train_projection_heads(image_feats[train], text_feats[train], config, device, progress)[0])
+        return heads
+
+    heads = fit(np.ones(len(folds), bool), "")
+    report = []
+    for r in range(cleaning.rounds):
+        img, txt = heldout_embeddings(image_feats, text_feats, folds, heads)
+        caption_p, image_p = match_p_values(img, txt, folds, cleaning.partners, seed=cleaning.seed + r)
+        cuts = null_share_cut(caption_p, cleaning.null_share), null_share_cut(image_p, cleaning.null_share)
+        keep = ~((caption_p >= cuts[0]) | (image_p >= cuts[1]))  # a pair without a test (NaN) is kept
+        too_few = [f for f in range(n_folds) if ((folds != f) & keep).sum() < 2]
+        report.append({"round": r + 1, "caption_p_cut": cuts[0], "image_p_cut": cuts[1], "pairs": len(folds),
+                       "kept": int(keep.sum()), "kept_share": float(keep.mean()) if len(keep) else 0.0,
+                       "applied": not too_few})
+        if too_few:
+            progress(f"held-out heads: cleaning round {r + 1} would leave fold(s) {too_few} fewer than 2 pairs; kept "
+                     "the heads as they are")
+            break
+        progress(f"held-out heads: cleaning round {r + 1}: {int(keep.sum())} of {len(keep)} pairs beat random pairings "
+                 f"(caption p < {cuts[0]:.2f}, image p < {cuts[1]:.2f}); training again on those")
+        heads = fit(keep, f" (cleaned, round {r + 1})")
+    return heads, report
 
 
 def heldout_pair_cosine(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
                         heads: list[ProjectionHeads]) -> np.ndarray:
     """cos(z_I, z_T) of each pair from the head that did not train on it."""
-    out = np.zeros(len(folds), np.float32)
-    for f, h in enumerate(heads):
-        rows = folds == f
-        if rows.any():
-            enc = BuiltinEncoder(h, towers=False)
-            out[rows] = np.sum(enc.embed_image_features(image_feats[rows]) * enc.embed_text_features(text_feats[rows]), 1)
-    return out
-
-
-def heldout_cosine_for_new_captions(uids: Sequence[str], image_feats: np.ndarray, captions: Sequence[str],
-                                    heads: list[ProjectionHeads], towers: FrozenTowers) -> np.ndarray:
-    """Held-out cos(z_I, z_T) of pool images paired with new captions: each image is scored by the head
-    of its uid's fold, as `heldout_pair_cosine` scores the pool's own pairs (same scale)."""
-    return heldout_pair_cosine(np.asarray(image_feats, np.float32), towers.text_features(list(captions)),
-                               fold_of(uids, len(heads)), heads)
+    if not heads:
+        return np.zeros(len(folds), np.float32)
+    img, txt = heldout_embeddings(image_feats, text_feats, folds, heads)
+    return np.sum(img * txt, axis=1).astype(np.float32)
 
 
 ENCODER_INFO = "encoder.json"
@@ -563,8 +614,9 @@ def write_encoder_info(out_dir: str | Path, info: dict) -> dict:
 
     out_dir = Path(out_dir)
     digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
-    if info.get("heads"):
-        digest.update((out_dir / info["heads"]).read_bytes())
+    if info.get("heads"):  # the held-out heads too: they score heldout_pair_cos, which pool_embeddings stores
+        for name in [info["heads"], *info.get("heldout_heads", [])]:
+            digest.update((out_dir / name).read_bytes())
     elif info.get("weights") and Path(info["weights"]).is_file():
         st = Path(info["weights"]).stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
