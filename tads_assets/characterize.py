@@ -374,9 +374,10 @@ RELEVANCE_COLUMNS = {"uid": "sample id", "r": "r_k(x) per task (eq. 10)", "h_r":
 
 @asset(
     group_name="characterize", kinds={"lancedb"},
-    description=describe("Eq. 10-11: r_k(x), the mean cosine of a sample to task k's textual prototypes (templates "
-                         "× class names; a sample of validation captions for retrieval), and h_r; LanceDB table "
-                         "`relevance_vectors` beside the embeddings, over the deduplicated pool.", RELEVANCE_COLUMNS),
+    description=describe("Eq. 10-11: r_k(x), a sample's cosine to task k's nearest textual prototype (a class's "
+                         "templates averaged; a sample of validation captions for retrieval; `aggregate: mean` is eq. "
+                         "10's mean over every prototype), and h_r; LanceDB table `relevance_vectors` beside the "
+                         "embeddings, over the deduplicated pool.", RELEVANCE_COLUMNS),
 )
 @one_writer
 def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, paths: TadsPaths, encoder: ClipEncoder,
@@ -390,10 +391,11 @@ def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, p
         captions = read_eval_set(t.sets["validation"]).captions if t.kind == "retrieval" else ()
         texts = relevance.support_texts(t.kind, t.templates, t.classes, captions, config.max_support_captions,
                                         config.seed)
-        protos.append(enc.encode_texts(texts))
-        sizes[t.name] = len(texts)
+        protos.append(relevance.task_prototypes(t.kind, enc.encode_texts(texts), len(t.classes), config.aggregate))
+        sizes[t.name] = len(protos[-1])
     uids = deduped_pool.uids()
-    r = relevance.relevance_scores(*pool_embeddings.aligned(uids, "image_vec", "text_vec"), protos, config.modality)
+    r = relevance.relevance_scores(*pool_embeddings.aligned(uids, "image_vec", "text_vec"), protos, config.modality,
+                                   config.aggregate)
     h = relevance.relevance_vector(r)
     written = embeddings.write_relevance_table(out.connect(), uids, r, h, [t.name for t in tasks], digest)
     top = np.argmax(r, axis=1)
@@ -407,6 +409,7 @@ def relevance_vectors(context: AssetExecutionContext, config: RelevanceConfig, p
         "relevance": MetadataValue.md(histogram_markdown({t.name: r[:, k] for k, t in enumerate(tasks)},
                                                          "r_k(x) per task", "mean cosine to the task's prototypes")),
         "tasks_sha256": MetadataValue.text(digest), "modality": MetadataValue.text(config.modality),
+        "aggregate": MetadataValue.text(config.aggregate),
     })
 
 
