@@ -34,10 +34,27 @@ def test_the_catalog_pool_has_templated_titles_over_distinct_images_and_coarse_t
 
 def test_task_minority_and_noise_majority_pools_have_the_shares_they_claim(tmp_path):
     truth, tasks = _make(tmp_path, "task_minority")
-    assert {t["name"] for t in tasks} == {"digits", "digit_captions"}
-    assert 0.08 < (truth["source"] == "digits").mean() <= 0.15
+    names = {t["name"]: t for t in tasks}
+    assert set(names) == {"footwear", "footwear_captions"}
+    assert names["footwear"]["classes"] == ["sandal", "sneaker", "ankle boot"]
+    footwear = truth["label"].is_in(["sandal", "sneaker", "ankle boot"])
+    assert 0.08 < footwear.mean() <= 0.15  # a minority of the pool, where Fashion-MNIST's own balance gives 3 of 10
+    assert (truth["source"] == "digits").mean() > 0.05  # other concepts: garments, digits, textures
+    # every held-out set is about footwear, from Fashion-MNIST's test split (never in the pool)
+    import tarfile
+
+    for split in ("val", "test"):
+        for name in ("footwear", "captions"):
+            with tarfile.open(tmp_path / "task_minority" / split / f"{name}.tar") as tar:
+                labels = [__import__("json").load(tar.extractfile(m))["label"] for m in tar if m.name.endswith(".json")]
+            assert labels and set(labels) <= {"sandal", "sneaker", "ankle boot"}, (split, name)
     truth, _ = _make(tmp_path, "noise_majority")
     assert (truth["kind"] != "clean").mean() >= 0.5
+
+
+def test_a_footwear_share_without_room_for_it_is_refused():
+    with pytest.raises(ValueError, match="task_class_share"):
+        DemoConfig(task_profile="footwear", task_class_share=0.95)
 
 
 def test_zoo_configs_are_named_and_the_heldout_pool_has_a_seed_of_its_own():

@@ -126,8 +126,11 @@ TASK_TEMPLATES_COARSE = WORDS["TASK_TEMPLATES_COARSE"]
 CAPTION_STYLES = ("varied", "catalog")
 # The task set written beside the pool: "demo" (fashion's 10 classes, digits, caption retrieval), "coarse" (garment
 # categories top/bottom/dress/footwear/bag, names the captions never use, and product retrieval), "digits" (digit
-# classification and digit caption retrieval only: the garments are off-task).
-TASK_PROFILES = ("demo", "coarse", "digits")
+# classification and digit caption retrieval only: the garments are off-task), "footwear" (sandal / sneaker / ankle
+# boot classification and footwear caption retrieval: the other garments and the digits are off-task; with
+# `task_class_share` the footwear is a minority of the pool).
+TASK_PROFILES = ("demo", "coarse", "digits", "footwear")
+FOOTWEAR = tuple(COARSE_CATEGORIES["footwear"])
 
 
 @dataclass
@@ -151,6 +154,9 @@ class DemoConfig:
     caption_style: str = "varied"
     image_sides: tuple[int, ...] = ()  # square sides of the glyph samples' images; () = the demo's 96-192 px, any aspect
     task_profile: str = "demo"
+    # share of the glyph draws (garments and digits) that are footwear, the rest of the garments drawn from the other
+    # classes; 0: every garment class alike (Fashion-MNIST's own balance, 3 of 10 classes footwear)
+    task_class_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.image_sides = tuple(int(s) for s in self.image_sides)
@@ -160,6 +166,8 @@ class DemoConfig:
             raise ValueError(f"task_profile must be one of {TASK_PROFILES}, got {self.task_profile!r}")
         if any(s < 16 for s in self.image_sides):
             raise ValueError(f"image_sides must be at least 16 px, got {self.image_sides}")
+        if not 0.0 <= self.task_class_share < 1.0 - self.digit_share:
+            raise ValueError(f"task_class_share must lie in [0, 1 - digit_share), got {self.task_class_share}")
         self._check_rates()
 
     def _check_rates(self) -> None:
@@ -495,23 +503,34 @@ class _GlyphPool:
     """Draws glyph specs for pool samples: garments from the train split, digits from the pool part."""
 
     def __init__(self, src: ImageSources, pool_digit_idx: np.ndarray, digit_share: float, rng: np.random.Generator,
-                 image_sides: tuple[int, ...] = (), details: bool = True):
-        self.src, self.rng, self.digit_share = src, rng, digit_share
+                 image_sides: tuple[int, ...] = (), details: bool = True, footwear_share: float = 0.0):
+        self.src, self.rng, self.digit_share, self.footwear_share = src, rng, digit_share, footwear_share
         self.image_sides, self.details = image_sides, details
         self.fashion_order = rng.permutation(len(src.fashion_train))
         self.digit_order = pool_digit_idx
         self.f_next = 0
         self.d_next = 0
+        if footwear_share:  # two queues over the same permutation: footwear, and every other garment
+            shoe = np.isin(src.fashion_train_labels[self.fashion_order], [FASHION_CLASSES.index(c) for c in FOOTWEAR])
+            self.queues = {True: self.fashion_order[shoe], False: self.fashion_order[~shoe]}
+            self.q_next = {True: 0, False: 0}
 
     def draw(self, width_height: tuple[int, int] | None = None, scale: float | None = None) -> GlyphSpec:
         rng = self.rng
-        if rng.random() < self.digit_share:
+        u = rng.random()
+        if u < self.digit_share:
             idx = int(self.digit_order[self.d_next % len(self.digit_order)])
             self.d_next += 1
             source, split, label = "digits", "pool", str(int(self.src.digit_labels[idx]))
         else:
-            idx = int(self.fashion_order[self.f_next % len(self.fashion_order)])
-            self.f_next += 1
+            if self.footwear_share:
+                shoe = u < self.digit_share + self.footwear_share
+                queue = self.queues[shoe]
+                idx = int(queue[self.q_next[shoe] % len(queue)])
+                self.q_next[shoe] += 1
+            else:
+                idx = int(self.fashion_order[self.f_next % len(self.fashion_order)])
+                self.f_next += 1
             source, split, label = "fashion", "train", FASHION_CLASSES[int(self.src.fashion_train_labels[idx])]
         if width_height is None and self.image_sides:
             side = int(rng.choice(self.image_sides))
@@ -587,7 +606,7 @@ def _make_samples(config: DemoConfig, src: ImageSources, rng: np.random.Generato
     first = [k for k in kinds if k not in ("exact_duplicate", "near_duplicate")]
     order = [first[i] for i in rng.permutation(len(first))] + [k for k in kinds if k not in first]
     glyphs = _GlyphPool(src, _pool_digit_indices(config, src), config.digit_share, rng, config.image_sides,
-                        details=config.caption_style != "catalog")
+                        details=config.caption_style != "catalog", footwear_share=config.task_class_share)
 
     samples: list[_Sample] = []
     clean_specs: list[tuple[int, GlyphSpec]] = []  # (position in samples, spec) of clean samples
@@ -611,7 +630,7 @@ def _make_samples(config: DemoConfig, src: ImageSources, rng: np.random.Generato
 def _caption_digit_share(config: DemoConfig) -> float:
     """Share of digits among the caption-retrieval sets: the pool's in the demo, all of them when the task set is
     about digits only, none when it is about garments only."""
-    return {"demo": config.digit_share, "coarse": 0.0, "digits": 1.0}[config.task_profile]
+    return {"demo": config.digit_share, "coarse": 0.0, "digits": 1.0, "footwear": 0.0}[config.task_profile]
 
 
 def _digit_share_of_captions(config: DemoConfig) -> int:
@@ -700,6 +719,8 @@ def _make_one(kind: str, config: DemoConfig, src: ImageSources, glyphs: _GlyphPo
 def _heldout_specs(config: DemoConfig, src: ImageSources, rng: np.random.Generator) -> dict[str, list[GlyphSpec]]:
     """Glyph specs of the held-out sets. Garments come from Fashion-MNIST's test split only."""
     fashion = rng.permutation(len(src.fashion_test))
+    if config.task_profile == "footwear":  # every held-out set is about footwear only
+        fashion = fashion[np.isin(src.fashion_test_labels[fashion], [FASHION_CLASSES.index(c) for c in FOOTWEAR])]
     digits = _heldout_digit_order(config, src)
     fv, ft = config.fashion_val, config.fashion_test
     cap_digits = _digit_share_of_captions(config)
@@ -713,7 +734,7 @@ def _heldout_specs(config: DemoConfig, src: ImageSources, rng: np.random.Generat
         return random_spec("digits", int(i), "heldout", str(int(src.digit_labels[i])), rng)
 
     if fv + ft + config.captions_val + config.captions_test > len(fashion):
-        raise ValueError("held-out set sizes exceed Fashion-MNIST's 10,000 test images")
+        raise ValueError(f"held-out set sizes exceed the {len(fashion)} Fashion-MNIST test images they draw from")
     out["fashion_val"] = [fspec(i) for i in fashion[:fv]]
     out["fashion_test"] = [fspec(i) for i in fashion[fv : fv + ft]]
     dv, dt = config.digits_val, config.digits_test
@@ -793,6 +814,9 @@ def write_task_sets(out: Path, config: DemoConfig, src: ImageSources) -> dict:
         if profile == "demo":
             _write_tar(out / split / "fashion.tar",
                        _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", FASHION_CLASSES, config))
+        if profile == "footwear":
+            _write_tar(out / split / "footwear.tar",
+                       _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", FOOTWEAR, config))
         if profile == "coarse":
             _write_tar(out / split / "garment_category.tar",
                        _task_members(specs[f"fashion_{split}"], src, rng, f"f{split}", coarse_classes, config,
@@ -814,8 +838,10 @@ def write_task_sets(out: Path, config: DemoConfig, src: ImageSources) -> dict:
     listed = {"demo": [classification("fashion", FASHION_CLASSES, TASK_TEMPLATES_FASHION),
                        classification("digits", digit_classes, TASK_TEMPLATES_DIGITS)],
               "coarse": [classification("garment_category", coarse_classes, TASK_TEMPLATES_COARSE)],
-              "digits": [classification("digits", digit_classes, TASK_TEMPLATES_DIGITS)]}[profile]
-    retrieval = {"demo": "captions", "coarse": "products", "digits": "digit_captions"}[profile]
+              "digits": [classification("digits", digit_classes, TASK_TEMPLATES_DIGITS)],
+              "footwear": [classification("footwear", FOOTWEAR, TASK_TEMPLATES_FASHION)]}[profile]
+    retrieval = {"demo": "captions", "coarse": "products", "digits": "digit_captions",
+                 "footwear": "footwear_captions"}[profile]
     listed.append({"name": retrieval, "kind": "retrieval", "templates": ["{}"], "weight": 1.0,
                    "validation": "webdataset:val/captions.tar", "test": "webdataset:test/captions.tar"})
     (out / "tasks.yaml").write_text(
@@ -824,7 +850,7 @@ def write_task_sets(out: Path, config: DemoConfig, src: ImageSources) -> dict:
         + yaml.safe_dump({"tasks": listed}, sort_keys=False)
     )
     keep = {"demo": ("fashion", "digits", "captions"), "coarse": ("fashion", "captions"),
-            "digits": ("digits", "captions")}[profile]
+            "digits": ("digits", "captions"), "footwear": ("fashion", "captions")}[profile]
     sizes = {k: len(v) for k, v in specs.items() if k.rsplit("_", 1)[0] in keep}
     sizes["captions_val"] += n_rare["val"]
     sizes["captions_test"] += n_rare["test"]

@@ -5,7 +5,10 @@ its own task set (`demo_pool.generate_demo_pool` writes them all):
 - `catalog` — a product catalogue: titles from a few templates (under 100 distinct clean captions over thousands of
   distinct 64 px images), tasks whose class names the captions never use (garment categories top / bottom / dress /
   footwear / bag) and product retrieval, where many test images share one title.
-- `task_minority` — the tasks are about digits only, about 12 % of the pool; the garments are off-task.
+- `task_minority` — the tasks are about footwear only (sandal / sneaker / ankle boot, and retrieval of footwear
+  listings), about 12 % of the pool; every other garment, the digits and the textures are off-task. (Until issue 20's
+  tenth session the tasks were digits, which the benchmark's from-scratch CLIP stays at chance on whatever a subset
+  holds — so no selection could show what relevance is worth there; footwear it learns from a few hundred pairs.)
 - `noise_majority` — over half the pool misaligned, vague or non-English.
 - `heldout` — a mix of the axes at settings of its own (catalogue titles, a noisier pool than the demo, garment
   categories as the task) and another seed; kept out of every tuning decision, measured only to report.
@@ -23,8 +26,8 @@ ZOO: dict[str, dict] = {
     "demo": {},
     "catalog": {"caption_style": "catalog", "image_sides": (64,), "task_profile": "coarse", "digit_share": 0.06,
                 "rates": dict(DEFAULT_RATES, misaligned=0.12, off_task=0.0, rare=0.0)},
-    "task_minority": {"task_profile": "digits", "digit_share": 0.14, "digits_val": 100, "digits_test": 300,
-                      "captions_val": 100, "captions_test": 200},
+    "task_minority": {"task_profile": "footwear", "task_class_share": 0.14, "fashion_val": 300, "fashion_test": 600,
+                      "captions_val": 100, "captions_test": 300},
     "noise_majority": {"rates": NOISE_MAJORITY_RATES},
     "heldout": {"caption_style": "catalog", "image_sides": (80, 96, 112), "task_profile": "coarse",
                 "digit_share": 0.08, "rates": HELDOUT_RATES, "seed_offset": 1000},
