@@ -63,12 +63,14 @@ class SubsetTrainer:
         # table1 and table2 share runs of equal subsets through TADS_HOME/reports/runs_cache.jsonl
         self._cache_path = reports_dir(tads_home) / "runs_cache.jsonl" if cache else None
         self._cache_key = {"model": model, "budget": budget, "threads": torch_threads(),
+                           "metrics": benchmark.METRICS_VERSION,
                            "tasks_sha256": hashlib.sha256(tasks_path.read_bytes()).hexdigest(),
                            "raw_pool": sorted(p.name for p in cat.raw_pool.dir.glob("*.parquet"))}
         self.eval_sets = eval_sets.load_eval_sets(self.tasks, "test")
         _, preprocess, tokenizer = clip_train.create_model(model)
         self.images = clip_train.preprocess_images(pool["bytes"].to_list(), preprocess, progress=lambda m: None)
         self.tokens = tokenizer(pool["caption"].to_list())
+        self.vocabulary = benchmark.Vocabulary.of_captions(pool["caption"].to_list(), tokenizer)  # as benchmark_scores
         self.chance = None
         self.prepare_seconds = time.perf_counter() - t0
 
@@ -95,7 +97,8 @@ class SubsetTrainer:
         model, preprocess, tokenizer = clip_train.create_model(self.model)
         res = clip_train.train_on_tensors(model, self.images[idx], self.tokens[idx], params, progress=lambda m: None)
         enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
-        scores = benchmark.evaluate_model(self.tasks, self.eval_sets, enc.encode_images, enc.encode_texts)
+        scores = benchmark.evaluate_model(self.tasks, self.eval_sets, enc.encode_images, enc.encode_texts,
+                                          self.vocabulary)
         self.chance = self.chance or benchmark.chance_row(scores)
         row = {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
         if self._cache_path is not None:

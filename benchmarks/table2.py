@@ -35,6 +35,7 @@ from _common import SubsetTrainer, beats, demo_truth, home, summarise, took, wri
 from tads_assets.core.harness import clip_train  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.embeddings import load_signals  # noqa: E402
+from tads_assets.core.io.tasks import load_task_set  # noqa: E402
 from tads_assets.core.method import selection  # noqa: E402
 from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
@@ -71,18 +72,23 @@ def main() -> None:
     composition = []
     rows = dict(ROWS)
     if truth.exists():
-        src = pl.read_parquet(truth, columns=["uid", "source", "kind"])
+        src = pl.read_parquet(truth, columns=["uid", "source", "kind", "label"])
         if not args.no_oracle:
             # not a method: the demo generator's own labels, a ceiling for what a selection of this size can buy
             clean = set(src.filter((pl.col("kind") == "clean") & (pl.col("source") == "fashion"))["uid"].to_list())
             members = [u for u in sig.uids.tolist() if u in clean]
             subsets["oracle"] = [members[i] for i in np.random.default_rng(0).permutation(len(members))[:size]]
             rows[ORACLE] = "oracle"
+        # the share whose generator label is a class a classification task names (the footwear of the task-minority
+        # pool; every garment and digit of the demo's)
+        task_classes = sorted({c for t in load_task_set(cat.demo_dir / "tasks.yaml") if t.kind == "classification"
+                               for c in t.classes})
         for label, key in rows.items():
             part = pl.DataFrame({"uid": subsets[key]}).join(src, on="uid", how="left")
             composition.append({"row": label, "samples": part.height,
                                 **{f"{s} %": 100.0 * part.filter(pl.col("source") == s).height / part.height
                                    for s in ("fashion", "digits")},
+                                "task-class %": 100.0 * part.filter(pl.col("label").is_in(task_classes)).height / part.height,
                                 "clean %": 100.0 * part.filter(pl.col("kind") == "clean").height / part.height})
 
     trainer = SubsetTrainer(h, args.model, args.budget, cache=not args.no_cache)

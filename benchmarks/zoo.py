@@ -18,6 +18,8 @@ noisy, overall and per noise kind (targets: >= 0.90 overall, >= 0.80 per kind), 
 `--stage all` runs `tads run` (the whole graph with the defaults) and prints, per pool and seed: the dedup figures
 of deduped_pool, q_phi's ROC-AUC clean vs noisy overall and per noise kind, the final subset's size and clean
 share, and Table 1's averages per method; with several seeds, mean +- std per method. Each run is timed.
+`--stage rescore` materializes benchmark_scores again over the trained_clip checkpoints of finished `--stage all`
+homes (after a change to the metrics) and prints the same figures.
 """
 
 from __future__ import annotations
@@ -141,6 +143,20 @@ def dedup_rows(h: Path, rules: list[str]) -> list[dict]:
     return rows
 
 
+def rescore(h: Path, name: str, seed: int, n: int) -> None:
+    """benchmark_scores again over the trained_clip checkpoints under `h` (a finished `--stage all` home)."""
+    from resources import TadsPaths, tads_resources
+    from tads_assets.local import materialize
+    from tads_assets.train_eval import benchmark_scores
+
+    if not (h / "reports" / "benchmark.json").exists():
+        raise SystemExit(f"{h} has no finished run to rescore: run --stage all first")
+    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
+    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
+    if not materialize([benchmark_scores], resources=tads_resources(paths, env)).success:
+        raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC-AUC of scores `pos` above `neg` (Mann-Whitney, ties half)."""
     if not len(pos) or not len(neg):
@@ -177,7 +193,7 @@ def graph_figures(h: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dedup", "quality", "all"), default="dedup")
+    p.add_argument("--stage", choices=("dedup", "quality", "all", "rescore"), default="dedup")
     p.add_argument("--pools", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--samples", type=int, default=10_000)
@@ -212,22 +228,25 @@ def main() -> None:
                     print(f"  ROC-AUC {col:<8} " + ", ".join(f"{k} {v:.3f}" for k, v in f[col].items()), flush=True)
                 continue
             t0 = time.perf_counter()
-            run = subprocess.run([str(Path(sys.executable).parent / "tads"), "run"], env=environment(h, name, seed, args.samples),
-                                 capture_output=True, text=True)
-            if run.returncode:
-                print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
-                raise SystemExit(f"{tag}: tads run failed (rc {run.returncode})")
+            if args.stage == "rescore":
+                rescore(h, name, seed, args.samples)
+            else:
+                run = subprocess.run([str(Path(sys.executable).parent / "tads"), "run"],
+                                     env=environment(h, name, seed, args.samples), capture_output=True, text=True)
+                if run.returncode:
+                    print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
+                    raise SystemExit(f"{tag}: tads run failed (rc {run.returncode})")
             g = graph_figures(h)
             results.setdefault(name, []).append(g)
             kind, worst = g["q_auc_min_kind"]
-            print(f"\n{tag}: tads run {time.perf_counter() - t0:.0f} s ({h})\n"
+            print(f"\n{tag}: {'rescored' if args.stage == 'rescore' else 'tads run'} {time.perf_counter() - t0:.0f} s ({h})\n"
                   f"  dedup: exact {100 * g['exact']:.1f} %, near {100 * g['near']:.1f} %, clean removed "
                   f"{100 * g['clean_removed']:.2f} %, removed {100 * g['dedup_removed']:.1f} % of the pool\n"
                   f"  q_phi ROC-AUC clean vs noisy {g['q_auc']:.3f} (weakest: {kind} {worst:.3f})\n"
                   f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean\n"
                   "  Table 1 average: " + ", ".join(f"{m} {v:.2f}" for m, v in
                                                    sorted(g["table1"].items(), key=lambda kv: -kv[1])), flush=True)
-    if args.stage == "all" and len(args.seeds) > 1:
+    if args.stage in ("all", "rescore") and len(args.seeds) > 1:
         print("\nTable 1 average over seeds (mean +- std)")
         for name, runs in results.items():
             methods = runs[0]["table1"]

@@ -123,14 +123,20 @@ def _benchmark_rows(cat: Catalog, tasks, dev: str, log) -> tuple[list[dict], lis
     """One Table 1 row per method whose trained_clip checkpoint exists; the methods without one; chance; how the
     metrics were defined (`benchmark.definitions`)."""
     eval_sets = load_eval_sets(tasks, "test")
-    rows, missing, chance, defined = [], [], None, {}
+    rows, missing, chance, defined, vocabularies = [], [], None, {}, {}
+    captions = None
     for method in training_partitions.get_partition_keys():
         ckpt = cat.trained_clip.of(method)
         if not (ckpt / clip_train.CHECKPOINT).exists():
             missing.append(method)
             continue
         encoder, info = clip_train.load_trained(ckpt, dev)
-        scores = benchmark.evaluate_model(tasks, eval_sets, encoder.encode_images, encoder.encode_texts)
+        model = info["params"]["model"]
+        if model not in vocabularies:  # what a model trained on this pool can have words for (NAMING_RULE)
+            captions = captions if captions is not None else cat.raw_pool.scan().select("caption").collect()["caption"]
+            vocabularies[model] = benchmark.Vocabulary.of_captions(captions.to_list(), encoder.tokenizer)
+        scores = benchmark.evaluate_model(tasks, eval_sets, encoder.encode_images, encoder.encode_texts,
+                                          vocabularies[model])
         chance = chance or benchmark.chance_row(scores)
         defined = defined or benchmark.definitions(scores)
         rows.append({"method": method, "samples": info["subset_samples"], "samples_seen": info["samples_seen"],
@@ -183,7 +189,7 @@ def benchmark_scores(context: AssetExecutionContext, paths: TadsPaths, device: T
 def _definitions_markdown(defined: dict) -> str:
     """The metric definitions under the table: the two rules and what each task's scores rest on."""
     lines = [f"- {defined['top5']}; the average and the chance row use the defined columns only",
-             f"- {defined['retrieval']}"]
+             f"- {defined['naming']}", f"- {defined['retrieval']}"]
     for task, info in defined["tasks"].items():
         rest = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info.items() if k not in ("kind", "definition"))
         lines.append(f"- {task} ({info['kind']}): {rest}")

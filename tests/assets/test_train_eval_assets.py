@@ -87,10 +87,13 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     for row in report["rows"]:
         assert np.isfinite(row["average"]) and 0 <= row["average"] <= 100
     chance = report["rows"][-1]
-    assert chance["fashion/top1"] == pytest.approx(10.0) and chance["fashion/top5"] == pytest.approx(50.0)
+    # the demo's captions say "trousers", "pants", "slacks" or "jeans", never "trouser": a CLIP trained from scratch on
+    # them has no word for that class, which the benchmark leaves out (9 classes; NAMING_RULE)
+    assert chance["fashion/top1"] == pytest.approx(100 / 9) and chance["fashion/top5"] == pytest.approx(500 / 9)
     assert (paths.catalog.benchmark_scores.file("md")).read_text().startswith("# Zero-shot benchmark")
     defined = report["metric_definitions"]  # the report states how each metric was defined
-    assert defined["tasks"]["fashion"]["classes"] == 10 and "caption identity" in defined["retrieval"]
+    assert defined["tasks"]["fashion"]["classes"] == 9 and defined["tasks"]["fashion"]["unnamed_classes"] == "trouser"
+    assert "caption identity" in defined["retrieval"] and "captions" in defined["naming"]
     assert defined["tasks"]["captions"]["distinct_captions"] <= defined["tasks"]["captions"]["images"]
     assert (paths.catalog.benchmark_scores.file("png")).read_bytes()[:4] == b"\x89PNG"
 

@@ -109,3 +109,37 @@ def test_demo_task_sets_read_back_with_labels_and_captions(tmp_path):
     assert s.metrics["i2t_r1"] == 1.0 and s.metrics["t2i_r1"] == 1.0
     with pytest.raises(ValueError, match="unknown kind"):
         bm.evaluate_task({**tasks["captions"], "kind": "detection"}, captions, perfect_images, perfect_texts)
+
+
+def test_classification_is_scored_over_the_classes_the_pool_names():
+    """A model trained from scratch has no word for a class its pool never names: such classes (and their test items)
+    are left out, the chance level follows the classes kept, and with fewer than 2 named classes the task has no
+    zero-shot metric at all (so the average leaves it out)."""
+    import tads_assets  # noqa: F401  (torchvision shim before open_clip)
+    import open_clip
+    from PIL import Image
+
+    tokenize = open_clip.get_tokenizer("RN50")
+    vocab = bm.Vocabulary.of_captions(["Women's Sandals", "a red dress on white", "Bag | online shop"], tokenize)
+    assert vocab.unnamed(["dress", "bag", "footwear", "top", "sandal"]) == ["footwear", "top", "sandal"]  # "sandals" ≠ "sandal"
+    assert vocab.unnamed(["sandals", "red dress"]) == []
+
+    classes = ["dress", "footwear", "bag"]
+    rng = np.random.default_rng(0)
+    centres = {c: unit(rng.normal(size=8)) for c in classes}
+    labels = np.array([0, 1, 2] * 10)
+    images = [Image.new("RGB", (4, 4), (int(k), 0, 0)) for k in labels]  # the red channel carries the label
+    encode_images = lambda ims: np.stack([centres[classes[im.getpixel((0, 0))[0]]] for im in ims])  # noqa: E731
+    encode_texts = lambda texts: np.stack([centres[next(c for c in classes if c in t)] for t in texts])  # noqa: E731
+    es = eval_sets.EvalSet([str(i) for i in range(len(labels))], images, labels, [""] * len(labels))
+    task = {"name": "cat", "kind": "classification", "classes": classes, "templates": ["a {}."]}
+    every = bm.evaluate_task(task, es, encode_images, encode_texts)
+    named = bm.evaluate_task(task, es, encode_images, encode_texts, vocab)
+    assert every.chance["top1"] == pytest.approx(1 / 3) and every.n == 30
+    assert named.metrics == {"top1": 1.0} and named.chance["top1"] == 0.5 and named.n == 20
+    assert named.info["unnamed_classes"] == "footwear" and named.info["items_left_out"] == 10
+    none = bm.evaluate_task({**task, "name": "coarse", "classes": ["top", "footwear", "bottom"]}, es, encode_images,
+                            lambda texts: np.stack([unit(np.ones(8))] * len(texts)), vocab)
+    assert none.metrics == {} and "unnamed_classes" in none.info
+    row = bm.headline([none, named])
+    assert set(row) == {"cat/top1", "average"} and row["average"] == 100.0  # the undefined task adds no column

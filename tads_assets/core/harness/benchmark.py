@@ -1,32 +1,78 @@
 """Zero-shot evaluation of a CLIP-style encoder on the tasks' held-out sets (paper §4).
 
 Classification: class-name prompts from the task's templates, text embeddings averaged per class and
-re-normalised, top-1 accuracy, and top-5 for tasks with more than 5 classes. Retrieval: image→text and
-text→image recall@1 and @5 with hits by caption identity (the distinct captions are the text queries and the
-image→text gallery). Every figure comes with its chance level (`tads_assets.core.metrics`); the held-out sets
-are read by `tads_assets.core.io.eval_sets`.
+re-normalised, top-1 accuracy, and top-5 for tasks with more than 5 classes — over the classes the training pool's
+captions name (`NAMING_RULE`; given a `Vocabulary`). Retrieval: image→text and text→image recall@1 and @5 with hits
+by caption identity (the distinct captions are the text queries and the image→text gallery). Every figure comes
+with its chance level (`tads_assets.core.metrics`); the held-out sets are read by `tads_assets.core.io.eval_sets`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tads_assets.core.io.eval_sets import EvalSet
-from tads_assets.core.metrics import RETRIEVAL_RULE, TOP5_RULE, TaskScores, score_classification, score_retrieval
+from tads_assets.core.metrics import (NAMING_RULE, RETRIEVAL_RULE, TOP5_RULE, TaskScores, score_classification,
+                                      score_retrieval)
 
 
-def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable) -> TaskScores:
-    """Score one task (a task entry of the task file, docs/architecture.md) on one of its held-out sets."""
-    image_emb = encode_images(eval_set.images)
+METRICS_VERSION = 2  # 2: classification over the classes the pool names (NAMING_RULE); runs cached before are rescored
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words a model trained on a pool can know: the token ids of the pool's captions as the model's tokenizer
+    cuts them (so nothing past its context length), and the tokenizer to cut class names with."""
+
+    tokens: frozenset[int]
+    tokenize: Callable
+
+    @classmethod
+    def of_captions(cls, captions: Sequence[str], tokenize: Callable, batch_size: int = 4096) -> "Vocabulary":
+        """`tokenize`: open_clip's tokenizer (texts -> a padded LongTensor of token ids); the ids it gives the empty
+        text (start, end, padding) are not words."""
+        special = set(_ids(tokenize([""])[0]))
+        seen: set[int] = set()
+        for i in range(0, len(captions), batch_size):
+            seen.update(np.unique(np.asarray(tokenize(list(captions[i : i + batch_size])))).tolist())
+        return cls(frozenset(seen - special - {0}), tokenize)
+
+    def unnamed(self, names: Sequence[str]) -> list[str]:
+        """The names with a token the pool's captions never use."""
+        special = set(_ids(self.tokenize([""])[0]))
+        rows = np.asarray(self.tokenize(list(names)))
+        return [n for n, row in zip(names, rows) if not set(_ids(row)) - special <= self.tokens]
+
+
+def _ids(row) -> list[int]:
+    return [int(t) for t in np.asarray(row) if int(t) != 0]
+
+
+def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable,
+                  vocabulary: Vocabulary | None = None) -> TaskScores:
+    """Score one task (a task entry of the task file, docs/architecture.md) on one of its held-out sets. With a
+    `vocabulary`, a classification task is scored over the classes it names (NAMING_RULE)."""
     if task["kind"] == "classification":
         classes, templates = list(task["classes"]), list(task["templates"])
         if (eval_set.labels < 0).any():
             raise ValueError(f"task {task['name']}: {int((eval_set.labels < 0).sum())} samples have no class label")
-        prompts = [t.format(c) for c in classes for t in templates]
-        return score_classification(task["name"], image_emb, eval_set.labels, encode_texts(prompts), len(classes),
-                                    len(templates))
+        unnamed = vocabulary.unnamed(classes) if vocabulary is not None else []
+        named = [i for i, c in enumerate(classes) if c not in unnamed]
+        info = {"unnamed_classes": ", ".join(unnamed)} if unnamed else {}
+        if len(named) < 2:
+            return TaskScores(task["name"], "classification", {}, {}, 0,
+                              {"classes": len(classes), **info, "definition": NAMING_RULE})
+        items = np.flatnonzero(np.isin(eval_set.labels, named))
+        labels = np.searchsorted(named, eval_set.labels[items])  # named is sorted: class index -> its position
+        prompts = [t.format(classes[i]) for i in named for t in templates]
+        scores = score_classification(task["name"], encode_images([eval_set.images[i] for i in items]), labels,
+                                      encode_texts(prompts), len(named), len(templates))
+        scores.info.update(info, **({"items_left_out": len(eval_set.labels) - len(items)} if unnamed else {}))
+        return scores
+    image_emb = encode_images(eval_set.images)
     if task["kind"] == "retrieval":
         if any(not c for c in eval_set.captions):
             raise ValueError(f"task {task['name']}: retrieval samples need a caption (KEY.txt)")
@@ -40,8 +86,8 @@ HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", 
 
 
 def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images: Callable,
-                   encode_texts: Callable) -> list[TaskScores]:
-    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts) for t in tasks]
+                   encode_texts: Callable, vocabulary: Vocabulary | None = None) -> list[TaskScores]:
+    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary) for t in tasks]
 
 
 def _row(scores: Sequence[TaskScores], field: str) -> dict[str, float]:
@@ -66,4 +112,5 @@ def chance_row(scores: Sequence[TaskScores]) -> dict[str, float]:
 def definitions(scores: Sequence[TaskScores]) -> dict:
     """How the metrics were defined, for a report: the rules, and per task what its scores rest on (classes;
     images, distinct captions, queries each way)."""
-    return {"top5": TOP5_RULE, "retrieval": RETRIEVAL_RULE, "tasks": {s.task: {"kind": s.kind, **s.info} for s in scores}}
+    return {"top5": TOP5_RULE, "naming": NAMING_RULE, "retrieval": RETRIEVAL_RULE,
+            "tasks": {s.task: {"kind": s.kind, **s.info} for s in scores}}
