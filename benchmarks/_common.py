@@ -98,7 +98,7 @@ class SubsetTrainer:
         res = clip_train.train_on_tensors(model, self.images[idx], self.tokens[idx], params, progress=lambda m: None)
         enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer)
         scores = benchmark.evaluate_model(self.tasks, self.eval_sets, enc.encode_images, enc.encode_texts,
-                                          self.vocabulary)
+                                          self.vocabulary, res.samples_seen)
         self.chance = self.chance or benchmark.chance_row(scores)
         row = {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
         if self._cache_path is not None:

@@ -136,7 +136,7 @@ def _benchmark_rows(cat: Catalog, tasks, dev: str, log) -> tuple[list[dict], lis
             captions = captions if captions is not None else cat.raw_pool.scan().select("caption").collect()["caption"]
             vocabularies[model] = benchmark.Vocabulary.of_captions(captions.to_list(), encoder.tokenizer)
         scores = benchmark.evaluate_model(tasks, eval_sets, encoder.encode_images, encoder.encode_texts,
-                                          vocabularies[model])
+                                          vocabularies[model], info["samples_seen"])
         chance = chance or benchmark.chance_row(scores)
         defined = defined or benchmark.definitions(scores)
         rows.append({"method": method, "samples": info["subset_samples"], "samples_seen": info["samples_seen"],

@@ -17,10 +17,11 @@ import numpy as np
 from tads_assets.core.vectors import l2_normalize as _unit
 
 TOP5_RULE = "top5 only for tasks with more than 5 classes"
-NAMING_RULE = ("classification over the classes whose names occur in the training pool's captions (every token of the "
-               "name, as the trained model's tokenizer cuts them): a model trained from scratch has no word for the "
-               "others, so their prompts are untrained embeddings and their test items are left out; with fewer than "
-               "2 such classes the task has no zero-shot metric")
+NAMING_RULE = ("classification over the classes the training pool's captions name: each token of the class name (as "
+               "the trained model's tokenizer cuts it) met at least 30 times in training, expected (the share of the "
+               "pool's captions holding it times the samples seen); a model trained from scratch has no word for the "
+               "others, so their prompts are near-random embeddings and their test items are left out; with fewer "
+               "than 2 such classes the task has no zero-shot metric")
 RETRIEVAL_RULE = ("retrieval hits by caption identity (distinct captions as text queries): captions compared "
                   "stripped, whitespace collapsed and lower-cased; text→image ranks all images for each distinct "
                   "caption, a hit is any image with that caption; image→text ranks the distinct captions, a hit is "

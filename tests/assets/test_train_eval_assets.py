@@ -87,13 +87,16 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     for row in report["rows"]:
         assert np.isfinite(row["average"]) and 0 <= row["average"] <= 100
     chance = report["rows"][-1]
-    # the demo's captions say "trousers", "pants", "slacks" or "jeans", never "trouser": a CLIP trained from scratch on
-    # them has no word for that class, which the benchmark leaves out (9 classes; NAMING_RULE)
-    assert chance["fashion/top1"] == pytest.approx(100 / 9) and chance["fashion/top5"] == pytest.approx(500 / 9)
+    # 256 samples seen from a 400-sample pool: a class name is met 30 times (expected) only if it is in 47 of the 400
+    # captions, which no garment class is, so the fashion task has no zero-shot column (NAMING_RULE; the digits are
+    # in many prices and sizes) and the average is over the columns that are defined
+    columns = {k: v for k, v in chance.items() if "/" in k}
+    assert "fashion/top1" not in columns and {"captions/i2t_r1", "captions/t2i_r1"} <= set(columns)
+    assert chance["average"] == pytest.approx(np.mean(list(columns.values())))
     assert (paths.catalog.benchmark_scores.file("md")).read_text().startswith("# Zero-shot benchmark")
     defined = report["metric_definitions"]  # the report states how each metric was defined
-    assert defined["tasks"]["fashion"]["classes"] == 9 and defined["tasks"]["fashion"]["unnamed_classes"] == "trouser"
-    assert "caption identity" in defined["retrieval"] and "captions" in defined["naming"]
+    assert defined["tasks"]["fashion"]["classes"] == 10 and "trouser" in defined["tasks"]["fashion"]["unnamed_classes"]
+    assert "caption identity" in defined["retrieval"] and "samples seen" in defined["naming"]
     assert defined["tasks"]["captions"]["distinct_captions"] <= defined["tasks"]["captions"]["images"]
     assert (paths.catalog.benchmark_scores.file("png")).read_bytes()[:4] == b"\x89PNG"
 

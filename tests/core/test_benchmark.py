@@ -120,9 +120,13 @@ def test_classification_is_scored_over_the_classes_the_pool_names():
     from PIL import Image
 
     tokenize = open_clip.get_tokenizer("RN50")
-    vocab = bm.Vocabulary.of_captions(["Women's Sandals", "a red dress on white", "Bag | online shop"], tokenize)
-    assert vocab.unnamed(["dress", "bag", "footwear", "top", "sandal"]) == ["footwear", "top", "sandal"]  # "sandals" ≠ "sandal"
-    assert vocab.unnamed(["sandals", "red dress"]) == []
+    captions = ["Women's Sandals", "a red dress on white", "Bag | online shop"] * 10 + ["cappuccino, top view"]
+    vocab = bm.Vocabulary.of_captions(captions, tokenize)
+    assert vocab.counts[int(tokenize(["dress"])[0][1])] == 10 and vocab.n_captions == 31
+    # trained on 93 samples drawn from these captions, "dress" is met 30 times (expected): named; "top" once: not
+    assert vocab.unnamed(["dress", "bag", "footwear", "top", "sandal"], 93) == ["footwear", "top", "sandal"]  # "sandals" ≠ "sandal"
+    assert vocab.unnamed(["sandals", "red dress"], 93) == [] and vocab.unnamed(["dress"], 92) == ["dress"]
+    assert vocab.unnamed(["top"], 31 * 30) == []  # at 930 samples seen even the one "top view" is met 30 times
 
     classes = ["dress", "footwear", "bag"]
     rng = np.random.default_rng(0)
@@ -134,12 +138,12 @@ def test_classification_is_scored_over_the_classes_the_pool_names():
     es = eval_sets.EvalSet([str(i) for i in range(len(labels))], images, labels, [""] * len(labels))
     task = {"name": "cat", "kind": "classification", "classes": classes, "templates": ["a {}."]}
     every = bm.evaluate_task(task, es, encode_images, encode_texts)
-    named = bm.evaluate_task(task, es, encode_images, encode_texts, vocab)
+    named = bm.evaluate_task(task, es, encode_images, encode_texts, vocab, samples_seen=93)
     assert every.chance["top1"] == pytest.approx(1 / 3) and every.n == 30
     assert named.metrics == {"top1": 1.0} and named.chance["top1"] == 0.5 and named.n == 20
     assert named.info["unnamed_classes"] == "footwear" and named.info["items_left_out"] == 10
     none = bm.evaluate_task({**task, "name": "coarse", "classes": ["top", "footwear", "bottom"]}, es, encode_images,
-                            lambda texts: np.stack([unit(np.ones(8))] * len(texts)), vocab)
+                            lambda texts: np.stack([unit(np.ones(8))] * len(texts)), vocab, samples_seen=93)
     assert none.metrics == {} and "unnamed_classes" in none.info
     row = bm.headline([none, named])
     assert set(row) == {"cat/top1", "average"} and row["average"] == 100.0  # the undefined task adds no column

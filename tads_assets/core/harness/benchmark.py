@@ -19,32 +19,43 @@ from tads_assets.core.metrics import (NAMING_RULE, RETRIEVAL_RULE, TOP5_RULE, Ta
                                       score_retrieval)
 
 
-METRICS_VERSION = 2  # 2: classification over the classes the pool names (NAMING_RULE); runs cached before are rescored
+METRICS_VERSION = 3  # 2-3: classification over the classes the pool names (NAMING_RULE); runs cached before are rescored
+
+
+MIN_NAME_EXPOSURES = 30  # a class is named when each token of its name is seen this many times in training, expected
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """The words a model trained on a pool can know: the token ids of the pool's captions as the model's tokenizer
-    cuts them (so nothing past its context length), and the tokenizer to cut class names with."""
+    """The words a model trained on a pool can know: how many of the pool's captions hold each token id, as the
+    model's tokenizer cuts them (so nothing past its context length), and the tokenizer to cut class names with."""
 
-    tokens: frozenset[int]
+    counts: dict[int, int]
+    n_captions: int
     tokenize: Callable
 
     @classmethod
     def of_captions(cls, captions: Sequence[str], tokenize: Callable, batch_size: int = 4096) -> "Vocabulary":
         """`tokenize`: open_clip's tokenizer (texts -> a padded LongTensor of token ids); the ids it gives the empty
         text (start, end, padding) are not words."""
-        special = set(_ids(tokenize([""])[0]))
-        seen: set[int] = set()
+        special = set(_ids(tokenize([""])[0])) | {0}
+        counts: dict[int, int] = {}
         for i in range(0, len(captions), batch_size):
-            seen.update(np.unique(np.asarray(tokenize(list(captions[i : i + batch_size])))).tolist())
-        return cls(frozenset(seen - special - {0}), tokenize)
+            rows = np.asarray(tokenize(list(captions[i : i + batch_size])))
+            for row in rows:
+                for t in set(row.tolist()) - special:
+                    counts[t] = counts.get(t, 0) + 1
+        return cls(counts, len(captions), tokenize)
 
-    def unnamed(self, names: Sequence[str]) -> list[str]:
-        """The names with a token the pool's captions never use."""
+    def unnamed(self, names: Sequence[str], samples_seen: int) -> list[str]:
+        """The names with a token a model trained for `samples_seen` samples drawn from this pool meets fewer than
+        MIN_NAME_EXPOSURES times, expected (share of the captions holding it × samples seen): its embedding stays
+        near its random start. "top" in seven captions about coffee seen "from the top" names no garment."""
         special = set(_ids(self.tokenize([""])[0]))
         rows = np.asarray(self.tokenize(list(names)))
-        return [n for n, row in zip(names, rows) if not set(_ids(row)) - special <= self.tokens]
+        need = MIN_NAME_EXPOSURES * self.n_captions / max(int(samples_seen), 1)
+        return [n for n, row in zip(names, rows)
+                if any(self.counts.get(t, 0) < need for t in set(_ids(row)) - special)]
 
 
 def _ids(row) -> list[int]:
@@ -52,14 +63,15 @@ def _ids(row) -> list[int]:
 
 
 def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable,
-                  vocabulary: Vocabulary | None = None) -> TaskScores:
+                  vocabulary: Vocabulary | None = None, samples_seen: int = 0) -> TaskScores:
     """Score one task (a task entry of the task file, docs/architecture.md) on one of its held-out sets. With a
-    `vocabulary`, a classification task is scored over the classes it names (NAMING_RULE)."""
+    `vocabulary` (and the model's `samples_seen`), a classification task is scored over the classes its training
+    named (NAMING_RULE)."""
     if task["kind"] == "classification":
         classes, templates = list(task["classes"]), list(task["templates"])
         if (eval_set.labels < 0).any():
             raise ValueError(f"task {task['name']}: {int((eval_set.labels < 0).sum())} samples have no class label")
-        unnamed = vocabulary.unnamed(classes) if vocabulary is not None else []
+        unnamed = vocabulary.unnamed(classes, samples_seen) if vocabulary is not None else []
         named = [i for i, c in enumerate(classes) if c not in unnamed]
         info = {"unnamed_classes": ", ".join(unnamed)} if unnamed else {}
         if len(named) < 2:
@@ -86,8 +98,9 @@ HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", 
 
 
 def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images: Callable,
-                   encode_texts: Callable, vocabulary: Vocabulary | None = None) -> list[TaskScores]:
-    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary) for t in tasks]
+                   encode_texts: Callable, vocabulary: Vocabulary | None = None, samples_seen: int = 0) -> list[TaskScores]:
+    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary, samples_seen)
+            for t in tasks]
 
 
 def _row(scores: Sequence[TaskScores], field: str) -> dict[str, float]:
