@@ -19,7 +19,11 @@ noisy, overall and per noise kind (targets: >= 0.90 overall, >= 0.80 per kind), 
 of deduped_pool, q_phi's ROC-AUC clean vs noisy overall and per noise kind, the final subset's size and clean
 share, and Table 1's averages per method; with several seeds, mean +- std per method. Each run is timed.
 `--stage rescore` materializes benchmark_scores again over the trained_clip checkpoints of finished `--stage all`
-homes (after a change to the metrics) and prints the same figures.
+homes (after a change to the metrics) and prints the same figures; `--stage report` only reads them. With several
+seeds both `all`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
+least every baseline's mean (or within one std of the best), above random and no_filter beyond one std, and on the
+task-minority pool above clip_score and quality_only beyond one std ("beyond one std": the difference of the means
+exceeds the larger of the two stds).
 """
 
 from __future__ import annotations
@@ -143,6 +147,29 @@ def dedup_rows(h: Path, rules: list[str]) -> list[dict]:
     return rows
 
 
+BASELINES = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
+
+
+def criteria(name: str, cells: dict[str, tuple[float, float]]) -> list[str]:
+    """Issue 20's Table 1 criteria for one pool from {method: (mean, std)} over seeds."""
+    def beyond(a: str, b: str) -> tuple[float, float, bool]:
+        delta, one_std = cells[a][0] - cells[b][0], max(cells[a][1], cells[b][1])
+        return delta, one_std, delta > one_std
+
+    base = [b for b in BASELINES if b in cells]
+    best = max(base, key=lambda b: cells[b][0])
+    delta, one_std, _ = beyond("tads", best)
+    lines = [f"TADS vs the best baseline ({best}): {delta:+.2f} (one std {one_std:.2f}) -> "
+             + ("at least every baseline" if delta >= 0 else "within one std of the best" if -delta <= one_std
+                else "BELOW the best baseline beyond one std")]
+    must = ["random", "no_filter"] + (["clip_score", "quality_only"] if name == "task_minority" else [])
+    for b in must:
+        if b in cells:
+            d, s, ok = beyond("tads", b)
+            lines.append(f"TADS > {b} beyond one std: {'yes' if ok else 'NO'} ({d:+.2f}, one std {s:.2f})")
+    return lines
+
+
 def rescore(h: Path, name: str, seed: int, n: int) -> None:
     """benchmark_scores again over the trained_clip checkpoints under `h` (a finished `--stage all` home)."""
     from resources import TadsPaths, tads_resources
@@ -193,7 +220,7 @@ def graph_figures(h: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dedup", "quality", "all", "rescore"), default="dedup")
+    p.add_argument("--stage", choices=("dedup", "quality", "all", "rescore", "report"), default="dedup")
     p.add_argument("--pools", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--samples", type=int, default=10_000)
@@ -230,6 +257,9 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.stage == "rescore":
                 rescore(h, name, seed, args.samples)
+            elif args.stage == "report":
+                if not (h / "reports" / "benchmark.json").exists():
+                    raise SystemExit(f"{h} has no finished run: run --stage all first")
             else:
                 run = subprocess.run([str(Path(sys.executable).parent / "tads"), "run"],
                                      env=environment(h, name, seed, args.samples), capture_output=True, text=True)
@@ -239,20 +269,23 @@ def main() -> None:
             g = graph_figures(h)
             results.setdefault(name, []).append(g)
             kind, worst = g["q_auc_min_kind"]
-            print(f"\n{tag}: {'rescored' if args.stage == 'rescore' else 'tads run'} {time.perf_counter() - t0:.0f} s ({h})\n"
+            done = {"rescore": "rescored", "report": "read"}.get(args.stage, "tads run")
+            print(f"\n{tag}: {done} {time.perf_counter() - t0:.0f} s ({h})\n"
                   f"  dedup: exact {100 * g['exact']:.1f} %, near {100 * g['near']:.1f} %, clean removed "
                   f"{100 * g['clean_removed']:.2f} %, removed {100 * g['dedup_removed']:.1f} % of the pool\n"
                   f"  q_phi ROC-AUC clean vs noisy {g['q_auc']:.3f} (weakest: {kind} {worst:.3f})\n"
                   f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean\n"
                   "  Table 1 average: " + ", ".join(f"{m} {v:.2f}" for m, v in
                                                    sorted(g["table1"].items(), key=lambda kv: -kv[1])), flush=True)
-    if args.stage in ("all", "rescore") and len(args.seeds) > 1:
-        print("\nTable 1 average over seeds (mean +- std)")
+    if args.stage in ("all", "rescore", "report") and len(args.seeds) > 1:
+        print(f"\nTable 1 average over seeds {', '.join(map(str, args.seeds))} (mean +- std)")
         for name, runs in results.items():
             methods = runs[0]["table1"]
             cells = {m: mean_std([r["table1"][m] for r in runs]) for m in methods}
             print(f"  {name:<15} " + ", ".join(f"{m} {a:.2f} +- {s:.2f}" for m, (a, s) in
                                                sorted(cells.items(), key=lambda kv: -kv[1][0])))
+            for line in criteria(name, cells):
+                print(f"    {line}")
     print(f"\nzoo: {time.perf_counter() - t_all:.0f} s in all")
 
 
