@@ -23,7 +23,8 @@ homes (after a change to the metrics) and prints the same figures; `--stage repo
 seeds both `all`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
 least every baseline's mean (or within one std of the best), above random and no_filter beyond one std, and on the
 task-minority pool above clip_score and quality_only beyond one std ("beyond one std": the difference of the means
-exceeds the larger of the two stds).
+exceeds the larger of the two stds). Where the seeds' benchmarks average different columns (the naming rule names a
+class on one seed's pool and not on another's), the report says so and adds TADS's per-seed differences.
 """
 
 from __future__ import annotations
@@ -215,7 +216,33 @@ def graph_figures(h: Path) -> dict:
             "dedup_removed": 1 - f["kept"] / f["n"], "q_auc": auc(clean, noisy["quality"].to_numpy()),
             "q_auc_min_kind": min(per_kind.items(), key=lambda kv: kv[1]) if per_kind else ("", float("nan")),
             "subset": subset.height, "subset_clean": float((subset["kind"] == "clean").mean()),
-            "table1": {r["method"]: r["average"] for r in report["rows"]}}
+            "table1": {r["method"]: r["average"] for r in report["rows"]},
+            "columns": columns(report)}
+
+
+def columns(report: dict) -> list[str]:
+    """The benchmark's metric columns, each classification column with its named classes' count."""
+    tasks = report.get("metric_definitions", {}).get("tasks", {})
+    named = {t: d["classes"] for t, d in tasks.items() if d.get("kind") == "classification"}
+    cols = sorted(k for k in report["rows"][0] if "/" in k) if report["rows"] else []
+    return [f"{c} ({named[c.split('/')[0]]} classes)" if c.split("/")[0] in named else c for c in cols]
+
+
+def column_note(runs: list[dict], seeds: list[int]) -> list[str]:
+    """Where the seeds' benchmarks average different metric columns (the naming rule names a class on one seed's
+    pool and not another's), the mean over seeds mixes different averages: say so, and give TADS's per-seed
+    differences, which compare like with like."""
+    if len({tuple(r["columns"]) for r in runs}) == 1:
+        return []
+    lines = ["the seeds' averages are over different columns, so the mean over seeds mixes them: "
+             + "; ".join(f"seed {s}: {', '.join(r['columns'])}" for s, r in zip(seeds, runs)),
+             "TADS minus each method per seed (mean +- std of the differences):"]
+    for m in runs[0]["table1"]:
+        if m not in ("tads", "chance") and all(m in r["table1"] for r in runs):
+            d = [r["table1"]["tads"] - r["table1"][m] for r in runs]
+            a, sd = mean_std(d)
+            lines.append(f"  tads - {m}: {a:+.2f} +- {sd:.2f} ({', '.join(f'{x:+.2f}' for x in d)})")
+    return lines
 
 
 def main() -> None:
@@ -284,7 +311,7 @@ def main() -> None:
             cells = {m: mean_std([r["table1"][m] for r in runs]) for m in methods}
             print(f"  {name:<15} " + ", ".join(f"{m} {a:.2f} +- {s:.2f}" for m, (a, s) in
                                                sorted(cells.items(), key=lambda kv: -kv[1][0])))
-            for line in criteria(name, cells):
+            for line in criteria(name, cells) + column_note(runs, args.seeds):
                 print(f"    {line}")
     print(f"\nzoo: {time.perf_counter() - t_all:.0f} s in all")
 
