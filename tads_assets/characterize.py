@@ -19,7 +19,7 @@ from tads_assets.core.io.eval_sets import check_eval_set, read_eval_set
 from tads_assets.core.io.feature_table import FeatureInputs, build_feature_table, feature_inputs, part_features
 from tads_assets.core.io.tasks import TaskSetError, load_task_set, task_set_hash
 from tads_assets.core.method import diversity, operators, quality_model, relevance, weak_supervision
-from tads_assets.core.method.encoder import BuiltinEncoder, fold_of, heldout_embeddings, load_heads
+from tads_assets.core.method.encoder import fold_of, heldout_embeddings, heldout_side, load_heads
 from tads_assets.core.method.operators import FEATURE_COLUMNS, OperatorParams, reference_rows
 from tads_assets.core.method.diversity import DiversityParams
 from tads_assets.core.method.quality_model import QualityParams
@@ -306,12 +306,8 @@ class _PairScorer:
         cosine the operators compute from its own embeddings)."""
         if self.heads is None:
             return None
-        rows, feats = np.asarray(rows, np.int64), self.enc.towers.text_features(list(captions))
-        new_txt = np.zeros((len(rows), self.txt.shape[1]), np.float32)
-        for f, h in enumerate(self.heads):
-            mine = self.groups[rows] == f
-            if mine.any():
-                new_txt[mine] = BuiltinEncoder(h, towers=False).embed_text_features(feats[mine])
+        rows = np.asarray(rows, np.int64)
+        new_txt = heldout_side(self.enc.towers.text_features(list(captions)), self.groups[rows], self.heads, "text")
         return np.sum(self.img[rows] * new_txt, axis=1).astype(np.float32)
 
 

@@ -131,6 +131,7 @@ CAPTION_STYLES = ("varied", "catalog")
 # `task_class_share` the footwear is a minority of the pool).
 TASK_PROFILES = ("demo", "coarse", "digits", "footwear")
 FOOTWEAR = tuple(COARSE_CATEGORIES["footwear"])
+FOOTWEAR_LABELS = [FASHION_CLASSES.index(c) for c in FOOTWEAR]  # their Fashion-MNIST label ids
 
 
 @dataclass
@@ -511,7 +512,7 @@ class _GlyphPool:
         self.f_next = 0
         self.d_next = 0
         if footwear_share:  # two queues over the same permutation: footwear, and every other garment
-            shoe = np.isin(src.fashion_train_labels[self.fashion_order], [FASHION_CLASSES.index(c) for c in FOOTWEAR])
+            shoe = np.isin(src.fashion_train_labels[self.fashion_order], FOOTWEAR_LABELS)
             self.queues = {True: self.fashion_order[shoe], False: self.fashion_order[~shoe]}
             self.q_next = {True: 0, False: 0}
 
@@ -720,7 +721,7 @@ def _heldout_specs(config: DemoConfig, src: ImageSources, rng: np.random.Generat
     """Glyph specs of the held-out sets. Garments come from Fashion-MNIST's test split only."""
     fashion = rng.permutation(len(src.fashion_test))
     if config.task_profile == "footwear":  # every held-out set is about footwear only
-        fashion = fashion[np.isin(src.fashion_test_labels[fashion], [FASHION_CLASSES.index(c) for c in FOOTWEAR])]
+        fashion = fashion[np.isin(src.fashion_test_labels[fashion], FOOTWEAR_LABELS)]
     digits = _heldout_digit_order(config, src)
     fv, ft = config.fashion_val, config.fashion_test
     cap_digits = _digit_share_of_captions(config)

@@ -530,19 +530,22 @@ class HeldoutCleaning:
     seed: int = 0
 
 
+def heldout_side(feats: np.ndarray, folds: np.ndarray, heads: list[ProjectionHeads], side: str) -> np.ndarray:
+    """Frozen image (`side` "image") or text ("text") features embedded row by row by the head of the row's fold
+    (`folds[i]`), the one that did not train on it."""
+    out = np.zeros((len(folds), heads[0].config.embed_dim), np.float32)
+    for f, h in enumerate(heads):
+        rows = folds == f
+        if rows.any():
+            enc = BuiltinEncoder(h, towers=False)
+            out[rows] = (enc.embed_image_features if side == "image" else enc.embed_text_features)(feats[rows])
+    return out
+
+
 def heldout_embeddings(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
                        heads: list[ProjectionHeads]) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's image and caption embedded by the head that did not train on it (rows aligned)."""
-    img = txt = None
-    for f, h in enumerate(heads):
-        rows = folds == f
-        enc = BuiltinEncoder(h, towers=False)
-        fi, ft = enc.embed_image_features(image_feats[rows]), enc.embed_text_features(text_feats[rows])
-        if img is None:
-            img = np.zeros((len(folds), fi.shape[1]), np.float32)
-            txt = np.zeros((len(folds), ft.shape[1]), np.float32)
-        img[rows], txt[rows] = fi, ft
-    return img, txt
+    return heldout_side(image_feats, folds, heads, "image"), heldout_side(text_feats, folds, heads, "text")
 
 
 def fit_heldout_heads(image_feats: np.ndarray, text_feats: np.ndarray, folds: np.ndarray,
