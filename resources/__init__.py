@@ -26,6 +26,7 @@ from tads_assets.core.io.formats import PoolSpec, decode_rgb, parse_pool_spec
 from tads_assets.core.io.catalog import Catalog, ClipEncoderDir, Output
 from tads_assets.core.settings import BUDGET_FRACTION
 from tads_assets.core.io.ledger import Ledger
+from tads_assets.core.memory import PeakRss
 from tads_assets.core.method.encoder import (TOWER_NATIVE_SIDE, BuiltinEncoder, FrozenTowers, OpenClipEncoder,
                                             detail_matched_side, load_heads, matched_image_side, parse_encoder_spec)
 from tads_assets.core.method.operators import LanguageId, tesseract_version
@@ -106,7 +107,9 @@ def one_writer(fn):
     """Decorator for an asset body that writes under TADS_HOME (below `@asset`, right above the `def`): the body
     runs holding its output's lock, `paths.output_lock(context)`, so a second run of the same asset (or
     partition) into the same TADS_HOME waits for the first instead of writing over it. The body must take
-    `context` and `paths` (the TadsPaths resource)."""
+    `context` and `paths` (the TadsPaths resource). Its peak resident memory goes into the materialization's
+    metadata (`peak_rss_mib`, `rss_before_mib`, `peak_rss_measured`: `core.memory.PeakRss`)
+    and the run log."""
     sig = inspect.signature(fn)
     if not {"context", "paths"} <= set(sig.parameters):
         raise TypeError(f"@one_writer needs an asset taking `context` and `paths`, not {fn.__name__}{sig}")
@@ -114,8 +117,13 @@ def one_writer(fn):
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         bound = sig.bind(*args, **kwargs).arguments
-        with bound["paths"].output_lock(bound["context"]):
-            return fn(*args, **kwargs)
+        context = bound["context"]
+        with bound["paths"].output_lock(context):
+            with PeakRss() as peak:
+                result = fn(*args, **kwargs)
+            context.add_asset_metadata(peak.report.metadata())
+            context.log.info(f"{fn.__name__}: {peak.report.line()}")
+            return result
 
     locked.one_writer = True
     return locked
@@ -125,7 +133,8 @@ def one_writer_per_partition(fn=None, *, concurrency=None):
     """@one_writer for a partitioned asset whose runs may cover many partitions in one step
     (`BackfillPolicy.single_run()`: one process and one model load for a whole backfill). The body takes
     `partition_key` besides `context` and `paths` and returns that partition's metadata; it runs once per key of the
-    run, holding that partition's lock, and each partition's materialization carries its own metadata. If one
+    run, holding that partition's lock, and each partition's materialization carries its own metadata (with the peak
+    resident memory while it ran, as @one_writer records it). If one
     partition fails, those finished (before it, or beside it) are recorded as materialized before the error
     propagates, so a rerun shows what is done.
 
@@ -151,7 +160,10 @@ def one_writer_per_partition(fn=None, *, concurrency=None):
 
         def one(key: str) -> dict:
             with paths.output_lock(context, output_lock_name(context, key)):
-                return fn(*args, partition_key=key, **kwargs)
+                with PeakRss() as peak:  # the process's: partitions running beside this one in threads count too
+                    metadata = fn(*args, partition_key=key, **kwargs)
+                context.log.info(f"{fn.__name__} [{key}]: {peak.report.line()}")
+                return {**metadata, **peak.report.metadata()}
 
         done: dict[str, dict] = {}
         errors: list[BaseException] = []
