@@ -128,12 +128,15 @@ class PeakRss:
             self._thread.join()
         mark = _maxrss_bytes(resource.RUSAGE_SELF)
         hwm = high_water_mark() if self._reset else None
+        now = current_rss() or 0
+        # the kernel updates its mark lazily (when pages are unmapped), and mapped file pages the kernel reclaims
+        # leave the resident size without passing it: never report less than what was seen at the start or now
         if hwm is not None:
-            peak, how = hwm, "exact"
+            peak, how = max(hwm, self._before or 0, now), "exact"
         elif mark > self._self_mark:  # the work raised the process's lifetime mark: that is its peak
-            peak, how = mark, "exact"
+            peak, how = max(mark, self._before or 0, now), "exact"
         elif self._before is not None:
-            peak, how = max(self._max, current_rss() or 0), "sampled"
+            peak, how = max(self._max, now), "sampled"
         else:
             peak, how = mark, "upper_bound"
         self.report = MemoryReport(peak, self._before, how)

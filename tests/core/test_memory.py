@@ -1,10 +1,13 @@
-"""core.memory.PeakRss: a work's own peak, not the process's earlier one."""
+"""core.memory.PeakRss: a work's own peak, not the process's earlier one.
 
+The tests map anonymous memory directly (`mmap`): an allocation through malloc may be served from heap the process
+already holds (`core/malloc.py` keeps freed heap), and then the resident size rightly does not move."""
+
+import mmap
 import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from tads_assets.core.memory import MIB, PeakRss
@@ -12,16 +15,17 @@ from tads_assets.core.memory import MIB, PeakRss
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def _allocate(mib: int) -> None:
-    a = np.ones(mib * MIB // 8)
-    a[::512] += 1  # touch it
-    del a
+def _mapped(mib: int) -> mmap.mmap:
+    m = mmap.mmap(-1, mib * MIB)
+    for off in range(0, mib * MIB, mmap.PAGESIZE):  # touch every page: resident
+        m[off] = 1
+    return m
 
 
 def test_a_short_spike_is_measured_exactly_even_below_an_earlier_peak():
-    _allocate(400)  # the process's lifetime peak is now at least 400 MiB above its base
+    _mapped(400).close()  # the process's lifetime peak is now at least 400 MiB above its base
     with PeakRss() as peak:
-        _allocate(120)  # shorter than the 20 ms sampling interval
+        _mapped(120).close()  # gone long before a 20 ms sample could see it
     r = peak.report
     assert r.how == "exact"
     assert 100 * MIB < r.peak_rss - r.rss_before < 300 * MIB  # this work's 120 MiB, not the earlier 400
@@ -32,11 +36,12 @@ def test_a_short_spike_is_measured_exactly_even_below_an_earlier_peak():
 
 def test_an_overlapping_measurement_does_not_reset_the_first_ones_mark():
     with PeakRss() as outer:
-        _allocate(200)
+        _mapped(200).close()
         with PeakRss() as inner:
-            _allocate(50)
+            _mapped(50).close()
     assert outer.report.how == "exact" and outer.report.peak_rss - outer.report.rss_before > 180 * MIB
     assert inner.report.how in ("exact", "sampled")
+    assert inner.report.peak_rss >= inner.report.rss_before
 
 
 def test_a_measurement_beside_another_thread_samples_the_process():
@@ -51,9 +56,9 @@ def test_a_measurement_beside_another_thread_samples_the_process():
     t.start()
     started.wait(5)
     with PeakRss() as peak:
-        a = np.ones(150 * MIB // 8)
+        m = _mapped(150)
         time.sleep(0.1)  # held long enough for the sampler
-        del a
+        m.close()
     done.set()
     t.join()
     assert peak.report.how in ("exact", "sampled")
