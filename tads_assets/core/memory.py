@@ -6,8 +6,8 @@ On Linux the mark can be reset to the current size (`/proc/self/clear_refs`, "5"
 the work starts and reads it when it ends: the work's exact peak, however short the spike. Measurements that
 overlap (partitions trained in threads beside each other) must not reset each other's mark, so only a measurement
 that starts while no other runs resets it; one that starts beside another takes the maximum of the resident size
-sampled every 20 ms in a thread (`exact` False; a spike shorter than that can be missed), or the mark where the
-work raised it. Without /proc (macOS) only the process's lifetime mark is there: reported as an upper bound.
+sampled every 20 ms in a thread ("sampled": a spike shorter than that can be missed), or the mark where the work
+raised it. Without /proc (macOS) only the process's lifetime mark is there: reported as an upper bound.
 
 Child processes (Tesseract) are not counted: the kernel's mark for them (`RUSAGE_CHILDREN`) is useless here, as a
 child started by fork and exec keeps the resident size it inherited from this process as its peak.
