@@ -60,7 +60,7 @@ def main() -> None:
         raise SystemExit(f"{cat.root} lacks quality_scores or task_set: run `make demo` first (or pass --home)")
     tasks, _ = cat.task_set.read()
     config = TrainedDvnConfig(meta_iterations=args.iterations)
-    sig = _signals(cat.quality_scores, cat.relevance_vectors, cat.cluster_diversity)
+    sig = _signals(cat.quality_scores, cat.relevance_vectors, cat.cluster_diversity, cat.pool_embeddings)
     t0 = time.perf_counter()
     reward = _reward(config, ClipEncoder(), "cpu", tasks, sig.uids, cat.raw_pool, cat.pool_embeddings, cat.clip_encoder,
                      cat.frozen_cache_dir, lambda m: None)

@@ -18,9 +18,12 @@ noisy, overall and per noise kind (targets: >= 0.90 overall, >= 0.80 per kind), 
 `--stage all` runs `tads run` (the whole graph with the defaults) and prints, per pool and seed: the dedup figures
 of deduped_pool, q_phi's ROC-AUC clean vs noisy overall and per noise kind, the final subset's size and clean
 share, and Table 1's averages per method; with several seeds, mean +- std per method. Each run is timed.
-`--stage rescore` materializes benchmark_scores again over the trained_clip checkpoints of finished `--stage all`
+`--stage select` materializes the selection again over finished `--stage all` homes (after a change to Algorithm 1
+or to the static rows): trained_dvn, final_subset, every baseline_subsets partition, a trained_clip for each method
+whose subset changed or has no checkpoint, and benchmark_scores; a run whose upstream stages are unchanged gives what
+a whole `tads run` would, in a third of its time. `--stage rescore` materializes benchmark_scores again over the trained_clip checkpoints of finished `--stage all`
 homes (after a change to the metrics) and prints the same figures; `--stage report` only reads them. With several
-seeds both `all`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
+seeds `all`, `select`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
 least every baseline's mean (or within one std of the best), above random and no_filter beyond one std, and on the
 task-minority pool above clip_score and quality_only beyond one std ("beyond one std": the difference of the means
 exceeds the larger of the two stds). Where the seeds' benchmarks average different columns (the naming rule names a
@@ -185,6 +188,43 @@ def rescore(h: Path, name: str, seed: int, n: int) -> None:
         raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
 
 
+def reselect(h: Path, name: str, seed: int, n: int) -> list[str]:
+    """`--stage select` on one finished home; returns the methods whose CLIP was trained again."""
+    from dagster import DagsterInstance
+
+    from resources import TadsPaths, tads_resources
+    from tads_assets.local import RANGE_END, RANGE_START, materialize
+    from tads_assets.select import baseline_partitions, baseline_subsets, final_subset, trained_dvn
+    from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
+
+    if not (h / "reports" / "benchmark.json").exists():
+        raise SystemExit(f"{h} has no finished run to select again: run --stage all first")
+    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
+    cat = paths.catalog
+    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
+    kw = {"resources": tads_resources(paths, env), "instance": DagsterInstance.from_config(str(h / "dagster"))}
+
+    def subsets() -> dict[str, list[str] | None]:
+        return {m: sorted(cat.subsets.of(m).uids()) if cat.subsets.of(m).exists() else None
+                for m in training_partitions.get_partition_keys()}
+
+    before = subsets()
+    keys = baseline_partitions.get_partition_keys()
+    for step, run in ((("trained_dvn, final_subset"), lambda: materialize([trained_dvn, final_subset], **kw)),
+                      ("baseline_subsets", lambda: materialize([baseline_subsets], tags={RANGE_START: keys[0],
+                                                                                         RANGE_END: keys[-1]}, **kw))):
+        if not run().success:
+            raise SystemExit(f"{name} seed {seed}: {step} failed")
+    after = subsets()
+    retrain = [m for m in after if after[m] != before[m] or not (cat.trained_clip.of(m) / "train_info.json").exists()]
+    for m in retrain:
+        if not materialize([trained_clip], partition_key=m, **kw).success:
+            raise SystemExit(f"{name} seed {seed}: trained_clip[{m}] failed")
+    if not materialize([benchmark_scores], **kw).success:
+        raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
+    return retrain
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC-AUC of scores `pos` above `neg` (Mann-Whitney, ties half)."""
     if not len(pos) or not len(neg):
@@ -247,7 +287,7 @@ def column_note(runs: list[dict], seeds: list[int]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dedup", "quality", "all", "rescore", "report"), default="dedup")
+    p.add_argument("--stage", choices=("dedup", "quality", "all", "select", "rescore", "report"), default="dedup")
     p.add_argument("--pools", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--samples", type=int, default=10_000)
@@ -284,6 +324,9 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.stage == "rescore":
                 rescore(h, name, seed, args.samples)
+            elif args.stage == "select":
+                print(f"{tag}: trained_clip again for {', '.join(reselect(h, name, seed, args.samples)) or 'none'}",
+                      flush=True)
             elif args.stage == "report":
                 if not (h / "reports" / "benchmark.json").exists():
                     raise SystemExit(f"{h} has no finished run: run --stage all first")
@@ -296,7 +339,7 @@ def main() -> None:
             g = graph_figures(h)
             results.setdefault(name, []).append(g)
             kind, worst = g["q_auc_min_kind"]
-            done = {"rescore": "rescored", "report": "read"}.get(args.stage, "tads run")
+            done = {"rescore": "rescored", "report": "read", "select": "selected again"}.get(args.stage, "tads run")
             print(f"\n{tag}: {done} {time.perf_counter() - t0:.0f} s ({h})\n"
                   f"  dedup: exact {100 * g['exact']:.1f} %, near {100 * g['near']:.1f} %, clean removed "
                   f"{100 * g['clean_removed']:.2f} %, removed {100 * g['dedup_removed']:.1f} % of the pool\n"
@@ -304,7 +347,7 @@ def main() -> None:
                   f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean\n"
                   "  Table 1 average: " + ", ".join(f"{m} {v:.2f}" for m, v in
                                                    sorted(g["table1"].items(), key=lambda kv: -kv[1])), flush=True)
-    if args.stage in ("all", "rescore", "report") and len(args.seeds) > 1:
+    if args.stage in ("all", "select", "rescore", "report") and len(args.seeds) > 1:
         print(f"\nTable 1 average over seeds {', '.join(map(str, args.seeds))} (mean +- std)")
         for name, runs in results.items():
             methods = runs[0]["table1"]

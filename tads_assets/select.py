@@ -27,8 +27,8 @@ from tads_assets.core.vectors import joint_vectors
 from tads_assets.meta import column_schema, describe, rounded, table
 from tads_assets.pool import deduped_pool, scored_samples_grid
 
-# Table 1's baselines and Table 2's static rows (Q+R, Q+R+D at TADS's size); `tads` itself is final_subset.
-STATIC_ABLATIONS = ("q_r", "q_r_d")
+# Table 1's baselines and Table 2's static rows (Q+R, Q+R+D, Q+R+D+A at TADS's size); `tads` itself is final_subset.
+STATIC_ABLATIONS = ("q_r", "q_r_d", "q_r_d_a")
 baseline_partitions = StaticPartitionsDefinition([*baselines.METHODS, *STATIC_ABLATIONS])
 SUBSET_COLUMNS = {"uid": "the sample's id (raw_pool uid)", "score": "the method's selection score (TADS: v(x))"}
 DVN_COLUMNS = {"uid": "sample id", "v": "data value v(x) ∈ (0, 1)",
@@ -42,14 +42,17 @@ BaselineSubsetsConfig = config_from(
 
 def _static_ablation(method: str, size: int, sig: selection.Signals) -> tuple[np.ndarray, baselines.Selection]:
     """Table 2's static rows over the deduplicated pool: the top `size` by equal-weight standardised signals."""
-    score = selection.static_score(sig.q, sig.r, sig.d, selection.ABLATIONS[method])
+    score = sig.static(selection.ABLATIONS[method])
     keep = selection.threshold_selection(score, -1.0, size).keep
     return sig.uids, baselines.Selection(keep, score.astype(np.float32), f"{method}_static_score_below_cutoff",
                                          {"signals": "+".join(selection.ABLATIONS[method])})
 
 
-def _signals(quality: QualityScores, relevance: RelevanceVectors, diversity: Table) -> selection.Signals:
-    return embeddings.load_signals(quality.path, relevance.connect(), diversity.path)
+def _signals(quality: QualityScores, relevance: RelevanceVectors, diversity: Table,
+             pool_embeddings: PoolEmbeddings | None = None) -> selection.Signals:
+    """The deduplicated pool's signals; with `pool_embeddings`, each pair's alignment a too."""
+    return embeddings.load_signals(quality.path, relevance.connect(), diversity.path,
+                                   pool_embeddings.connect() if pool_embeddings is not None else None)
 
 
 def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason, value: np.ndarray, detail: str) -> pl.DataFrame:
@@ -67,8 +70,9 @@ def _drop_rows(uids: pl.DataFrame, keep: np.ndarray, reason, value: np.ndarray, 
         "The pool selected by the baselines of Table 1, one partition each: no_filter (every readable sample), "
         "random, clip_score (top by held-out image-caption cosine), semdedup (SemDeDup), dbp (density-based "
         "pruning), quality_only (q_φ threshold). random/clip_score/semdedup/dbp share one size (TADS's subset "
-        "size when it exists). q_r and q_r_d are Table 2's static ablations (equal-weight standardised q_φ, task "
-        "relevance and log diversity, top at TADS's size, from the deduplicated pool). Every candidate a method "
+        "size when it exists). q_r, q_r_d and q_r_d_a are Table 2's static rows (equal-weight standardised q_φ, task "
+        "relevance, log diversity and held-out image-caption cosine, top at TADS's size, from the deduplicated "
+        "pool; q_r_d_a is the DVN's default θ₀). Every candidate a method "
         "drops gets a ledger row. A run over several partitions selects them one after another in one step.",
         SUBSET_COLUMNS),
     backfill_policy=BackfillPolicy.single_run(),
@@ -85,7 +89,8 @@ def baseline_subsets(context: AssetExecutionContext, config: BaselineSubsetsConf
     size, size_source = ((config.size, "config size") if config.size else
                          baselines.matched_size(cat.final_subset.path, budget.samples(raw_pool.height()), budget.rule()))
     if method in STATIC_ABLATIONS:
-        uids, sel = _static_ablation(method, size, _signals(quality_scores, relevance_vectors, cluster_diversity))
+        uids, sel = _static_ablation(method, size, _signals(quality_scores, relevance_vectors, cluster_diversity,
+                                                            pool_embeddings))
     else:
         uids, sel = baselines.select(method, pool, params_of(config, BaselineParams), size)
     size_source = {"no_filter": "the whole pool", "quality_only": f"q_φ ≥ {config.quality_threshold}"}.get(method, size_source)
@@ -167,7 +172,9 @@ def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw
 @asset(
     group_name="select", kinds={"pytorch", "safetensors"},
     description=describe(
-        "§3.3: the Data Value Network v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d)])) (eq. 13) trained by Algorithm 1: "
+        "§3.3: the Data Value Network v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d), E_a(a)])) (eq. 13 with the alignment "
+        "stream E_a of the held-out pair cosine, a labelled variant; alignment_stream False: the paper's three), "
+        "from θ₀ fitted to a static row (prior), trained by Algorithm 1: "
         "per meta-iteration S(θ) by Bernoulli draws, the proxy adapted on it (eq. 14), the reward J on the tasks' "
         "validation sets (eq. 15), per-cluster finite differences with the same draws (eq. 16), the eq. 17 "
         "policy loss, Adam. In head mode the tasks' weights in J are first scaled by how much of the proxy's "
@@ -183,7 +190,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
         raise ValueError(f"trained_dvn: task_alignment must be 'target' or 'none', got {config.task_alignment!r}")
     dev, cat, log = device.resolve(), paths.catalog, lambda m: context.log.info(f"trained_dvn: {m}")
     tasks, digest = task_set.read()
-    sig = _signals(quality_scores, relevance_vectors, cluster_diversity)
+    sig = _signals(quality_scores, relevance_vectors, cluster_diversity,
+                   pool_embeddings if config.alignment_stream else None)
     rate = draw_rate(budget, raw_pool.height(), len(sig.uids), log)
     params = params_of(config, Algorithm1Params, fdo=params_of(config, FdoParams, rate=rate))
     check_tasks(sig, tasks)
@@ -207,7 +215,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     res = run_algorithm1(sig, tasks, reward, params, joint=joint, target_scores=target, progress=log)
     dvn.save_dvn(res.net, cat.trained_dvn.models, {
         "tasks": [t.name for t in tasks], "tasks_sha256": digest, "log_d_stats": list(res.log_d_stats),
-        "fdo": params.fdo.__dict__, "proxy_mode": config.proxy_mode, "init": config.init,
+        "alignment_stats": list(res.alignment_stats) if res.alignment_stats else None,
+        "fdo": params.fdo.__dict__, "proxy_mode": config.proxy_mode, "init": config.init, "prior": config.prior,
         "task_alignment": res.alignment, "reward_top_final": res.reward_top_final,
         "returned_iterate": res.returned_iterate, "reward_top_last_update": res.reward_top_last,
         "metrics_top_final": res.metrics_top_final, "history": res.history})
@@ -290,7 +299,10 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "per_iteration": table(per_iteration), "cluster_advantages": table(adv_rows),
         "value_distribution": MetadataValue.md(histogram_markdown({"v(x)": v}, "data value v(x)", "v")),
         "final_selection_rate": rounded(v.mean()),
-        "init": MetadataValue.text(config.init if res.prior_loss is None else f"prior (BCE {res.prior_loss:.4f})"),
+        "init": MetadataValue.text(config.init if res.prior_loss is None else
+                                   f"prior {config.prior} (BCE {res.prior_loss:.4f}, Spearman {res.prior_spearman:.3f})"),
+        "streams": MetadataValue.text("E_q, E_r, E_d, E_a (alignment: held-out pair cosine)" if config.alignment_stream
+                                      else "E_q, E_r, E_d (the paper's eq. 13)"),
         "tasks_sha256": MetadataValue.text(digest), "seconds": rounded(res.seconds, 1),
         "seconds_per_meta_iteration_median": rounded(float(np.median([h["seconds"] for h in history])), 2),
     }

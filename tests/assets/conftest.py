@@ -10,7 +10,7 @@ from tads_assets.characterize import (cluster_diversity, feature_table, quality_
 from tads_assets.checks import baseline_subsets_ledger_complete, final_subset_ledger_complete, trained_dvn_scores_valid
 from tads_assets.core.harness import baselines
 from tads_assets.pool import clip_encoder, deduped_pool, pool_embeddings, raw_pool
-from tads_assets.select import baseline_subsets, final_subset, trained_dvn
+from tads_assets.select import STATIC_ABLATIONS, baseline_subsets, final_subset, trained_dvn
 from tads_assets.train_eval import benchmark_scores, trained_clip
 
 UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
@@ -35,7 +35,7 @@ def built(tmp_path_factory, demo_spec, demo_dir):
     runs["select"] = materialize([*UPSTREAM, *SELECT], selection=[trained_dvn.key, final_subset.key],
                                  resources=resources, run_config=DVN)
     # every baseline partition in one run (one step: BackfillPolicy.single_run), as `tads run` does
-    methods = (*baselines.METHODS, "q_r", "q_r_d")
+    methods = (*baselines.METHODS, *STATIC_ABLATIONS)
     runs["baselines"] = materialize([*UPSTREAM, baseline_subsets, baseline_subsets_ledger_complete],
                                     selection=[baseline_subsets.key], resources=resources,
                                     tags={RANGE_START: methods[0], RANGE_END: methods[-1]})

@@ -8,6 +8,7 @@ import polars as pl
 
 from tads_assets import cli
 from tads_assets.core.harness import baselines
+from tads_assets.select import STATIC_ABLATIONS
 
 
 def _uids(path) -> set[str]:
@@ -33,8 +34,8 @@ def test_every_sample_is_kept_or_ledgered_at_every_stage(built):
     _accounts(ledger, "final_subset", deduped, _uids(parquet / "final_subset" / "final_subset.parquet"))
     quality = _uids(parquet / "quality_scores" / "quality_scores.parquet")
     assert quality == deduped  # scoring drops nothing
-    for method in (*baselines.METHODS, "q_r", "q_r_d"):
-        received = quality if method in ("quality_only", "q_r", "q_r_d") else raw
+    for method in (*baselines.METHODS, *STATIC_ABLATIONS):
+        received = quality if method in ("quality_only", *STATIC_ABLATIONS) else raw
         _accounts(ledger, f"baseline_{method}", received, _uids(paths.catalog.subsets.of(method).path))
 
 

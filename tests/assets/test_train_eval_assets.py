@@ -12,6 +12,7 @@ from tads_assets.local import materialize
 from resources import TadsPaths
 from tads_assets.characterize import task_set
 from tads_assets.core.harness import baselines
+from tads_assets.select import STATIC_ABLATIONS
 from tads_assets.core.io import embeddings as lance_tables
 from tads_assets.core.io.ledger import Ledger
 from tads_assets.core.io.tasks import task_set_hash
@@ -25,14 +26,14 @@ def test_every_baseline_partition_accounts_for_its_drops(built):
     paths, runs, _ = built
     n_pool = pl.scan_parquet(str(paths.catalog.raw_pool.dir / "*.parquet")).select(pl.len()).collect().item()
     size = pl.read_parquet(paths.catalog.final_subset.path).height  # matched to TADS
-    for method in (*baselines.METHODS, "q_r", "q_r_d"):
+    for method in (*baselines.METHODS, *STATIC_ABLATIONS):
         assert runs[method].success
         checks = {e.check_name: e.passed for e in runs[method].get_asset_check_evaluations()}
         assert checks == {"baseline_subsets_ledger_complete": True}, method
         kept = _subset(paths, method)
         drops = Ledger(paths.catalog.ledger_dir).read(f"baseline_{method}")
         assert not set(kept["uid"]) & set(drops["uid"])
-        if method in ("random", "clip_score", "semdedup", "dbp", "q_r", "q_r_d"):
+        if method in ("random", "clip_score", "semdedup", "dbp", *STATIC_ABLATIONS):
             assert kept.height == size, method  # the size-matched methods are compared at equal size
     assert _subset(paths, "no_filter").height == n_pool
 
@@ -41,7 +42,7 @@ def test_a_run_over_many_partitions_records_each_with_its_own_metadata(built):
     # one run, one step for all baseline partitions (and for two trained_clip partitions): the UI still shows
     # every partition materialized, each with the metadata of its own method
     paths, runs, _ = built
-    for run, node, expected in ((runs["baselines"], "baseline_subsets", [*baselines.METHODS, "q_r", "q_r_d"]),
+    for run, node, expected in ((runs["baselines"], "baseline_subsets", [*baselines.METHODS, *STATIC_ABLATIONS]),
                                 (runs["train_tads"], "trained_clip", ["tads", "no_filter"])):
         steps = [e.step_key for e in run.all_events if e.event_type_value == "STEP_SUCCESS"]
         assert [k for k in steps if not k.startswith(f"{node}_")] == [node]  # one step (its checks aside)
@@ -83,7 +84,7 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     report = json.loads((paths.catalog.benchmark_scores.file("json")).read_text())
     methods = [r["method"] for r in report["rows"]]
     assert methods == ["tads", "no_filter", "clip_score", "chance"]
-    assert set(report["not_trained"]) == {"random", "semdedup", "dbp", "quality_only", "q_r", "q_r_d"}
+    assert set(report["not_trained"]) == {"random", "semdedup", "dbp", "quality_only", *STATIC_ABLATIONS}
     for row in report["rows"]:
         assert np.isfinite(row["average"]) and 0 <= row["average"] <= 100
     chance = report["rows"][-1]

@@ -1,6 +1,6 @@
 """Algorithm 1 as one library call, on synthetic signals and a reward whose best selection is known."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -49,8 +49,9 @@ def _signals(n=600, seed=0):
     r = rng.random((n, 2))
     clusters = rng.integers(0, 10, n)
     d = 1.0 / np.bincount(clusters)[clusters] ** 0.5
+    a = np.where(good, rng.normal(0.3, 0.1, n), rng.normal(0.2, 0.1, n))  # alignment: a weaker hint
     sig = Signals(np.array([f"u{i}" for i in range(n)]), q, r, r / np.linalg.norm(r, axis=1, keepdims=True), d,
-                  clusters, ["a", "b"])
+                  clusters, ["a", "b"], a)
     return sig, good
 
 
@@ -78,6 +79,12 @@ def test_equal_inputs_give_equal_values_and_a_task_mismatch_is_refused():
         run_algorithm1(sig, [Task("b"), Task("a")], GoodSamplesReward(good, tasks), _params())
     with pytest.raises(ValueError, match="init must be one of"):
         _params(init="random")
+    with pytest.raises(ValueError, match="prior must be one of"):
+        _params(prior="q_d")
+    with pytest.raises(ValueError, match="alignment_stream on"):
+        _params(alignment_stream=False)  # the default prior ranks by a
+    with pytest.raises(ValueError, match="needs the pairs' alignment"):
+        run_algorithm1(replace(sig, a=None), tasks, GoodSamplesReward(good, tasks), _params())
     with pytest.raises(ValueError, match="joint vectors"):
         run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(fdo_cluster_space="embeddings"))
 
@@ -126,3 +133,19 @@ def test_the_iterate_with_the_best_top_selection_is_returned_unless_switched_off
         np.testing.assert_allclose(res.v, res.v0, atol=1e-6)  # θ₀ itself
     else:
         assert res.returned_iterate == 4 and res.reward_top_final == res.reward_top_last
+
+
+def test_the_alignment_stream_orders_what_quality_cannot():
+    # q says nothing about which samples are good, a does: the DVN with the alignment stream (from the Q+R+D+A
+    # prior) ranks the good ones first, the paper's three streams (from Q+R+D) cannot
+    sig, good = _signals(seed=1)
+    rng = np.random.default_rng(2)
+    sig = replace(sig, q=rng.random(len(good)), a=np.where(good, rng.normal(0.6, 0.1, len(good)),
+                                                           rng.normal(0.2, 0.1, len(good))))
+    tasks = [Task("a"), Task("b")]
+    share = {}
+    for stream, prior in ((True, "q_r_d_a"), (False, "q_r_d")):
+        res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(alignment_stream=stream, prior=prior))
+        share[stream] = good[np.argsort(-res.v)[: int(0.3 * len(good))]].mean()
+        assert (res.alignment_stats is not None) == stream
+    assert share[True] > 0.9 and share[False] < good.mean() + 0.25, share

@@ -50,3 +50,32 @@ def test_a_saved_dvn_loads_back_with_the_same_values(tmp_path):
         assert torch.equal(net.eval()(*inputs), loaded(*inputs))
     with pytest.raises(FileNotFoundError, match="materialize trained_dvn first"):
         dvn.load_dvn(tmp_path / "none")
+
+
+def test_the_alignment_stream_is_part_of_the_network_and_old_checkpoints_keep_three_streams(tmp_path):
+    import pytest
+
+    q, h, d = _inputs()
+    a = np.random.default_rng(1).normal(0.3, 0.1, len(q))
+    with_a = dvn.standardise_inputs(q.numpy(), h.numpy(), np.exp(d.numpy()), a=a)
+    assert len(with_a) == 4 and abs(float(with_a[3].mean())) < 1e-5 and abs(float(with_a[3].std()) - 1) < 1e-2
+    torch.manual_seed(0)
+    net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=3, alignment_stream=True))
+    assert net.fuse[0].in_features == 4 * net.config.embed_dim
+    with torch.no_grad():  # a reaches v: other alignments, other values
+        v = net(*with_a)
+        assert not torch.allclose(v, net(*with_a[:3], -with_a[3]))
+    with pytest.raises(ValueError, match="pass the pairs' alignment"):
+        net(q, h, d)
+    paper = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=3))  # the paper's eq. 13
+    with pytest.raises(ValueError, match="no alignment stream"):
+        paper(*with_a)
+    with pytest.raises(ValueError, match="non-finite values .first at row 2"):
+        dvn.standardise_inputs(q.numpy(), h.numpy(), np.exp(d.numpy()), a=np.r_[a[:2], np.nan, a[3:]])
+    dvn.save_dvn(paper, tmp_path / "old", {})
+    import json
+    info = json.loads((tmp_path / "old" / dvn.DVN_INFO).read_text())
+    del info["config"]["alignment_stream"]  # a checkpoint written before the stream existed
+    (tmp_path / "old" / dvn.DVN_INFO).write_text(json.dumps(info))
+    loaded, _ = dvn.load_dvn(tmp_path / "old")
+    assert loaded.e_a is None

@@ -25,8 +25,13 @@ def test_static_score_adds_the_named_signals_only():
     assert q_r[0] == pytest.approx(q_r[1], abs=1e-9)  # equal and opposite standardised q and r
     q_r_d = selection.static_score(q, r, d, ("q", "r", "d"))
     assert np.argmax(q_r_d) == 2 and np.argmin(q_r_d) == 3  # the rare sample rises, the crowded one falls
-    with pytest.raises(ValueError, match="subset of q, r, d"):
+    with pytest.raises(ValueError, match="subset of q, r, d, a"):
         selection.static_score(q, r, d, ("x",))
+    a = np.array([0.0, 0.0, -1.0, 1.0])  # the crowded sample is the best-aligned one
+    q_r_d_a = selection.static_score(q, r, d, ("q", "r", "d", "a"), a)
+    assert q_r_d_a[3] - q_r_d_a[2] == pytest.approx(q_r_d[3] - q_r_d[2] + 2 * np.sqrt(2))  # z(a): ∓√2
+    with pytest.raises(ValueError, match="no alignment was given"):
+        selection.static_score(q, r, d, ("q", "a"))
 
 
 def test_threshold_keeps_v_above_tau_within_the_budget():

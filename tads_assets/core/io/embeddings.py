@@ -369,20 +369,27 @@ def read_relevance_table(db):
     return t.column("uid").to_pylist(), r, h, names
 
 
-def load_signals(quality_path, db, diversity_path) -> Signals:
-    """Join quality_scores, the relevance_vectors table and cluster_diversity on uid (quality_scores' order);
-    a sample missing from one of them means a stale upstream asset, named in the error."""
+def load_signals(quality_path, db, diversity_path, alignment_db=None) -> Signals:
+    """Join quality_scores, the relevance_vectors table, cluster_diversity and, given `alignment_db` (the
+    pool_embeddings database), each pair's held-out cosine on uid (quality_scores' order); a sample missing from
+    one of them means a stale upstream asset, named in the error."""
     quality = pl.read_parquet(quality_path, columns=["uid", "quality"])
     r_uids, r, h, names = read_relevance_table(db)
     rel = pl.DataFrame({"uid": r_uids, "_row": np.arange(len(r_uids))})
     div = pl.read_parquet(diversity_path, columns=["uid", "cluster", "diversity"])
     frame = quality.join(rel, on="uid", how="left", maintain_order="left").join(div, on="uid", how="left",
                                                                                 maintain_order="left")
-    for column, asset in (("_row", "relevance_vectors"), ("diversity", "cluster_diversity")):
+    checks = [("_row", "relevance_vectors"), ("diversity", "cluster_diversity")]
+    if alignment_db is not None:
+        cos = read_embeddings(alignment_db, ("uid", "heldout_pair_cos"))
+        frame = frame.join(cos, on="uid", how="left", maintain_order="left")
+        checks.append(("heldout_pair_cos", "pool_embeddings"))
+    for column, asset in checks:
         missing = frame.filter(pl.col(column).is_null())
         if missing.height:
             raise ValueError(f"{missing.height} quality_scores samples (e.g. uid {missing['uid'][0]}) have no "
                              f"{asset} row: rematerialize {asset}")
     rows = frame["_row"].to_numpy()
+    a = frame["heldout_pair_cos"].to_numpy().astype(np.float64) if alignment_db is not None else None
     return Signals(frame["uid"].to_numpy(), frame["quality"].to_numpy().astype(np.float64), r[rows], h[rows],
-                   frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names)
+                   frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names, a)

@@ -1,8 +1,8 @@
 """Algorithm 1 (paper §3.3) in one function: fit θ₀, align the tasks' weights to the target model, run the FDO
 meta-iterations, score every sample with the trained Data Value Network.
 
-    net  = DataValueNetwork(...)                        eq. 13, v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d)]))
-    θ₀   = fit_prior(net, static Q+R+D ranking)         (init "prior"; "constant": v ≈ budget everywhere)
+    net  = DataValueNetwork(...)                        eq. 13, v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d), E_a(a)]))
+    θ₀   = fit_prior(net, static Q+R+D+A ranking)       (init "prior"; "constant": v ≈ budget everywhere)
     φ_k ← φ_k · a_k                                     (task alignment, when a target scorer is given)
     for t in 1..T:  S ~ Bernoulli(v) at the budget;  J(S) (eq. 14-15);  g_C by finite differences (eq. 16);
                     Adam step on the eq. 17 policy loss                       (fdo.train_dvn)
@@ -36,7 +36,9 @@ class Algorithm1Params:
     """What Algorithm 1 is run with besides the reward. `fdo.rate` is the data budget."""
 
     fdo: FdoParams = field(default_factory=FdoParams)
-    init: str = "prior"  # θ₀: "prior" fits v to the static Q+R+D ranking first; "constant": v ≈ the budget everywhere
+    init: str = "prior"  # θ₀: "prior" fits v to the static ranking `prior` first; "constant": v ≈ the budget everywhere
+    prior: str = "q_r_d_a"  # the static row θ₀ starts from (selection.ABLATIONS); "q_r_d" is the paper's three signals
+    alignment_stream: bool = True  # E_a(a) in the DVN (a deliberate variant of eq. 13); False: the paper's three streams
     fdo_clusters: int = 20  # groups perturbed by eq. 16 (k-means; coarser than the diversity clusters)
     fdo_cluster_space: str = "inputs"  # "inputs": k-means over the DVN's inputs [q, h_r, log d]; "embeddings": [z_I; z_T]
     embed_dim: int = dvn.DvnConfig.embed_dim
@@ -48,6 +50,11 @@ class Algorithm1Params:
             raise ValueError(f"fdo.rate is the data budget and must lie in (0, 1], got {self.fdo.rate!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.prior not in selection.ABLATIONS:
+            raise ValueError(f"prior must be one of {tuple(selection.ABLATIONS)}, got {self.prior!r}")
+        if "a" in selection.ABLATIONS[self.prior] and not self.alignment_stream:
+            raise ValueError(f"prior {self.prior!r} ranks by the alignment a, which the DVN sees only with "
+                             "alignment_stream on: switch it on or choose a prior without 'a' (e.g. 'q_r_d')")
         if self.fdo_cluster_space not in CLUSTER_SPACES:
             raise ValueError(f"fdo_cluster_space must be one of {CLUSTER_SPACES}, got {self.fdo_cluster_space!r}")
 
@@ -59,6 +66,7 @@ class Algorithm1Result:
     v0: np.ndarray  # v(x) of θ₀
     clusters: np.ndarray  # the FDO groups
     log_d_stats: tuple[float, float]
+    alignment_stats: tuple[float, float] | None  # (mean, std) of a the E_a stream was standardised with
     history: list[dict]  # one entry per meta-iteration (fdo.train_dvn)
     alignment: list[dict]  # per task: φ_k, chance, proxy and target Eval_k, a_k (empty without a target)
     reward_top_final: float  # J(top) of the returned iterate
@@ -110,7 +118,13 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
     t0 = time.perf_counter()
     check_tasks(sig, tasks)
     stats = dvn.log_d_stats(sig.d)
-    inputs = dvn.standardise_inputs(sig.q, sig.h_r, sig.d, stats)
+    a_stats = None
+    if params.alignment_stream:
+        if sig.a is None:
+            raise ValueError("the DVN's alignment stream needs the pairs' alignment (Signals.a, the held-out pair "
+                             "cosine of pool_embeddings): load it, or set alignment_stream False")
+        a_stats = dvn.value_stats(sig.a)
+    inputs = dvn.standardise_inputs(sig.q, sig.h_r, sig.d, stats, sig.a if params.alignment_stream else None, a_stats)
     if params.fdo_cluster_space == "inputs":
         clusters = fdo.input_space_groups(inputs, params.fdo_clusters, seed=params.seed)
     else:
@@ -119,16 +133,18 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
         clusters = kmeans_clusters(joint, params.fdo_clusters, seed=params.seed)
     torch.manual_seed(params.seed)
     net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=len(tasks), embed_dim=params.embed_dim,
-                                             hidden_dim=params.hidden_dim, init_rate=params.fdo.rate))
+                                             hidden_dim=params.hidden_dim, init_rate=params.fdo.rate,
+                                             alignment_stream=params.alignment_stream))
     prior_loss = prior_rho = None
+    prior_name = "+".join(s.upper() for s in selection.ABLATIONS[params.prior])
     if params.init == "prior":
-        prior = selection.static_score(sig.q, sig.r, sig.d, selection.ABLATIONS["q_r_d"])
+        prior = sig.static(selection.ABLATIONS[params.prior])
         prior_loss = dvn.fit_prior(net, inputs, prior, seed=params.seed)
     with torch.no_grad():
         v0 = net(*inputs).double().numpy()
     if prior_loss is not None:
         prior_rho = spearman(v0, prior)
-        progress(f"θ₀ fitted to the static Q+R+D ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
+        progress(f"θ₀ fitted to the static {prior_name} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
     alignment = []
     if target_scores is not None:
         mask = fdo.top_fraction(v0, params.fdo.rate)
@@ -150,5 +166,5 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
             v = net(*inputs).double().numpy()
         returned, j_final, metrics_final = best["iteration"], best["reward_top"], best["metrics_top"]
     progress(f"returning θ_{returned} (J(top) {j_final:.4f}; θ_{params.fdo.meta_iterations} is the last update)")
-    return Algorithm1Result(net, v, v0, clusters, stats, history, alignment, j_final, metrics_final, returned,
+    return Algorithm1Result(net, v, v0, clusters, stats, a_stats, history, alignment, j_final, metrics_final, returned,
                             j_last, prior_loss, prior_rho, time.perf_counter() - t0)

@@ -1,9 +1,14 @@
-"""§3.3.1 the Data Value Network: v_θ(x) = σ(MLP_fuse([E_q(q_φ), E_r(h_r), E_d(d)])) (eq. 13).
+"""§3.3.1 the Data Value Network: v_θ(x) = σ(MLP_fuse([E_q(q_φ), E_r(h_r), E_d(d), E_a(a)])) (eq. 13 + E_a).
 
-Three streams with their own encoders: E_q and E_d embed the scalar quality score and diversity factor
-(non-linear scales), E_r the task-relevance vector (inter-task dependencies); the fusion MLP ends in a
+The paper's three streams with their own encoders: E_q and E_d embed the scalar quality score and diversity
+factor (non-linear scales), E_r the task-relevance vector (inter-task dependencies); the fusion MLP ends in a
 sigmoid, so v is a selection probability. The diversity factor enters as log d (it spans orders of
 magnitude: d = |C|^-δ), standardised over the pool by the caller (`standardise_inputs`).
+
+A deliberate variant, which Algorithm 1 turns on by default (`DvnConfig.alignment_stream`): a fourth stream E_a of the pair's
+image-caption alignment a (the held-out pair cosine), standardised over the pool. q_φ says which kind of noise
+a pair shows; where noise is the majority the budget reaches past the pairs the labelling functions vouch for,
+and a orders those by how well the caption describes the image (docs/method.md, "The Data Value Network").
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class DvnConfig:
     embed_dim: int = 16
     hidden_dim: int = 32
     init_rate: float = BUDGET_FRACTION  # v starts near this everywhere: the fusion bias is logit(init_rate)
+    alignment_stream: bool = False  # True: E_a(a), the variant's fourth stream (Algorithm1Params turns it on)
 
 
 def _stream(n_in: int, dim: int) -> nn.Sequential:
@@ -39,28 +45,47 @@ class DataValueNetwork(nn.Module):
         self.e_q = _stream(1, config.embed_dim)
         self.e_r = _stream(config.n_tasks, config.embed_dim)
         self.e_d = _stream(1, config.embed_dim)
-        self.fuse = nn.Sequential(nn.Linear(3 * config.embed_dim, config.hidden_dim), nn.GELU(),
+        self.e_a = _stream(1, config.embed_dim) if config.alignment_stream else None
+        streams = 4 if config.alignment_stream else 3
+        self.fuse = nn.Sequential(nn.Linear(streams * config.embed_dim, config.hidden_dim), nn.GELU(),
                                   nn.Linear(config.hidden_dim, 1))
         with torch.no_grad():
             self.fuse[-1].weight.mul_(0.1)
             self.fuse[-1].bias.fill_(math.log(config.init_rate / (1 - config.init_rate)))
 
-    def logits(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([self.e_q(q[:, None]), self.e_r(h_r), self.e_d(d[:, None])], dim=1)
-        return self.fuse(z).squeeze(1)
+    def logits(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor, a: torch.Tensor | None = None,
+               ) -> torch.Tensor:
+        parts = [self.e_q(q[:, None]), self.e_r(h_r), self.e_d(d[:, None])]
+        if self.e_a is not None:
+            if a is None:
+                raise ValueError("this Data Value Network has an alignment stream (E_a): pass the pairs' alignment a")
+            parts.append(self.e_a(a[:, None]))
+        elif a is not None:
+            raise ValueError("this Data Value Network has no alignment stream (alignment_stream False), yet a was given")
+        return self.fuse(torch.cat(parts, dim=1)).squeeze(1)
 
-    def forward(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(q, h_r, d))
+    def forward(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor, a: torch.Tensor | None = None,
+                ) -> torch.Tensor:
+        return torch.sigmoid(self.logits(q, h_r, d, a))
 
 
 def standardise_inputs(q: np.ndarray, h_r: np.ndarray, d: np.ndarray, stats: tuple[float, float] | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       a: np.ndarray | None = None, a_stats: tuple[float, float] | None = None) -> tuple[torch.Tensor, ...]:
     """Network inputs: q_φ as is (in [0, 1]), h_r as is (unit vectors), log d standardised by `stats`
-    (default: this pool's, `log_d_stats`)."""
+    (default: this pool's, `log_d_stats`), and where given the alignment a standardised by `a_stats` (default:
+    this pool's, `value_stats`): (q, h_r, log d) or (q, h_r, log d, a)."""
     mean, std = stats or log_d_stats(d)
     log_d = (np.log(np.maximum(np.asarray(d, np.float64), 1e-30)) - mean) / std
-    return (torch.as_tensor(np.asarray(q, np.float32)), torch.as_tensor(np.asarray(h_r, np.float32)),
-            torch.as_tensor(log_d.astype(np.float32)))
+    out = (torch.as_tensor(np.asarray(q, np.float32)), torch.as_tensor(np.asarray(h_r, np.float32)),
+           torch.as_tensor(log_d.astype(np.float32)))
+    if a is None:
+        return out
+    a = np.asarray(a, np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"the alignment a holds {int((~np.isfinite(a)).sum())} non-finite values "
+                         f"(first at row {int(np.flatnonzero(~np.isfinite(a))[0])})")
+    a_mean, a_std = a_stats or value_stats(a)
+    return (*out, torch.as_tensor(((a - a_mean) / a_std).astype(np.float32)))
 
 
 def policy_loss(score: torch.Tensor, clusters: torch.Tensor, advantages: dict[int, float], params, beta: float,
@@ -88,6 +113,12 @@ def log_d_stats(d: np.ndarray) -> tuple[float, float]:
     scoring another pool applies the same scale."""
     log_d = np.log(np.maximum(np.asarray(d, np.float64), 1e-30))
     return float(log_d.mean()), float(log_d.std() + 1e-8)
+
+
+def value_stats(x: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of a signal over a pool, saved with a checkpoint like `log_d_stats`."""
+    x = np.asarray(x, np.float64)
+    return float(x.mean()), float(x.std() + 1e-8)
 
 
 def save_dvn(net: DataValueNetwork, out_dir, info: dict) -> dict:
@@ -118,7 +149,7 @@ def load_dvn(out_dir) -> tuple[DataValueNetwork, dict]:
     if not (out_dir / DVN_CHECKPOINT).exists():
         raise FileNotFoundError(f"no DVN checkpoint at {out_dir / DVN_CHECKPOINT}: materialize trained_dvn first")
     info = json.loads((out_dir / DVN_INFO).read_text())
-    net = DataValueNetwork(DvnConfig(**info["config"]))
+    net = DataValueNetwork(DvnConfig(**info["config"]))  # saved before E_a existed: its default, the three streams
     net.load_state_dict(load_file(str(out_dir / DVN_CHECKPOINT)))
     return net.eval(), info
 
@@ -127,8 +158,9 @@ def fit_prior(net: DataValueNetwork, inputs: tuple, prior_score: np.ndarray, sha
               lr: float = 1e-2,
               seed: int = 0) -> float:
     """θ₀ of Algorithm 1 from a static policy: regress v_θ onto σ(z(prior) + logit(init_rate)), i.e. the
-    equal-weight Q+R+D ranking at the DVN's initial selection rate, by binary cross-entropy. The feedback loop
-    then starts from Table 2's static row and has to improve on it. Returns the final loss."""
+    equal-weight static ranking (Algorithm1Params.prior) at the DVN's initial selection rate, by binary
+    cross-entropy. The feedback loop then starts from Table 2's static row and has to improve on it. Returns the
+    final loss."""
     torch.manual_seed(seed)
     rate = net.config.init_rate
     z = sharpness * (np.asarray(prior_score, np.float64) - np.mean(prior_score)) / (np.std(prior_score) + 1e-12)

@@ -4,7 +4,9 @@
   relevance, `Q+R+D` adds the diversity factor, each signal standardised over the pool and weighted
   equally (no feedback). Relevance is a sample's standardised r_k for its most relevant task
   (max_k z(r_k)): relevant to any one task is relevant; a mean over tasks would reward samples that are
-  vaguely like every task.
+  vaguely like every task. `A` (not in the paper) is the pair's image-caption alignment, the cosine of the
+  encoder's held-out heads (clip_score's signal): q_φ learns *which kind of noise* a pair shows from the weak
+  labels, A *how well* its caption describes its image, which orders the pairs no labelling function flags.
 - `budget_size` — the data budget in samples, set by the user's pool: a fraction of the *readable raw pool*
   (the paper keeps 36 % of the original data) or an absolute count, never a share of what an upstream stage
   happened to leave. Every size-matched selection (TADS's draws and final subset, the baselines) uses it.
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ABLATIONS = {"q": ("q",), "q_r": ("q", "r"), "q_r_d": ("q", "r", "d")}  # Table 2's static rows
+# Table 2's static rows: the paper's three, and A (alignment) added to Q+R+D, the DVN's default prior
+ABLATIONS = {"q": ("q",), "q_r": ("q", "r"), "q_r_d": ("q", "r", "d"), "q_r_d_a": ("q", "r", "d", "a")}
+SIGNALS = ("q", "r", "d", "a")
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -34,14 +38,17 @@ def relevance_signal(r: np.ndarray) -> np.ndarray:
     return np.max((r - r.mean(axis=0)) / (r.std(axis=0) + 1e-12), axis=1)
 
 
-def static_score(q: np.ndarray, r: np.ndarray, d: np.ndarray, signals: tuple[str, ...]) -> np.ndarray:
-    """Equal-weight sum of the standardised signals named in `signals` (a subset of q, r, d); d enters as
-    log d, which spans orders of magnitude."""
-    unknown = set(signals) - {"q", "r", "d"}
+def static_score(q: np.ndarray, r: np.ndarray, d: np.ndarray, signals: tuple[str, ...],
+                 a: np.ndarray | None = None) -> np.ndarray:
+    """Equal-weight sum of the standardised signals named in `signals` (a subset of q, r, d, a); d enters as
+    log d, which spans orders of magnitude; a is the pairs' alignment (needed when "a" is named)."""
+    unknown = set(signals) - set(SIGNALS)
     if unknown or not signals:
-        raise ValueError(f"signals must be a non-empty subset of q, r, d, got {signals}")
+        raise ValueError(f"signals must be a non-empty subset of {', '.join(SIGNALS)}, got {signals}")
+    if "a" in signals and a is None:
+        raise ValueError("the signal 'a' (image-caption alignment) was named but no alignment was given")
     parts = {"q": lambda: _z(q), "r": lambda: _z(relevance_signal(r)),
-             "d": lambda: _z(np.log(np.maximum(np.asarray(d, np.float64), 1e-30)))}
+             "d": lambda: _z(np.log(np.maximum(np.asarray(d, np.float64), 1e-30))), "a": lambda: _z(a)}
     return np.sum([parts[s]() for s in signals], axis=0)
 
 
@@ -86,8 +93,8 @@ def threshold_selection(v: np.ndarray, tau: float, max_keep: int) -> Threshold:
 
 @dataclass
 class Signals:
-    """The deduplicated pool's per-sample signals, row-aligned: q_φ, r (eq. 10), h_r (eq. 11), d (eq. 12) and
-    the diversity clusters."""
+    """The deduplicated pool's per-sample signals, row-aligned: q_φ, r (eq. 10), h_r (eq. 11), d (eq. 12), the
+    diversity clusters and, where loaded, a: the image-caption alignment (held-out pair cosine)."""
 
     uids: np.ndarray
     q: np.ndarray
@@ -96,3 +103,7 @@ class Signals:
     d: np.ndarray
     clusters: np.ndarray
     task_names: list[str]
+    a: np.ndarray | None = None
+
+    def static(self, signals: tuple[str, ...]) -> np.ndarray:
+        return static_score(self.q, self.r, self.d, signals, self.a)
