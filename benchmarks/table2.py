@@ -1,8 +1,8 @@
 """Table 2 on the demo pool: which of TADS's signals earn their place. Q, Q+R, Q+R+D and Q+R+D+A rank the
 deduplicated pool by equal-weight standardised signals (q_φ, the best task's relevance, log diversity, and the
 held-out image-caption cosine A, not in the paper) with no feedback, and keep as many samples as TADS; `full` is
-TADS's final_subset (the DVN trained by Algorithm 1 on the same signals, from θ₀ fitted to Q+R+D+A by default). A CLIP is trained from scratch on each and scored zero-shot on the test
-sets, mean ± std over seeds, as in Table 1.
+TADS's final_subset (the DVN trained by Algorithm 1 on the same signals, from θ₀ fitted to Q+R+D+A by default).
+A CLIP is trained from scratch on each and scored zero-shot on the test sets, mean ± std over seeds, as in Table 1.
 
     make demo
     .venv/bin/python benchmarks/table2.py --seeds 3 [--home .tads]

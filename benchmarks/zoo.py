@@ -21,9 +21,9 @@ share, and Table 1's averages per method; with several seeds, mean +- std per me
 `--stage select` materializes the selection again over finished `--stage all` homes (after a change to Algorithm 1
 or to the static rows): trained_dvn, final_subset, every baseline_subsets partition, a trained_clip for each method
 whose subset changed or has no checkpoint, and benchmark_scores; a run whose upstream stages are unchanged gives what
-a whole `tads run` would, in a third of its time. `--stage rescore` materializes benchmark_scores again over the trained_clip checkpoints of finished `--stage all`
-homes (after a change to the metrics) and prints the same figures; `--stage report` only reads them. With several
-seeds `all`, `select`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
+a whole `tads run` would, in a third of its time. `--stage rescore` materializes benchmark_scores again over the
+trained_clip checkpoints of finished `--stage all` homes (after a change to the metrics) and prints the same
+figures; `--stage report` only reads them. With several seeds `all`, `select`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
 least every baseline's mean (or within one std of the best), above random and no_filter beyond one std, and on the
 task-minority pool above clip_score and quality_only beyond one std ("beyond one std": the difference of the means
 exceeds the larger of the two stds). Where the seeds' benchmarks average different columns (the naming rule names a

@@ -72,7 +72,15 @@ class DedupParams:
     # smallest τ whose estimated false-removal rate over pairs that are not duplicates stays ≤ max_false_removal.
     calibrate: bool = True
     max_false_removal: float = 0.01
-    null_rank_offset: int = 5  # null pairs: the neighbours ranked offset+1 .. offset+k (beyond the candidates)
+    null_rank_offset: int = 5  # visual null pairs (and joint ones with null_first_rank 0): ranks offset+k+1 .. offset+2k
+    # The joint null pairs: each row's joint neighbours ranked null_first_rank .. null_first_rank+k-1, candidates
+    # included. A re-post has one or a few copies, which rank first; from the third neighbour on nearly every pair is
+    # two distinct samples *as close as the candidates are*, while the pairs beyond the candidates (0: ranks
+    # null_rank_offset+k+1 .., the rule before issue 20's thirteenth session) are easier and passed the caption-and-
+    # picture test ~10x less often than the distinct pairs among the candidates (docs/results.md). 5 rather than 3:
+    # the same clean loss and slightly more re-posts found on the zoo's tuning pools, and groups of up to five
+    # copies do not reach the null.
+    null_first_rank: int = 5
 
 
 @dataclass
@@ -414,9 +422,11 @@ def null_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray, k: 
                min_joint_cos: float, candidates: np.ndarray) -> np.ndarray:
     """Pairs (i, j) that stand in for "not duplicates" in `calibrate_thresholds`: each row's neighbours ranked
     offset+1 .. offset+k, under the candidates' own filters (same semantic cluster, joint cosine ≥ min_joint_cos)
-    and not themselves a candidate pair. A re-post has one or a few copies, which rank first; what ranks beyond the
-    first `offset` is, in all but the densest duplicate groups, another sample that merely resembles it — in a
-    catalogue, another product under the same title. One row per (query row, neighbour), query first."""
+    and not one of `candidates` (pass none to keep them). A re-post has one or a few copies, which rank first; what
+    ranks beyond the first `offset` is, in all but the densest duplicate groups, another sample that merely resembles
+    it — in a catalogue, another product under the same title. Where a picture has more copies than `offset`, some
+    null pairs are duplicates: the thresholds then come out stricter, never looser. One row per (query row,
+    neighbour), query first."""
     n = len(nbr_idx)
     cols = slice(offset, offset + k)
     i = np.repeat(np.arange(n), nbr_idx[:, cols].shape[1])
@@ -580,7 +590,10 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
         params = dataclasses.replace(params, redundancy="text")
     t0 = time.perf_counter()
     k, offset = params.k_neighbours, params.null_rank_offset
-    nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], k + offset + k if params.calibrate else k)
+    if params.null_first_rank < 0:
+        raise ValueError(f"null_first_rank must be 0 (beyond the candidates) or a rank >= 1, got {params.null_first_rank}")
+    depth = max(k + offset + k, params.null_first_rank - 1 + k) if params.calibrate else k
+    nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], depth)
     labels2 = sub_labels[keep_after_sem]
     pairs = candidate_pairs(labels2, nbr_idx[:, :k], nbr_cos[:, :k], params.min_joint_cos)
     progress(f"dedup: {len(pairs)} candidate pairs from {k}-NN search ({time.perf_counter() - t0:.1f}s)")
@@ -599,7 +612,9 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     taus = {"tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem}
     calibration = None
     if params.calibrate:
-        nulls = null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs)
+        nulls = (null_pairs(labels2, nbr_idx, nbr_cos, k, params.null_first_rank - 1, params.min_joint_cos,
+                            np.zeros((0, 2), np.int64)) if params.null_first_rank else
+                 null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs))
         calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, _degree(pairs, len(rows2)),
                                            vis_nulls, None if vis_pairs is None else _degree(vis_pairs, len(rows2)))
         taus = {t: calibration[t] for t in taus}
