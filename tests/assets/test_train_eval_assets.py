@@ -161,6 +161,15 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
                for r in align.values())
     assert any(r["a_k"] > 0 for r in align.values())
     assert all("reward_top" in h for h in info["history"]) and np.isfinite(info["reward_top_final"])
+    # the default network: the alignment stream over the held-out pair cosine, θ₀ from the static Q+R+D+A row
+    assert info["config"]["alignment_stream"] and info["prior"] == "q_r_d_a"
+    sig = lance_tables.load_signals(paths.catalog.quality_scores.path, paths.catalog.relevance_vectors.connect(),
+                                    paths.catalog.cluster_diversity.path, paths.catalog.pool_embeddings.connect())
+    cos = lance_tables.read_embeddings(paths.catalog.pool_embeddings.connect(), ("uid", "heldout_pair_cos"))
+    cos = dict(zip(cos["uid"].to_list(), cos["heldout_pair_cos"].to_list()))
+    assert sig.a.tolist() == pytest.approx([cos[u] for u in sig.uids.tolist()])  # a is each pair's own cosine
+    assert info["alignment_stats"] == pytest.approx([sig.a.mean(), sig.a.std() + 1e-8], rel=1e-6)
+    assert meta["streams"].value.startswith("E_q, E_r, E_d, E_a") and "prior q_r_d_a" in meta["init"].value
     scores = pl.read_parquet(paths.catalog.trained_dvn.path)
     kept = pl.read_parquet(paths.catalog.final_subset.path)
     # the default budget: 36 % of the readable raw pool (not of what dedup left), shared with the baselines

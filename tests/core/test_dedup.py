@@ -322,7 +322,7 @@ def test_joint_null_pairs_start_at_null_first_rank_and_keep_the_estimate_honest(
                 + [f"Product title number {title[i]} in stock!" for i in src])
     sha, wh = np.array([f"h{i}" for i in range(n + reposts)], object), np.full(n + reposts, 64)
     lost, recall, cal = {}, {}, {}
-    for first in (3, 0):
+    for first in (dedup.DedupParams.null_first_rank, 3, 0):
         out = dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt,
                                 dedup.DedupParams(n_clusters=4, null_first_rank=first), tiny_vec=tiny)
         cal[first] = out.layers[-1].extra["calibration"]
@@ -331,10 +331,28 @@ def test_joint_null_pairs_start_at_null_first_rank_and_keep_the_estimate_honest(
         assert cal[first]["estimated_false_removal"] <= 0.01
     assert lost[0] > 0.1 and lost[3] < 0.05 and cal[3]["tau_img"] > cal[0]["tau_img"]
     assert recall[3] >= 0.95
+    default = dedup.DedupParams.null_first_rank
+    assert default == 5 and lost[default] < 0.05 and recall[default] >= 0.95
     with pytest.raises(ValueError, match="null_first_rank"):
         dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt, dedup.DedupParams(null_first_rank=-1),
                           tiny_vec=tiny)
-    idx = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-    near = dedup.null_pairs(np.zeros(4, int), idx, np.full(idx.shape, 0.9), k=2, offset=0, min_joint_cos=0.8,
-                            candidates=np.zeros((0, 2), np.int64))
-    assert {tuple(p) for p in near.tolist()} >= {(0, 1), (0, 2)}  # ranks 1-2 themselves: no candidate is left out
+    # deduplicate hands null_pairs the rows' neighbours from null_first_rank on, candidates kept: with k = 2 and
+    # null_first_rank 1 the null pairs are exactly the candidate pairs' (query, neighbour) rows
+    seen = {}
+    real = dedup.null_pairs
+
+    def spy(labels, nbr_idx, nbr_cos, k, offset, min_joint_cos, candidates):
+        out = real(labels, nbr_idx, nbr_cos, k, offset, min_joint_cos, candidates)
+        if min_joint_cos > -1.0:  # the joint nulls (the visual search passes -1)
+            seen.update(offset=offset, candidates=len(candidates), nulls=out, first=nbr_idx[:, :k])
+        return out
+
+    dedup.null_pairs = spy
+    try:
+        dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt,
+                          dedup.DedupParams(n_clusters=4, k_neighbours=2, null_first_rank=1), tiny_vec=tiny)
+    finally:
+        dedup.null_pairs = real
+    assert seen["offset"] == 0 and seen["candidates"] == 0
+    nulls = {tuple(p) for p in seen["nulls"].tolist()}
+    assert (0, int(seen["first"][0, 0])) in nulls  # row 0 and its nearest neighbour: a candidate pair, and a null

@@ -79,3 +79,8 @@ def test_the_alignment_stream_is_part_of_the_network_and_old_checkpoints_keep_th
     (tmp_path / "old" / dvn.DVN_INFO).write_text(json.dumps(info))
     loaded, _ = dvn.load_dvn(tmp_path / "old")
     assert loaded.e_a is None
+    dvn.save_dvn(net, tmp_path / "four", {"alignment_stats": [0.3, 0.1]})  # what trained_dvn writes by default
+    loaded, info = dvn.load_dvn(tmp_path / "four")
+    assert info["config"]["alignment_stream"] and loaded.e_a is not None
+    with torch.no_grad():
+        assert torch.equal(net.eval()(*with_a), loaded(*with_a))

@@ -391,5 +391,9 @@ def load_signals(quality_path, db, diversity_path, alignment_db=None) -> Signals
                              f"{asset} row: rematerialize {asset}")
     rows = frame["_row"].to_numpy()
     a = frame["heldout_pair_cos"].to_numpy().astype(np.float64) if alignment_db is not None else None
+    if a is not None and not np.isfinite(a).all():
+        bad = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise ValueError(f"{int((~np.isfinite(a)).sum())} samples have a non-finite heldout_pair_cos (e.g. uid "
+                         f"{frame['uid'][bad]}): rematerialize pool_embeddings")
     return Signals(frame["uid"].to_numpy(), frame["quality"].to_numpy().astype(np.float64), r[rows], h[rows],
                    frame["diversity"].to_numpy().astype(np.float64), frame["cluster"].to_numpy(), names, a)

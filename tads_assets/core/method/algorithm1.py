@@ -38,9 +38,10 @@ class Algorithm1Params:
     fdo: FdoParams = field(default_factory=FdoParams)
     init: str = "prior"  # θ₀: "prior" fits v to the static ranking `prior` first; "constant": v ≈ the budget everywhere
     prior: str = "q_r_d_a"  # the static row θ₀ starts from (selection.ABLATIONS); "q_r_d" is the paper's three signals
-    alignment_stream: bool = True  # E_a(a) in the DVN (a deliberate variant of eq. 13); False: the paper's three streams
+    # E_a(a) in the DVN (a deliberate variant of eq. 13); False with prior "q_r_d": the paper's network and θ₀
+    alignment_stream: bool = True
     fdo_clusters: int = 20  # groups perturbed by eq. 16 (k-means; coarser than the diversity clusters)
-    fdo_cluster_space: str = "inputs"  # "inputs": k-means over the DVN's inputs [q, h_r, log d]; "embeddings": [z_I; z_T]
+    fdo_cluster_space: str = "inputs"  # "inputs": k-means over the DVN's inputs [q, h_r, log d(, a)]; "embeddings": [z_I; z_T]
     embed_dim: int = dvn.DvnConfig.embed_dim
     hidden_dim: int = dvn.DvnConfig.hidden_dim
     seed: int = 0
@@ -52,9 +53,9 @@ class Algorithm1Params:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.prior not in selection.ABLATIONS:
             raise ValueError(f"prior must be one of {tuple(selection.ABLATIONS)}, got {self.prior!r}")
-        if "a" in selection.ABLATIONS[self.prior] and not self.alignment_stream:
+        if self.init == "prior" and "a" in selection.ABLATIONS[self.prior] and not self.alignment_stream:
             raise ValueError(f"prior {self.prior!r} ranks by the alignment a, which the DVN sees only with "
-                             "alignment_stream on: switch it on or choose a prior without 'a' (e.g. 'q_r_d')")
+                             "alignment_stream on: switch it on, or set prior 'q_r_d' too (the paper's network and θ₀)")
         if self.fdo_cluster_space not in CLUSTER_SPACES:
             raise ValueError(f"fdo_cluster_space must be one of {CLUSTER_SPACES}, got {self.fdo_cluster_space!r}")
 

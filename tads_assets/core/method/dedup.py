@@ -504,7 +504,7 @@ def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.nd
             out["curves"]["tau_vis"] = curve
             out["tau_vis"], e_vis = next(((t, e) for t, e in curve if e <= alpha / 2), curve[-1])
     if n_rows == 0:
-        out["note"] = "no null pairs (no neighbours beyond the candidates pass the filters): thresholds as configured"
+        out["note"] = "no null pairs (no neighbours at the null ranks pass the filters): thresholds as configured"
         return out
     a, b = nulls[:, 0], nulls[:, 1]
     struct, text_cos = _caption_tests(a, b, captions, text_vec, params.tau_edit)
@@ -592,7 +592,8 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     k, offset = params.k_neighbours, params.null_rank_offset
     if params.null_first_rank < 0:
         raise ValueError(f"null_first_rank must be 0 (beyond the candidates) or a rank >= 1, got {params.null_first_rank}")
-    depth = max(k + offset + k, params.null_first_rank - 1 + k) if params.calibrate else k
+    depth = ((params.null_first_rank - 1 + k if params.null_first_rank else k + offset + k) if params.calibrate else k)
+    depth = max(depth, k)
     nbr_idx, nbr_cos = neighbours(joint[keep_after_sem], depth)
     labels2 = sub_labels[keep_after_sem]
     pairs = candidate_pairs(labels2, nbr_idx[:, :k], nbr_cos[:, :k], params.min_joint_cos)

@@ -196,7 +196,8 @@ def train_dvn(net, inputs: tuple, clusters: np.ndarray, reward: Callable[[np.nda
 
 
 def input_space_groups(inputs: tuple, n_groups: int, seed: int = 0) -> np.ndarray:
-    """Perturbation groups for eq. 16 from k-means over the DVN's own inputs [q, h_r, log d], each column
+    """Perturbation groups for eq. 16 from k-means over the DVN's own inputs [q, h_r, log d] (and a with the
+    alignment stream), each column
     standardised. The paper perturbs semantic clusters of the joint embedding; on the demo those mix clean
     and broken pairs of one concept (a cluster of shirts holds its misaligned and blurred shirts too), so
     their advantages can only teach the DVN which concepts pay, never which quality does. Groups in the
