@@ -104,9 +104,10 @@ def test_task_change_reruns_only_what_depends_on_the_tasks(built, demo_dir, tmp_
         kept = pl.read_parquet(root / "parquet" / stage / f"{stage}.parquet", columns=["uid"])
         return kept.join(truth, on="uid")["source"].eq("digits").mean()
 
-    # Measured on this fixture: digits are 9.9 % of the deduplicated pool, 15.4 % of the subset selected for a task
-    # set with a digit task and 7.7 % of the one selected without it. The claim: the digit task pulls digits above
-    # their share of the pool, and without it they fall below that share.
+    # Measured on this fixture: digits are 9.9 % of the deduplicated pool, 17.5 % of the subset selected for a task
+    # set with a digit task and 11.2 % of the one selected without it (7.7 % before the DVN's alignment stream: a
+    # well-aligned digit pair keeps some value whatever the tasks). The claim: the digit task pulls digits above
+    # their share of the pool, and dropping it gives back most of that pull.
     in_pool = digit_share(home, "deduped_pool")
     with_digits, without = digit_share(paths.root), digit_share(home)
-    assert without < in_pool < with_digits, (in_pool, with_digits, without)
+    assert in_pool < with_digits and without - in_pool < 0.5 * (with_digits - in_pool), (in_pool, with_digits, without)
