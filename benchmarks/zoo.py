@@ -66,16 +66,24 @@ def environment(h: Path, name: str, seed: int, n: int) -> dict:
             "TADS_DEMO_PROFILE": name, "TADS_DEMO_SEED": str(seed), "TADS_DEMO_SAMPLES": str(n)}
 
 
+def home_resources(h: Path, name: str, seed: int, n: int) -> tuple:
+    """TadsPaths and the resources for in-process runs on one zoo home (the pool and seed from the arguments, every
+    other TADS_* setting from the environment)."""
+    from resources import TadsPaths, tads_resources
+
+    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
+    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
+    return paths, tads_resources(paths, env)
+
+
 def pool_stages(h: Path, name: str, seed: int, n: int) -> float:
     """raw_pool, clip_encoder and pool_embeddings of one zoo pool (the pool generated on first use); seconds."""
-    from resources import TadsPaths, tads_resources
     from tads_assets.local import materialize
     from tads_assets.pool import clip_encoder, pool_embeddings, raw_pool
 
     t0 = time.perf_counter()
-    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
-    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
-    res = materialize([raw_pool, clip_encoder, pool_embeddings], resources=tads_resources(paths, env))
+    _, resources = home_resources(h, name, seed, n)
+    res = materialize([raw_pool, clip_encoder, pool_embeddings], resources=resources)
     if not res.success:
         raise SystemExit(f"{name} seed {seed}: the pool stages failed")
     return time.perf_counter() - t0
@@ -90,15 +98,13 @@ def quality_stages(h: Path, name: str, seed: int, n: int, reuse: bool) -> tuple[
     cached, weak_labels and quality_scores); seconds, and weak_labels' metadata (plain values)."""
     import tads_assets.characterize as ch
     import tads_assets.pool as po
-    from resources import TadsPaths, tads_resources
     from tads_assets.local import materialize
 
     t0 = time.perf_counter()
-    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
-    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
+    _, resources = home_resources(h, name, seed, n)
     names = QUALITY_STAGES[-3:] if reuse and Catalog(h).feature_table.path.exists() else QUALITY_STAGES
     assets = [getattr(ch, a, None) or getattr(po, a) for a in names]
-    res = materialize(assets, resources=tads_resources(paths, env))
+    res = materialize(assets, resources=resources)
     if not res.success:
         raise SystemExit(f"{name} seed {seed}: the quality stages failed")
     (weak,) = res.asset_materializations_for_node("weak_labels")
@@ -176,15 +182,12 @@ def criteria(name: str, cells: dict[str, tuple[float, float]]) -> list[str]:
 
 def rescore(h: Path, name: str, seed: int, n: int) -> None:
     """benchmark_scores again over the trained_clip checkpoints under `h` (a finished `--stage all` home)."""
-    from resources import TadsPaths, tads_resources
     from tads_assets.local import materialize
     from tads_assets.train_eval import benchmark_scores
 
     if not (h / "reports" / "benchmark.json").exists():
         raise SystemExit(f"{h} has no finished run to rescore: run --stage all first")
-    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
-    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
-    if not materialize([benchmark_scores], resources=tads_resources(paths, env)).success:
+    if not materialize([benchmark_scores], resources=home_resources(h, name, seed, n)[1]).success:
         raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
 
 
@@ -192,17 +195,15 @@ def reselect(h: Path, name: str, seed: int, n: int) -> list[str]:
     """`--stage select` on one finished home; returns the methods whose CLIP was trained again."""
     from dagster import DagsterInstance
 
-    from resources import TadsPaths, tads_resources
     from tads_assets.local import RANGE_END, RANGE_START, materialize
     from tads_assets.select import baseline_partitions, baseline_subsets, final_subset, trained_dvn
     from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
 
     if not (h / "reports" / "benchmark.json").exists():
         raise SystemExit(f"{h} has no finished run to select again: run --stage all first")
-    paths = TadsPaths(home=str(h), demo_profile=name, demo_seed=seed, demo_samples=n)
+    paths, resources = home_resources(h, name, seed, n)
     cat = paths.catalog
-    env = {k: v for k, v in os.environ.items() if k.startswith("TADS_") and k not in ("TADS_HOME", "TADS_POOL", "TADS_TASKS")}
-    kw = {"resources": tads_resources(paths, env), "instance": DagsterInstance.from_config(str(h / "dagster"))}
+    kw = {"resources": resources, "instance": DagsterInstance.from_config(str(h / "dagster"))}
 
     def subsets() -> dict[str, list[str] | None]:
         return {m: sorted(cat.subsets.of(m).uids()) if cat.subsets.of(m).exists() else None
