@@ -58,7 +58,7 @@ RAW_POOL_COLUMNS = {"uid": "the sample's key in its source", "url": "source URL 
                     "caption": "the caption, NFC-normalised", "image_ref": "where the image came from (shard#member or file)",
                     "width": "image width (pixels)", "height": "image height (pixels)", "sha256": "of the image bytes",
                     "bytes": "the encoded image", "format": "image format (jpeg, png, webp, ...)",
-                    "shard": "the source shard", "tiny": "a 12×12 RGB thumbnail (the quality-guided dedup's visual key)"}
+                    "shard": "the source shard", "tiny": "a 16×16 RGB thumbnail (the quality-guided dedup's visual key)"}
 
 
 @asset(

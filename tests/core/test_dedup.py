@@ -151,9 +151,10 @@ def test_tiny_image_vectors_match_a_reposted_picture_and_not_another_one():
     a = picture((40, 20, 100, 100))
     repost = a.crop((4, 3, 156, 117)).resize((120, 90)).point(lambda v: min(255, int(v * 1.05) + 6))
     other = picture((80, 40, 150, 110))
-    vec = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(432)])
-    assert vec[0] @ vec[1] > 0.97 > vec[0] @ vec[2]
-    assert not vec[3].any() and not vec[4].any()  # missing and flat descriptors match nothing
+    pics = dedup.tiny_image_vectors([tiny_image(a), tiny_image(repost), tiny_image(other), None, bytes(768)])
+    cos = pics.cos(np.array([0, 0, 0, 3, 4]), np.array([1, 2, 3, 0, 3]))
+    assert cos[0] > 0.97 > cos[1]
+    assert (cos[2:] == 0).all() and pics.has_picture.tolist() == [True, True, True, False, False]  # missing, flat
 
 
 def test_tiny_image_keeps_colour_so_two_colourways_of_one_silhouette_differ():
@@ -168,14 +169,15 @@ def test_tiny_image_keeps_colour_so_two_colourways_of_one_silhouette_differ():
 
     red, green = shirt((200, 40, 40)), shirt((40, 121, 40))  # the same grey level, another colour
     assert abs(np.asarray(red.convert("L"), float) - np.asarray(green.convert("L"), float)).max() <= 1
-    vec = dedup.tiny_image_vectors([tiny_image(red), tiny_image(green), tiny_image(red.resize((60, 60)))])
+    cos = dedup.tiny_image_vectors([tiny_image(red), tiny_image(green), tiny_image(red.resize((60, 60)))]).cos(
+        np.array([0, 0]), np.array([2, 1]))
     assert len(tiny_image(red)) == TINY_BYTES
-    assert vec[0] @ vec[2] > 0.97 and vec[0] @ vec[1] < 0.9
+    assert cos[0] > 0.97 and cos[1] < 0.9
 
 
 def test_tiny_image_vectors_refuse_descriptors_of_another_length():
-    with pytest.raises(ValueError, match="row 1: a tiny-image descriptor of 64 bytes.*materialize raw_pool again"):
-        dedup.tiny_image_vectors([bytes(range(200)) * 2 + bytes(32), bytes(64)])
+    with pytest.raises(ValueError, match="row 1: a tiny-image thumbnail of 432 bytes.*materialize raw_pool again"):
+        dedup.tiny_image_vectors([bytes(range(256)) * 3, bytes(432)])  # 432: the 12 x 12 descriptor before
 
 
 def test_visual_candidates_pair_nearest_pictures_anywhere_and_skip_rows_without_a_descriptor():
@@ -356,3 +358,27 @@ def test_joint_null_pairs_start_at_null_first_rank_and_keep_the_estimate_honest(
     assert seen["offset"] == 0 and seen["candidates"] == 0
     nulls = {tuple(p) for p in seen["nulls"].tolist()}
     assert (0, int(seen["first"][0, 0])) in nulls  # row 0 and its nearest neighbour: a candidate pair, and a null
+
+
+def test_pictures_line_up_a_trimmed_repost_that_the_whole_frame_cosine_misses():
+    from PIL import Image
+
+    from tads_assets.core.io.formats import tiny_image
+
+    rng = np.random.default_rng(0)
+
+    def picture():  # detail at the scale of the 12 x 12 grid, where a trim of 5 % shifts the grid by 0.6 of a cell
+        return Image.fromarray(rng.integers(0, 256, (10, 10, 3)).astype(np.uint8)).resize((120, 120), Image.BILINEAR)
+
+    a, other = picture(), picture()
+    repost = a.crop((6, 6, 120, 120)).resize((100, 100))  # trimmed by 5 % on the left and at the top, rescaled
+    tiny = [tiny_image(x) for x in (a, repost, other)]
+    robust, whole = dedup.tiny_image_vectors(tiny), dedup.tiny_image_vectors(tiny, max_trim=0.0)
+    i, j = np.array([0, 0, 1]), np.array([1, 2, 0])
+    r, w = robust.cos(i, j), whole.cos(i, j)
+    assert robust.n_variants == 81 and whole.n_variants == 1
+    assert r[0] > 0.98 and w[0] < 0.93  # the trimmed frame lines up; the whole frames do not (τ_vis: 0.93-0.97)
+    assert r[1] < 0.5 and w[1] < 0.5  # another picture stays another picture
+    assert r[2] == r[0] and np.allclose(w[0], whole.full[0] @ whole.full[1])  # symmetric; no trims: plain cosine
+    assert np.array_equal(robust.cos(i, j), r)  # memoised: the same values again
+    assert np.array_equal(robust[np.array([1, 0])].cos(np.array([0]), np.array([1])), r[:1])  # a subset's rows

@@ -714,15 +714,16 @@ def clean_caption(raw: bytes | None, limits: IngestLimits) -> str | Rejection:
     return text
 
 
-TINY_SIDE = 12  # the tiny-image descriptor is TINY_SIDE x TINY_SIDE RGB levels
+TINY_SIDE = 16  # the tiny-image thumbnail is TINY_SIDE x TINY_SIDE RGB levels
 TINY_BYTES = TINY_SIDE * TINY_SIDE * 3
 
 
 def tiny_image(im: Image.Image) -> bytes:
-    """The tiny-image descriptor of a decoded image: its RGB levels averaged down to 12 x 12 (432 bytes).
-    Rescaling, re-encoding and small crops barely move it; the dedup layer compares it to find the same
-    picture posted twice (`dedup.tiny_image_vectors`). Colour is kept: distinct products of one kind share a
-    grey silhouette far more often than a colourway (docs/method.md, "Why the visual test")."""
+    """The tiny-image thumbnail of a decoded image: its RGB levels averaged down to 16 x 16 (768 bytes). The dedup
+    layer compares 12 x 12 averages of it over the whole frame and over slightly trimmed frames
+    (`dedup.Pictures`), so rescaling, re-encoding and small crops barely move it and the same picture posted
+    twice is found. Colour is kept: distinct products of one kind share a grey silhouette far more often than a
+    colourway (docs/method.md, "Why the visual test")."""
     return im.convert("RGB").resize((TINY_SIDE, TINY_SIDE), Image.BOX, reducing_gap=3.0).tobytes()
 
 

@@ -42,7 +42,7 @@ RAW_POOL_SCHEMA: dict[str, pl.DataType] = {
     "bytes": pl.Binary,  # the encoded image itself
     "format": pl.Utf8,
     "shard": pl.Utf8,
-    "tiny": pl.Binary,  # 12 x 12 RGB tiny-image descriptor (formats.tiny_image), for near-duplicate search
+    "tiny": pl.Binary,  # 16 x 16 RGB tiny-image thumbnail (formats.tiny_image), for near-duplicate search
 }
 
 
@@ -146,7 +146,7 @@ def part_fingerprint(part: str | Path) -> str:
     return h.hexdigest()[:24]
 
 
-RESUME_VERSION = 3  # 3: the 12 x 12 RGB tiny-image descriptor (was 8 x 8 grey)
+RESUME_VERSION = 4  # 4: the 16 x 16 RGB tiny-image thumbnail (3: 12 x 12 RGB, before: 8 x 8 grey)
 
 
 def shard_signature(shard: formats.Shard) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tads_assets.core.settings import DROP
 from tads_assets.core.vectors import kmeans_clusters, l2_normalize
-from tads_assets.core.io.formats import TINY_BYTES
+from tads_assets.core.io.formats import TINY_BYTES, TINY_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class DedupParams:
     # of the joint space, and beyond its k joint neighbours), with their own null pairs for τ_vis.
     # 0: the visual test sees the joint candidates only (before issue 20).
     visual_neighbours: int = 10
+    # The visual test compares pictures crop-robustly (`Pictures.cos`): one side's frame trimmed by up to this share
+    # of each side (in steps of TRIM_STEP), so a re-post trimmed by a few per cent still lines up. 0: the whole frames
+    # only (before issue 20's fourteenth session). Larger crops in the user's pool: raise it (0.075 costs 1-4 points
+    # of re-posts found at the same false-match rate on the zoo, and 3x the comparisons; docs/results.md).
+    picture_max_trim: float = 0.05
     # Where the visual candidates are searched (VISUAL_SPACES): "image" (default: the best worst case over the
     # zoo's tuning pools), "joint" ([z_I; z_T], without the cluster and cosine filters). Not the tiny images
     # themselves: ranked and tested in one space, the null pairs beyond the candidates are far easier than the
@@ -308,21 +313,129 @@ def candidate_pairs(labels: np.ndarray, nbr_idx: np.ndarray, nbr_cos: np.ndarray
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
-def tiny_image_vectors(tiny: list[bytes | None]) -> np.ndarray:
-    """Tiny-image descriptors (formats.tiny_image, 12 x 12 RGB bytes) as zero-mean unit vectors, so their dot
-    product ignores brightness and contrast. A missing or flat descriptor becomes a zero vector (matches
-    nothing); one of another length (a raw_pool ingested before the descriptor changed) is an error."""
-    out = np.zeros((len(tiny), TINY_BYTES), np.float32)
+PICTURE_GRID = 12  # the visual test compares PICTURE_GRID x PICTURE_GRID RGB box averages of the thumbnails
+TRIM_STEP = 0.025  # spacing of the trims the crop-robust comparison tries (0.3 of a grid cell)
+
+
+def _box_matrix(side: int, cells: int, lo: float, hi: float) -> np.ndarray:
+    """(cells, side) weights that average `side` pixels over `cells` equal cells spanning [lo, hi) (pixel units,
+    fractional edges weighted by their overlap): a box resize of the span, exact for any trim."""
+    edges = lo + (hi - lo) * np.arange(cells + 1) / cells
+    p = np.arange(side)
+    overlap = np.clip(np.minimum(edges[1:, None], p[None] + 1) - np.maximum(edges[:-1, None], p[None]), 0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows made zero-mean and unit-length (brightness and contrast cancel); a flat row becomes zeros."""
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-6)
+
+
+class Pictures:
+    """The layer's thumbnails (formats.tiny_image, 16 x 16 RGB) and the visual test's similarity of two of them.
+
+    `cos(a, b)` is crop-robust: the largest cosine between one picture's 12 x 12 descriptor of its whole frame and the
+    other's descriptors of frames trimmed by 0, TRIM_STEP, ... up to `max_trim` of each side (every combination of
+    the four sides), both ways round. A re-post trimmed by a few per cent shifts a 12 x 12 grid by a fraction of a
+    cell, which costs a plain cosine more than two distinct pictures of one kind differ (docs/method.md, "Why the
+    visual test"); one of the trimmed frames lines up with the re-post. Descriptors are zero-mean unit vectors, so
+    brightness and contrast changes cancel. Results are memoised per pair."""
+
+    def __init__(self, thumbs: np.ndarray, max_trim: float = 0.05):
+        if thumbs.ndim != 4 or thumbs.shape[1] != thumbs.shape[2] or thumbs.shape[3] != 3:
+            raise ValueError(f"thumbnails must be (n, side, side, 3), got {thumbs.shape}")
+        if not 0 <= max_trim < 0.5:
+            raise ValueError(f"picture_max_trim must lie in [0, 0.5), got {max_trim}")
+        self.thumbs = thumbs.astype(np.float32, copy=False)
+        self.max_trim = float(max_trim)
+        side = thumbs.shape[1]
+        trims = np.round(np.arange(0.0, max_trim + 1e-9, TRIM_STEP), 6) if max_trim > 0 else np.zeros(1)
+        self._mats = np.stack([_box_matrix(side, PICTURE_GRID, lo * side, side - hi * side) for lo in trims for hi in trims])
+        self.full = self._descriptors(self.thumbs, self._mats[:1])[:, 0]
+        self._keys = np.zeros(0, np.int64)
+        self._vals = np.zeros(0, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.thumbs)
+
+    def __getitem__(self, rows) -> "Pictures":
+        return Pictures(self.thumbs[rows], self.max_trim)
+
+    def trimmed(self, max_trim: float) -> "Pictures":
+        return self if max_trim == self.max_trim else Pictures(self.thumbs, max_trim)
+
+    @property
+    def n_variants(self) -> int:
+        return len(self._mats) ** 2
+
+    @property
+    def has_picture(self) -> np.ndarray:
+        return np.abs(self.full).sum(axis=1) > 0
+
+    @staticmethod
+    def _descriptors(thumbs: np.ndarray, mats: np.ndarray) -> np.ndarray:
+        """(n, len(mats)^2, 432): for every (row span, column span) pair of `mats`, the unit 12 x 12 RGB descriptor."""
+        x = np.ascontiguousarray(thumbs.transpose(0, 3, 1, 2))[:, :, None]  # n, C, 1, S, S
+        rows = mats[None, None] @ x  # n, C, m, 12, S: row spans
+        out = rows[:, :, :, None] @ mats.transpose(0, 2, 1)[None, None, None]  # n, C, m, m, 12, 12: column spans
+        n, m = len(thumbs), len(mats)
+        out = out.transpose(0, 2, 3, 4, 5, 1).reshape(n * m * m, -1)
+        return _unit_rows(out).reshape(n, m * m, -1)
+
+    def _compute(self, a: np.ndarray, b: np.ndarray, rows_per_chunk: int = 256, pairs_per_batch: int = 512) -> np.ndarray:
+        best = np.full(len(a), -1.0, np.float32)
+        for src, dst in ((a, b), (b, a)):  # src's trimmed frames against dst's whole frame
+            order = np.argsort(src, kind="stable")
+            s_sorted = src[order]
+            uniq = np.unique(s_sorted)
+            for c in range(0, len(uniq), rows_per_chunk):
+                rows = uniq[c:c + rows_per_chunk]
+                lo, hi = np.searchsorted(s_sorted, rows[0]), np.searchsorted(s_sorted, rows[-1], side="right")
+                v = self._descriptors(self.thumbs[rows], self._mats)  # rows_per_chunk x 81 x 432 floats: ~36 MB
+                sel = order[lo:hi]
+                local = np.searchsorted(rows, src[sel])
+                for k in range(0, len(sel), pairs_per_batch):
+                    p, loc = sel[k:k + pairs_per_batch], local[k:k + pairs_per_batch]
+                    best[p] = np.maximum(best[p], np.einsum("pvd,pd->pv", v[loc], self.full[dst[p]]).max(axis=1))
+        flat = ~(self.has_picture[a] & self.has_picture[b])
+        best[flat] = 0.0  # a missing or flat picture matches nothing
+        return best
+
+    def cos(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if len(a) == 0:
+            return np.zeros(0, np.float32)
+        keys = _pair_keys(np.minimum(a, b), np.maximum(a, b), len(self))
+        pos = np.clip(np.searchsorted(self._keys, keys), 0, max(len(self._keys) - 1, 0))
+        known = (self._keys[pos] == keys) if len(self._keys) else np.zeros(len(keys), bool)
+        out = np.zeros(len(keys), np.float32)
+        out[known] = self._vals[pos[known]]
+        if (~known).any():
+            new_keys, first = np.unique(keys[~known], return_index=True)
+            idx = np.flatnonzero(~known)[first]
+            vals = self._compute(a[idx], b[idx])
+            out[~known] = vals[np.searchsorted(new_keys, keys[~known])]
+            merged = np.concatenate([self._keys, new_keys])
+            order = np.argsort(merged, kind="stable")
+            self._keys, self._vals = merged[order], np.concatenate([self._vals, vals])[order]
+        return out
+
+
+def tiny_image_vectors(tiny: list[bytes | None], max_trim: float = 0.05) -> Pictures:
+    """raw_pool's `tiny` column (formats.tiny_image, 16 x 16 RGB bytes) as `Pictures`. A missing or flat thumbnail
+    matches nothing; one of another length (a raw_pool ingested before the thumbnail changed) is an error."""
+    out = np.zeros((len(tiny), TINY_SIDE, TINY_SIDE, 3), np.float32)
     for i, b in enumerate(tiny):
         if b is None or len(b) == 0:
             continue
         if len(b) != TINY_BYTES:
-            raise ValueError(f"row {i}: a tiny-image descriptor of {len(b)} bytes, expected {TINY_BYTES} (12 x 12 RGB): "
-                             "raw_pool was ingested by an older TADS; materialize raw_pool again")
-        out[i] = np.frombuffer(b, np.uint8)
-    out -= out.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-6)
+            raise ValueError(f"row {i}: a tiny-image thumbnail of {len(b)} bytes, expected {TINY_BYTES} "
+                             f"({TINY_SIDE} x {TINY_SIDE} RGB): raw_pool was ingested by an older TADS; materialize "
+                             "raw_pool again")
+        out[i] = np.frombuffer(b, np.uint8).reshape(TINY_SIDE, TINY_SIDE, 3)
+    return Pictures(out, max_trim)
 
 
 def _caption_tests(a: np.ndarray, b: np.ndarray, captions: list[str], text_vec: np.ndarray,
@@ -332,8 +445,18 @@ def _caption_tests(a: np.ndarray, b: np.ndarray, captions: list[str], text_vec: 
     return struct, np.sum(text_vec[a] * text_vec[b], axis=1)
 
 
-def _tiny_cos(a: np.ndarray, b: np.ndarray, tiny_vec: np.ndarray | None) -> np.ndarray:
-    return np.zeros(len(a)) if tiny_vec is None else np.sum(tiny_vec[a] * tiny_vec[b], axis=1)
+def _tiny_cos(a: np.ndarray, b: np.ndarray, tiny_vec: Pictures | np.ndarray | None) -> np.ndarray:
+    """The visual test's similarity of pairs (a, b): `Pictures.cos` (crop-robust), or the dot product of given unit
+    descriptors (an array, one row per sample)."""
+    if tiny_vec is None:
+        return np.zeros(len(a))
+    if isinstance(tiny_vec, Pictures):
+        return tiny_vec.cos(a, b)
+    return np.sum(tiny_vec[a] * tiny_vec[b], axis=1)
+
+
+def _has_picture(tiny_vec: Pictures | np.ndarray) -> np.ndarray:
+    return tiny_vec.has_picture if isinstance(tiny_vec, Pictures) else np.abs(tiny_vec).sum(axis=1) > 0
 
 
 def redundant(mode: str, struct: np.ndarray, text_cos: np.ndarray, tiny_cos: np.ndarray, tau_sem: float,
@@ -353,7 +476,7 @@ def redundant(mode: str, struct: np.ndarray, text_cos: np.ndarray, tiny_cos: np.
 
 
 def quality_dedup(pairs: np.ndarray, captions: list[str], text_vec: np.ndarray, alignment: np.ndarray,
-                  tau_edit: float, tau_sem: float, tiny_vec: np.ndarray | None = None,
+                  tau_edit: float, tau_sem: float, tiny_vec: Pictures | np.ndarray | None = None,
                   tau_vis: float = 2.0, mode: str = "text_or_image", tau_img: float = 2.0,
                   visual_pairs: np.ndarray | None = None) -> LayerResult:
     """Eq. 3-6: a candidate pair is redundant if its captions are within edit distance τ_edit (eq. 3) or
@@ -467,7 +590,7 @@ def _false_removal(flagged: np.ndarray, degree: np.ndarray) -> float:
     return float(min(1.0, p * np.mean(degree) / 2.0)) if len(degree) else 0.0
 
 
-def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.ndarray, tiny_vec: np.ndarray | None,
+def calibrate_thresholds(nulls: np.ndarray, captions: list[str], text_vec: np.ndarray, tiny_vec: Pictures | np.ndarray | None,
                          params: DedupParams, degree: np.ndarray | None = None,
                          visual_nulls: np.ndarray | None = None, visual_degree: np.ndarray | None = None) -> dict:
     """τ_vis, τ_img (text_and_image) or τ_sem (text modes) set on the pool's own null pairs (`null_pairs`).
@@ -547,9 +670,11 @@ class DedupOutcome:
 def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width: np.ndarray, height: np.ndarray,
                 image_vec: np.ndarray, text_vec: np.ndarray, params: DedupParams,
                 neighbours: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = neighbours,
-                progress: Callable[[str], None] = log.info, tiny_vec: np.ndarray | None = None) -> DedupOutcome:
+                progress: Callable[[str], None] = log.info, tiny_vec: Pictures | np.ndarray | None = None) -> DedupOutcome:
     """Run the three layers in order; each sees only the rows the previous layers kept. `tiny_vec`
-    (tiny_image_vectors of raw_pool's `tiny` column) enables the visual test of the quality layer."""
+    (`tiny_image_vectors` of raw_pool's `tiny` column, compared crop-robustly up to params.picture_max_trim; or
+    unit descriptors, one row per sample, compared by their dot product) enables the visual test of the quality
+    layer."""
     n = len(captions)
     cap_len = np.array([len(c) for c in captions], np.float64)
     score = s_init(width, height, cap_len, params.alpha_r, params.alpha_l)
@@ -599,6 +724,8 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
     pairs = candidate_pairs(labels2, nbr_idx[:, :k], nbr_cos[:, :k], params.min_joint_cos)
     progress(f"dedup: {len(pairs)} candidate pairs from {k}-NN search ({time.perf_counter() - t0:.1f}s)")
     alignment = np.sum(image_vec[rows2] * text_vec[rows2], axis=1)
+    if isinstance(tiny_vec, Pictures):
+        tiny_vec = tiny_vec.trimmed(params.picture_max_trim)
     caps2, tiny2 = [captions[i] for i in rows2], tiny_vec[rows2] if tiny_vec is not None else None
     vis_pairs = vis_nulls = None
     if params.redundancy != "text" and params.visual_neighbours > 0:
@@ -606,16 +733,25 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
             raise ValueError(f"visual_space must be one of {', '.join(VISUAL_SPACES)}, got {params.visual_space!r}")
         t1, kv = time.perf_counter(), params.visual_neighbours
         space = image_vec[rows2] if params.visual_space == "image" else joint[keep_after_sem]
-        vis_pairs, vis_nulls = visual_candidates(space, np.abs(tiny2).sum(axis=1) > 0, kv,
+        vis_pairs, vis_nulls = visual_candidates(space, _has_picture(tiny2), kv,
                                                  offset + kv if params.calibrate else 0, neighbours)
         progress(f"dedup: {len(vis_pairs)} visual candidate pairs from {kv}-NN search by {params.visual_space} "
                  f"embedding, any cluster ({time.perf_counter() - t1:.1f}s)")
     taus = {"tau_vis": params.tau_vis, "tau_img": params.tau_img, "tau_sem": params.tau_sem}
     calibration = None
+    nulls = None
     if params.calibrate:
         nulls = (null_pairs(labels2, nbr_idx, nbr_cos, k, params.null_first_rank - 1, params.min_joint_cos,
                             np.zeros((0, 2), np.int64)) if params.null_first_rank else
                  null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs))
+    if isinstance(tiny2, Pictures) and params.redundancy != "text":
+        t1 = time.perf_counter()
+        every = np.concatenate([x for x in (pairs, vis_pairs, vis_nulls, nulls) if x is not None and len(x)]
+                               or [np.zeros((0, 2), np.int64)])
+        tiny2.cos(every[:, 0], every[:, 1])  # memoised: the calibration and the layer below look them up
+        progress(f"dedup: {len(np.unique(_pair_keys(every.min(axis=1), every.max(axis=1), len(rows2))))} picture "
+                 f"pairs compared, {tiny2.n_variants} trimmed frames each way ({time.perf_counter() - t1:.1f}s)")
+    if params.calibrate:
         calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, _degree(pairs, len(rows2)),
                                            vis_nulls, None if vis_pairs is None else _degree(vis_pairs, len(rows2)))
         taus = {t: calibration[t] for t in taus}
