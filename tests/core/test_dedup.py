@@ -382,3 +382,35 @@ def test_pictures_line_up_a_trimmed_repost_that_the_whole_frame_cosine_misses():
     assert r[2] == r[0] and np.allclose(w[0], whole.full[0] @ whole.full[1])  # symmetric; no trims: plain cosine
     assert np.array_equal(robust.cos(i, j), r)  # memoised: the same values again
     assert np.array_equal(robust[np.array([1, 0])].cos(np.array([0]), np.array([1])), r[:1])  # a subset's rows
+
+
+def test_deduplicate_compares_pictures_with_the_configured_trim_and_records_it():
+    from PIL import Image
+
+    from tads_assets.core.io.formats import tiny_image
+
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 256, (10, 10, 3)).astype(np.uint8)).resize((120, 120), Image.BILINEAR)
+                for _ in range(40)]
+    pictures.append(pictures[0].crop((6, 6, 120, 120)).resize((100, 100)))  # row 40: row 0 trimmed 5 % and rescaled
+    n = len(pictures)
+    img = unit(rng.normal(size=(n, 16)))
+    img[40] = unit(img[0] + 0.05 * rng.normal(size=16))
+    txt = unit(rng.normal(size=(n, 16)))  # unrelated captions: only the picture can tell
+    captions = [f"listing {i}" + " words" * (i % 5) for i in range(n)]
+    sha = np.array([f"h{i}" for i in range(n)], object)
+    wh = np.full(n, 120)
+    pics = dedup.tiny_image_vectors([tiny_image(p) for p in pictures])
+
+    def run(trim):
+        params = dedup.DedupParams(n_clusters=2, calibrate=False, tau_vis=0.95, picture_max_trim=trim)
+        return dedup.deduplicate(sha, sha.copy(), captions, wh, wh, img, txt, params, tiny_vec=pics, progress=lambda m: None)
+
+    robust, whole = run(0.05), run(0.0)
+    assert robust.kept[0] != robust.kept[40] and robust.kept.sum() == n - 1
+    assert whole.kept.all()  # whole frames: the trimmed re-post falls under τ_vis 0.95
+    extra = robust.layers[-1].extra
+    assert extra["picture_frames"] == 81 and extra["picture_max_trim"] == 0.05 and extra["picture_pairs"] > 0
+    assert whole.layers[-1].extra["picture_frames"] == 1
+    with pytest.raises(ValueError, match="picture_max_trim must lie in"):
+        run(0.6)

@@ -744,13 +744,17 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
         nulls = (null_pairs(labels2, nbr_idx, nbr_cos, k, params.null_first_rank - 1, params.min_joint_cos,
                             np.zeros((0, 2), np.int64)) if params.null_first_rank else
                  null_pairs(labels2, nbr_idx, nbr_cos, k, offset + k, params.min_joint_cos, pairs))
+    pictures = {}
     if isinstance(tiny2, Pictures) and params.redundancy != "text":
         t1 = time.perf_counter()
         every = np.concatenate([x for x in (pairs, vis_pairs, vis_nulls, nulls) if x is not None and len(x)]
                                or [np.zeros((0, 2), np.int64)])
         tiny2.cos(every[:, 0], every[:, 1])  # memoised: the calibration and the layer below look them up
-        progress(f"dedup: {len(np.unique(_pair_keys(every.min(axis=1), every.max(axis=1), len(rows2))))} picture "
-                 f"pairs compared, {tiny2.n_variants} trimmed frames each way ({time.perf_counter() - t1:.1f}s)")
+        pictures = {"picture_max_trim": tiny2.max_trim, "picture_frames": tiny2.n_variants,
+                    "picture_pairs": int(len(np.unique(_pair_keys(every.min(axis=1), every.max(axis=1), len(rows2))))),
+                    "picture_seconds": round(time.perf_counter() - t1, 2)}
+        progress(f"dedup: {pictures['picture_pairs']} picture pairs compared, {tiny2.n_variants} trimmed frames each "
+                 f"way ({pictures['picture_seconds']:.1f}s)")
     if params.calibrate:
         calibration = calibrate_thresholds(nulls, caps2, text_vec[rows2], tiny2, params, _degree(pairs, len(rows2)),
                                            vis_nulls, None if vis_pairs is None else _degree(vis_pairs, len(rows2)))
@@ -763,7 +767,7 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
             progress(f"dedup WARNING: {calibration['note']}")
     qual = quality_dedup(pairs, caps2, text_vec[rows2], alignment, params.tau_edit, taus["tau_sem"], tiny2,
                          taus["tau_vis"], params.redundancy, taus["tau_img"], vis_pairs)
-    qual.extra.update({**taus, "calibration": calibration})
+    qual.extra.update({**taus, **pictures, "calibration": calibration})
     qual.extra["neighbour_seconds"] = round(time.perf_counter() - t0 - qual.seconds, 2)
     apply(qual, rows2)
     return DedupOutcome(kept, layer, dup_of, labels, [meta, sem, qual])
