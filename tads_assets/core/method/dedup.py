@@ -354,6 +354,7 @@ class Pictures:
         trims = np.round(np.arange(0.0, max_trim + 1e-9, TRIM_STEP), 6) if max_trim > 0 else np.zeros(1)
         self._mats = np.stack([_box_matrix(side, PICTURE_GRID, lo * side, side - hi * side) for lo in trims for hi in trims])
         self.full = self._descriptors(self.thumbs, self._mats[:1])[:, 0]
+        self.has_picture = np.abs(self.full).sum(axis=1) > 0  # a missing or flat thumbnail is all zeros
         self._keys = np.zeros(0, np.int64)
         self._vals = np.zeros(0, np.float32)
 
@@ -371,8 +372,9 @@ class Pictures:
         return len(self._mats) ** 2
 
     @property
-    def has_picture(self) -> np.ndarray:
-        return np.abs(self.full).sum(axis=1) > 0
+    def compared(self) -> int:
+        """How many distinct pairs have been compared (and memoised) so far."""
+        return len(self._keys)
 
     @staticmethod
     def _descriptors(thumbs: np.ndarray, mats: np.ndarray) -> np.ndarray:
@@ -751,7 +753,7 @@ def deduplicate(sha256: np.ndarray, url: np.ndarray, captions: list[str], width:
                                or [np.zeros((0, 2), np.int64)])
         tiny2.cos(every[:, 0], every[:, 1])  # memoised: the calibration and the layer below look them up
         pictures = {"picture_max_trim": tiny2.max_trim, "picture_frames": tiny2.n_variants,
-                    "picture_pairs": int(len(np.unique(_pair_keys(every.min(axis=1), every.max(axis=1), len(rows2))))),
+                    "picture_pairs": tiny2.compared,
                     "picture_seconds": round(time.perf_counter() - t1, 2)}
         progress(f"dedup: {pictures['picture_pairs']} picture pairs compared, {tiny2.n_variants} trimmed frames each "
                  f"way ({pictures['picture_seconds']:.1f}s)")
