@@ -37,6 +37,7 @@ from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.io.tasks import load_task_set  # noqa: E402
 from tads_assets.core.method import selection  # noqa: E402
+from tads_assets.core.method.algorithm1 import PRIOR_ROWS, row_label  # noqa: E402
 from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
@@ -65,13 +66,19 @@ def main() -> None:
     tads_uids = cat.final_subset.uids()
     size = len(tads_uids)
     subsets = {"tads": tads_uids}
-    for key, signals in selection.ABLATIONS.items():
-        score = sig.static(signals)
-        subsets[key] = sig.uids[selection.threshold_selection(score, -1.0, size).keep].tolist()
+    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
+    # θ₀'s static row (prior "auto" may have chosen one outside Table 2's, e.g. Q+R+A): a row of its own here
+    prior_key = info.get("prior", "q_r_d") if info.get("init", "prior") == "prior" else None
+    rows = dict(ROWS)
+    if prior_key and prior_key not in rows.values():
+        rows = {**{k: v for k, v in ROWS.items() if v != "tads"}, row_label(prior_key): prior_key, "full (FDO)": "tads"}
+    for key in rows.values():
+        if key != "tads":
+            score = sig.static(PRIOR_ROWS[key])
+            subsets[key] = sig.uids[selection.threshold_selection(score, -1.0, size).keep].tolist()
 
     truth = demo_truth(cat)
     composition = []
-    rows = dict(ROWS)
     if truth.exists():
         src = pl.read_parquet(truth, columns=["uid", "source", "kind", "label"])
         if not args.no_oracle:
@@ -109,10 +116,8 @@ def main() -> None:
     if composition:
         print("\nComposition of each subset (demo truth):\n")
         print(markdown_table([{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in r.items()} for r in composition]))
-    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
-    prior = ({key: label for label, key in ROWS.items()}.get(info.get("prior", "q_r_d"), "Q+R+D")  # θ₀'s static row
-             if info.get("init", "prior") == "prior" else None)
-    versus = {other: beats(summary, "full (FDO)", other) for other in ("Q+R+D", "Q", "Q+R", "Q+R+D+A", ORACLE)
+    prior = row_label(prior_key) if prior_key else None  # θ₀'s static row
+    versus = {other: beats(summary, "full (FDO)", other) for other in ("Q+R+D", "Q", "Q+R", "Q+R+D+A", prior, ORACLE)
               if other in summary}
     fdo_vs_static = versus["Q+R+D"]  # the paper's: the feedback loop against its three signals
     fdo_vs_prior = versus.get(prior)

@@ -258,7 +258,18 @@ def graph_figures(h: Path) -> dict:
             "q_auc_min_kind": min(per_kind.items(), key=lambda kv: kv[1]) if per_kind else ("", float("nan")),
             "subset": subset.height, "subset_clean": float((subset["kind"] == "clean").mean()),
             "table1": {r["method"]: r["average"] for r in report["rows"]},
-            "columns": columns(report)}
+            "columns": columns(report), "prior": prior_note(cat)}
+
+
+def prior_note(cat: Catalog) -> str:
+    """The static row trained_dvn's θ₀ started from, and (prior "auto") each candidate's target J on validation."""
+    path = cat.trained_dvn.models / "dvn_info.json"
+    if not path.exists():
+        return "no trained_dvn"
+    info = json.loads(path.read_text())
+    trials = info.get("prior_trials") or []
+    return f"{info.get('prior')}" + (" of " + ", ".join(f"{t['row']} {t['J target (validation)']:.4f}" for t in trials)
+                                     + " (target J on validation)" if trials else "")
 
 
 def columns(report: dict) -> list[str]:
@@ -345,7 +356,7 @@ def main() -> None:
                   f"  dedup: exact {100 * g['exact']:.1f} %, near {100 * g['near']:.1f} %, clean removed "
                   f"{100 * g['clean_removed']:.2f} %, removed {100 * g['dedup_removed']:.1f} % of the pool\n"
                   f"  q_phi ROC-AUC clean vs noisy {g['q_auc']:.3f} (weakest: {kind} {worst:.3f})\n"
-                  f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean\n"
+                  f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean; θ₀ row {g['prior']}\n"
                   "  Table 1 average: " + ", ".join(f"{m} {v:.2f}" for m, v in
                                                    sorted(g["table1"].items(), key=lambda kv: -kv[1])), flush=True)
     if args.stage in ("all", "select", "rescore", "report") and len(args.seeds) > 1:

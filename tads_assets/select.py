@@ -18,7 +18,7 @@ from tads_assets.core.io.catalog import ClipEncoderDir, PoolEmbeddings, QualityS
 from tads_assets.core.io.storage import write_stage_output
 from tads_assets.core.atomic import write_parquet_atomic
 from tads_assets.core.method import dvn, proxy, selection
-from tads_assets.core.method.algorithm1 import Algorithm1Params, check_tasks, run_algorithm1
+from tads_assets.core.method.algorithm1 import Algorithm1Params, check_tasks, row_label, run_algorithm1
 from tads_assets.core.method.fdo import FdoParams
 from tads_assets.core.method.proxy import ProxyParams
 from tads_assets.core.report import histogram_markdown, line_plot_markdown
@@ -174,7 +174,8 @@ def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw
     description=describe(
         "§3.3: the Data Value Network v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d), E_a(a)])) (eq. 13 with the alignment "
         "stream E_a of the held-out pair cosine, a labelled variant; alignment_stream False: the paper's three), "
-        "from θ₀ fitted to a static row (prior), trained by Algorithm 1: "
+        "from θ₀ fitted to a static row (prior; `auto`, the default: of the candidate rows, the one whose top budget "
+        "share trains the best target CLIP on the tasks' validation sets), trained by Algorithm 1: "
         "per meta-iteration S(θ) by Bernoulli draws, the proxy adapted on it (eq. 14), the reward J on the tasks' "
         "validation sets (eq. 15), per-cluster finite differences with the same draws (eq. 16), the eq. 17 "
         "policy loss, Adam. In head mode the tasks' weights in J are first scaled by how much of the proxy's "
@@ -208,7 +209,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                                      config.target_budget_samples_seen, config.validation_items, config.seed, dev, log)
             key = target_key(uids, digest, config.target_model, config.target_budget_samples_seen,
                              config.validation_items, config.seed, dev)
-            scores, target_cache["hit"] = cached_target_scores(cat.target_cache_dir, key, train, log)
+            scores, hit = cached_target_scores(cat.target_cache_dir, key, train, log)
+            target_cache["cached" if hit else "trained"] = target_cache.get("cached" if hit else "trained", 0) + 1
             return scores
     joint = (joint_vectors(*pool_embeddings.aligned(sig.uids.tolist(), "image_vec", "text_vec"))
              if config.fdo_cluster_space == "embeddings" else None)
@@ -216,7 +218,8 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     dvn.save_dvn(res.net, cat.trained_dvn.models, {
         "tasks": [t.name for t in tasks], "tasks_sha256": digest, "log_d_stats": list(res.log_d_stats),
         "alignment_stats": list(res.alignment_stats) if res.alignment_stats else None,
-        "fdo": params.fdo.__dict__, "proxy_mode": config.proxy_mode, "init": config.init, "prior": config.prior,
+        "fdo": params.fdo.__dict__, "proxy_mode": config.proxy_mode, "init": config.init, "prior": res.prior,
+        "prior_setting": config.prior, "prior_trials": res.prior_trials,
         "task_alignment": res.alignment, "reward_top_final": res.reward_top_final,
         "returned_iterate": res.returned_iterate, "reward_top_last_update": res.reward_top_last,
         "metrics_top_final": res.metrics_top_final, "history": res.history})
@@ -226,7 +229,7 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     meta.update({"budget_rule": MetadataValue.text(budget.rule()), "budget_samples": budget.samples(raw_pool.height()),
                  "draw_rate": rounded(rate)})
     if target_cache:
-        meta["task_alignment_target"] = MetadataValue.text("cached" if target_cache["hit"] else "trained")
+        meta["target_models"] = MetadataValue.text(", ".join(f"{n} {k}" for k, n in sorted(target_cache.items())))
     blind = [r for r in res.alignment if r.get("proxy_at_chance")]
     meta["tasks_at_chance"] = MetadataValue.text(", ".join(r["task"] for r in blind) or "none")
     for r in blind:
@@ -300,7 +303,12 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "value_distribution": MetadataValue.md(histogram_markdown({"v(x)": v}, "data value v(x)", "v")),
         "final_selection_rate": rounded(v.mean()),
         "init": MetadataValue.text(config.init if res.prior_loss is None else
-                                   f"prior {config.prior} (BCE {res.prior_loss:.4f}, Spearman {res.prior_spearman:.3f})"),
+                                   f"prior {res.prior} ({row_label(res.prior)}"
+                                   + (", chosen by the target model" if res.prior_trials else "")
+                                   + f"; BCE {res.prior_loss:.4f}, Spearman {res.prior_spearman:.3f})"),
+        "prior_choice": table(res.prior_trials) if res.prior_trials else MetadataValue.text(
+            "init constant: no static row" if res.prior is None else f"prior {config.prior}"
+            + (" without a target model: the first candidate" if config.prior == "auto" else "")),
         "streams": MetadataValue.text("E_q, E_r, E_d, E_a (alignment: held-out pair cosine)" if config.alignment_stream
                                       else "E_q, E_r, E_d (the paper's eq. 13)"),
         "tasks_sha256": MetadataValue.text(digest), "seconds": rounded(res.seconds, 1),

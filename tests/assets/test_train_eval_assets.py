@@ -161,15 +161,25 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
                for r in align.values())
     assert any(r["a_k"] > 0 for r in align.values())
     assert all("reward_top" in h for h in info["history"]) and np.isfinite(info["reward_top_final"])
-    # the default network: the alignment stream over the held-out pair cosine, θ₀ from the static Q+R+D+A row
-    assert info["config"]["alignment_stream"] and info["prior"] == "q_r_d_a"
+    # the default network: the alignment stream over the held-out pair cosine; θ₀ from the candidate static row whose
+    # top budget share trained the best target CLIP on the validation sets (prior "auto"), each candidate in the UI
+    trials = info["prior_trials"]
+    assert info["config"]["alignment_stream"] and info["prior_setting"] == "auto"
+    assert [t["row"] for t in trials] == ["q_r_d_a", "q_r_a", "q_r_d", "a"]
+    assert [t["row"] for t in trials if t["chosen"]] == [info["prior"]]
+    assert max(trials, key=lambda t: t["J target (validation)"])["row"] == info["prior"]
+    # J over chance of the tasks some candidate's target learns (the demo task file's φ_k are all 1)
+    assert all(t["J target (validation)"] == pytest.approx(sum(t[f"Eval_k {k}"] - align[k]["chance"]
+                                                               for k in t["tasks counted"].split(", "))) for t in trials)
+    assert meta["target_models"].value == "4 trained" and len(meta["prior_choice"].value.records) == 4
     sig = lance_tables.load_signals(paths.catalog.quality_scores.path, paths.catalog.relevance_vectors.connect(),
                                     paths.catalog.cluster_diversity.path, paths.catalog.pool_embeddings.connect())
     cos = lance_tables.read_embeddings(paths.catalog.pool_embeddings.connect(), ("uid", "heldout_pair_cos"))
     cos = dict(zip(cos["uid"].to_list(), cos["heldout_pair_cos"].to_list()))
     assert sig.a.tolist() == pytest.approx([cos[u] for u in sig.uids.tolist()])  # a is each pair's own cosine
     assert info["alignment_stats"] == pytest.approx([sig.a.mean(), sig.a.std() + 1e-8], rel=1e-6)
-    assert meta["streams"].value.startswith("E_q, E_r, E_d, E_a") and "prior q_r_d_a" in meta["init"].value
+    assert meta["streams"].value.startswith("E_q, E_r, E_d, E_a")
+    assert meta["init"].value.startswith(f"prior {info['prior']} (") and "chosen by the target model" in meta["init"].value
     scores = pl.read_parquet(paths.catalog.trained_dvn.path)
     kept = pl.read_parquet(paths.catalog.final_subset.path)
     # the default budget: 36 % of the readable raw pool (not of what dedup left), shared with the baselines

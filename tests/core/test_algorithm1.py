@@ -79,7 +79,7 @@ def test_equal_inputs_give_equal_values_and_a_task_mismatch_is_refused():
         run_algorithm1(sig, [Task("b"), Task("a")], GoodSamplesReward(good, tasks), _params())
     with pytest.raises(ValueError, match="init must be one of"):
         _params(init="random")
-    with pytest.raises(ValueError, match="prior must be one of"):
+    with pytest.raises(ValueError, match="prior must be .auto. or one of"):
         _params(prior="q_d")
     with pytest.raises(ValueError, match="alignment_stream on"):
         _params(alignment_stream=False)  # the default prior ranks by a
@@ -149,3 +149,64 @@ def test_the_alignment_stream_orders_what_quality_cannot():
         share[stream] = good[np.argsort(-res.v)[: int(0.3 * len(good))]].mean()
         assert (res.alignment_stats is not None) == stream
     assert share[True] > 0.9 and share[False] < good.mean() + 0.25, share
+
+
+def test_prior_auto_starts_from_the_row_whose_selection_trains_the_best_target():
+    # a tells the good samples apart and q does not: of the candidate rows, the alignment alone gives the target the
+    # richest selection, so θ₀ starts from it; its target run also serves the task alignment (4 trainings, not 5)
+    sig, good = _signals(seed=1)
+    rng = np.random.default_rng(3)
+    sig = replace(sig, q=rng.random(len(good)), a=np.where(good, rng.normal(0.6, 0.1, len(good)),
+                                                           rng.normal(0.2, 0.1, len(good))))
+    tasks = [Task("a"), Task("b", 2.0)]
+    calls = []
+
+    def target(mask):
+        calls.append(mask.copy())
+        return {"a": float(good[mask].mean()), "b": float(good[mask].mean())}
+
+    res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(), target_scores=target)
+    assert res.prior == "a" and [t["row"] for t in res.prior_trials] == ["q_r_d_a", "q_r_a", "q_r_d", "a"]
+    assert [t["chosen"] for t in res.prior_trials] == [False, False, False, True]
+    assert len(calls) == 4  # one target training per candidate, none more for the task alignment
+    j = [t["J target (validation)"] for t in res.prior_trials]
+    # J over chance (0.25: four classes), φ_k 1 and 2; Q+R+D is blind to a
+    assert j[3] == max(j) and j[3] == pytest.approx(3 * (good[calls[3]].mean() - 0.25)) and j[2] < j[3] - 0.3
+    assert good[np.argsort(-res.v0)[: int(0.3 * len(good))]].mean() > 0.9  # θ₀ follows the chosen row
+    assert [r["Eval_k target"] for r in res.alignment] == pytest.approx([good[calls[3]].mean()] * 2)
+
+
+def test_prior_auto_without_a_target_takes_the_first_candidate_and_ties_go_to_the_earlier():
+    sig, good = _signals()
+    tasks = [Task("a"), Task("b")]
+    res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(prior_candidates="q_r,q_r_d"))
+    assert res.prior == "q_r" and res.prior_trials == []
+    res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(prior_candidates="q_r_d,q_r_a"),
+                         target_scores=lambda mask: {"a": 0.5, "b": 0.5})
+    assert res.prior == "q_r_d" and [t["chosen"] for t in res.prior_trials] == [True, False]
+    fixed = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(prior="q_r_d_a"),
+                           target_scores=lambda mask: {"a": 0.5, "b": 0.5})
+    assert fixed.prior == "q_r_d_a" and fixed.prior_trials == []
+
+
+def test_prior_candidates_are_checked():
+    with pytest.raises(ValueError, match="prior_candidates must name rows"):
+        _params(prior_candidates="q_r_d_a,q_d")
+    with pytest.raises(ValueError, match="prior_candidates must name rows"):
+        _params(prior_candidates=" , ")
+    with pytest.raises(ValueError, match="alignment_stream on"):
+        _params(alignment_stream=False, prior_candidates="q_r_d,a")
+    assert _params(alignment_stream=False, prior_candidates="q_r_d, q_r").candidates() == ("q_r_d", "q_r")
+
+
+def test_prior_auto_leaves_out_a_task_the_target_stays_at_chance_on():
+    # task b's validation scores sit within two binomial standard errors of chance (0.25 over 400 items: ±0.043) for
+    # both candidates: counted, its noise (φ_b 2) would pick Q+R+D+A; left out, task a picks the alignment row
+    sig, good = _signals()
+    tasks = [Task("a"), Task("b", 2.0)]
+    reward = GoodSamplesReward(good, tasks)
+    reward.val = [Val(t.name, image_feats=np.zeros((400, 2))) for t in tasks]
+    scores = iter([{"a": 0.60, "b": 0.29}, {"a": 0.62, "b": 0.25}])
+    res = run_algorithm1(sig, tasks, reward, _params(prior_candidates="q_r_d_a,a"), target_scores=lambda m: next(scores))
+    assert res.prior == "a" and [t["tasks counted"] for t in res.prior_trials] == ["a", "a"]
+    assert [t["J target (validation)"] for t in res.prior_trials] == pytest.approx([0.35, 0.37])

@@ -2,7 +2,9 @@
 meta-iterations, score every sample with the trained Data Value Network.
 
     net  = DataValueNetwork(...)                        eq. 13, v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d), E_a(a)]))
-    θ₀   = fit_prior(net, static Q+R+D+A ranking)       (init "prior"; "constant": v ≈ budget everywhere)
+    row  = the candidate static row whose top budget share trains the best target model on the validation sets
+                                                        (prior "auto", with a target scorer; else the named row)
+    θ₀   = fit_prior(net, that static ranking)          (init "prior"; "constant": v ≈ budget everywhere)
     φ_k ← φ_k · a_k                                     (task alignment, when a target scorer is given)
     for t in 1..T:  S ~ Bernoulli(v) at the budget;  J(S) (eq. 14-15);  g_C by finite differences (eq. 16);
                     Adam step on the eq. 17 policy loss                       (fdo.train_dvn)
@@ -29,6 +31,10 @@ from tads_assets.core.vectors import kmeans_clusters
 
 INITS = ("prior", "constant")
 CLUSTER_SPACES = ("inputs", "embeddings")
+# the static rows θ₀ can start from: Table 2's (selection.ABLATIONS), Q+R+A, and the alignment alone (clip_score's
+# signal over the deduplicated pool)
+PRIOR_ROWS = {**selection.ABLATIONS, "q_r_a": ("q", "r", "a"), "a": ("a",)}
+PRIOR_AUTO = "auto"
 
 
 @dataclass
@@ -37,7 +43,13 @@ class Algorithm1Params:
 
     fdo: FdoParams = field(default_factory=FdoParams)
     init: str = "prior"  # θ₀: "prior" fits v to the static ranking `prior` first; "constant": v ≈ the budget everywhere
-    prior: str = "q_r_d_a"  # the static row θ₀ starts from (selection.ABLATIONS); "q_r_d" is the paper's three signals
+    # the static row θ₀ starts from (PRIOR_ROWS; "q_r_d" is the paper's three signals), or "auto": each row of
+    # `prior_candidates` selects its top budget share, the target model trains on each (task alignment's target,
+    # trained_dvn's task_alignment "target"), and the row whose model scores the highest J on the tasks' validation
+    # sets is θ₀'s (a deliberate variant: which signals pay differs between pools, see choose_prior). Without a
+    # target scorer "auto" takes the first candidate.
+    prior: str = PRIOR_AUTO
+    prior_candidates: str = "q_r_d_a,q_r_a,q_r_d,a"  # comma-separated PRIOR_ROWS, for prior "auto"
     # E_a(a) in the DVN (a deliberate variant of eq. 13); False with prior "q_r_d": the paper's network and θ₀
     alignment_stream: bool = True
     fdo_clusters: int = 20  # groups perturbed by eq. 16 (k-means; coarser than the diversity clusters)
@@ -51,13 +63,22 @@ class Algorithm1Params:
             raise ValueError(f"fdo.rate is the data budget and must lie in (0, 1], got {self.fdo.rate!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.prior not in selection.ABLATIONS:
-            raise ValueError(f"prior must be one of {tuple(selection.ABLATIONS)}, got {self.prior!r}")
-        if self.init == "prior" and "a" in selection.ABLATIONS[self.prior] and not self.alignment_stream:
-            raise ValueError(f"prior {self.prior!r} ranks by the alignment a, which the DVN sees only with "
-                             "alignment_stream on: switch it on, or set prior 'q_r_d' too (the paper's network and θ₀)")
+        if self.prior != PRIOR_AUTO and self.prior not in PRIOR_ROWS:
+            raise ValueError(f"prior must be {PRIOR_AUTO!r} or one of {tuple(PRIOR_ROWS)}, got {self.prior!r}")
+        unknown = [c for c in self.candidates() if c not in PRIOR_ROWS]
+        if unknown or not self.candidates():
+            raise ValueError(f"prior_candidates must name rows of {tuple(PRIOR_ROWS)} (comma-separated), got "
+                             f"{self.prior_candidates!r}")
+        rows = self.candidates() if self.prior == PRIOR_AUTO else (self.prior,)
+        if self.init == "prior" and not self.alignment_stream and any("a" in PRIOR_ROWS[r] for r in rows):
+            raise ValueError(f"prior {self.prior!r} ({', '.join(rows)}) ranks by the alignment a, which the DVN sees "
+                             "only with alignment_stream on: switch it on, or set prior 'q_r_d' too (the paper's "
+                             "network and θ₀)")
         if self.fdo_cluster_space not in CLUSTER_SPACES:
             raise ValueError(f"fdo_cluster_space must be one of {CLUSTER_SPACES}, got {self.fdo_cluster_space!r}")
+
+    def candidates(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.prior_candidates.split(",") if c.strip())
 
 
 @dataclass
@@ -77,10 +98,17 @@ class Algorithm1Result:
     prior_loss: float | None
     prior_spearman: float | None
     seconds: float
+    prior: str | None = None  # the static row θ₀ was fitted to (None: init "constant")
+    prior_trials: list[dict] = field(default_factory=list)  # prior "auto": one row per candidate (choose_prior)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def _validation_sizes(val) -> dict[str, int]:
+    """Each validation task's item count (0 where unknown)."""
+    return {v.name: len(v.image_feats) if v.image_feats is not None else 0 for v in val}
 
 
 def align_tasks(tasks, reward, target: dict[str, float], mask: np.ndarray) -> list[dict]:
@@ -94,11 +122,67 @@ def align_tasks(tasks, reward, target: dict[str, float], mask: np.ndarray) -> li
         raise ValueError(f"the target model stays at chance on every task ({target}), so no task can reward a "
                          "selection: give the target more samples seen or switch task alignment off")
     reward.reweight({t.name: t.weight * factors[t.name] for t in tasks})
-    n_val = {v.name: len(v.image_feats) if v.image_feats is not None else 0 for v in reward.val}  # 0: unknown size
+    n_val = _validation_sizes(reward.val)  # 0: unknown size
     return [{"task": t.name, "φ_k (task file)": t.weight, "chance": chance[t.name], "Eval_k proxy": proxy_scores[t.name],
              "Eval_k target": target[t.name], "a_k": factors[t.name], "φ_k in J": t.weight * factors[t.name],
              "proxy_at_chance": proxy.at_chance(proxy_scores[t.name], chance[t.name], n_val[t.name])}
             for t in tasks]
+
+
+def row_label(row: str) -> str:
+    return "+".join(s.upper() for s in PRIOR_ROWS[row])
+
+
+def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
+                 target_scores: Callable[[np.ndarray], dict[str, float]] | None,
+                 progress: Callable[[str], None] = lambda m: None, chance: dict[str, float] | None = None,
+                 n_val: dict[str, int] | None = None,
+                 ) -> tuple[str, list[dict], tuple[dict[str, float], np.ndarray] | None]:
+    """θ₀'s static row for prior "auto": each of `params.prior_candidates` selects its top budget share of the
+    deduplicated pool, the target model trains on it (`target_scores`, the task alignment's scorer: a CLIP from
+    scratch, scored on the tasks' validation items, never on their test items), and the row of the highest
+    J = Σ_k φ_k·(Eval_k − chance_k) wins (the task file's φ_k; ties go to the earlier candidate). A task counts only
+    where at least one candidate's target scores above chance (`proxy.at_chance` over its `n_val` items; 0 = size
+    unknown: above chance at all): a task the target cannot learn at this budget (the demo's digits) would add
+    only its validation noise. Which signals pay differs between pools — where noise is the majority the alignment
+    a has to lead, where the pool is clean relevance and diversity matter more — and no fixed sum of standardised
+    signals measured best on every pool of the zoo. Returns the row, one report row per candidate, and the
+    winner's (target scores, selection mask) for the task alignment, which then needs no training of its own.
+    Without a target scorer: the first candidate, no trials."""
+    candidates = params.candidates()
+    if target_scores is None:
+        progress(f"θ₀'s static row: {row_label(candidates[0])}, the first candidate (prior 'auto' without a target "
+                 "model to compare the candidates with)")
+        return candidates[0], [], None
+    chance = chance or {t.name: 0.0 for t in tasks}
+    n_val = n_val or {}
+    results = []
+    for row in candidates:
+        mask = fdo.top_fraction(sig.static(PRIOR_ROWS[row]), params.fdo.rate)
+        results.append((target_scores(mask), mask))
+        progress(f"θ₀ candidate {row_label(row)}: target on its top {params.fdo.rate:.0%}: "
+                 + ", ".join(f"{t.name} {results[-1][0][t.name]:.3f}" for t in tasks) + " on the validation sets")
+
+    def learned(k: str, score: float) -> bool:
+        n = n_val.get(k, 0)
+        return score > chance[k] if n <= 0 else not proxy.at_chance(score, chance[k], n)
+
+    counted = [t for t in tasks if any(learned(t.name, scores[t.name]) for scores, _ in results)] or list(tasks)
+    trials = []
+    for row, (scores, _) in zip(candidates, results):
+        j = float(sum(t.weight * (scores[t.name] - chance[t.name]) for t in counted))
+        trials.append({"row": row, "signals": row_label(row), "J target (validation)": j,
+                       **{f"Eval_k {t.name}": float(scores[t.name]) for t in tasks},
+                       "tasks counted": ", ".join(t.name for t in counted)})
+    best = max(range(len(trials)), key=lambda i: (trials[i]["J target (validation)"], -i))
+    for i, t in enumerate(trials):
+        t["chosen"] = i == best
+    left = [t.name for t in tasks if t not in counted]
+    progress(f"θ₀'s static row: {trials[best]['signals']} (J over chance "
+             + ", ".join(f"{t['signals']} {t['J target (validation)']:.4f}" for t in trials)
+             + (f"; {', '.join(left)} left out: the target stays at chance on it for every candidate" if left else "")
+             + ")")
+    return trials[best]["row"], trials, results[best]
 
 
 def check_tasks(sig: selection.Signals, tasks) -> None:
@@ -114,8 +198,9 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
                    progress: Callable[[str], None] = lambda m: None) -> Algorithm1Result:
     """Train the DVN on the deduplicated pool's signals `sig` against `reward` (mask → (J, per-task Eval_k),
     with `.val`, `.reweight`, `.n_adaptations`). `joint`: the samples' [z_I; z_T] (fdo_cluster_space
-    "embeddings"). `target_scores(mask)`: Eval_k of the target model trained on `mask`'s samples, for task
-    alignment on θ₀'s selection (None: φ_k as in the task file)."""
+    "embeddings"). `target_scores(mask)`: Eval_k of the target model trained on `mask`'s samples, for prior
+    "auto" (`choose_prior`) and the task alignment on θ₀'s selection (None: φ_k as in the task file, prior "auto"
+    takes the first candidate)."""
     t0 = time.perf_counter()
     check_tasks(sig, tasks)
     stats = dvn.log_d_stats(sig.d)
@@ -136,20 +221,26 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
     net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=len(tasks), embed_dim=params.embed_dim,
                                              hidden_dim=params.hidden_dim, init_rate=params.fdo.rate,
                                              alignment_stream=params.alignment_stream))
-    prior_loss = prior_rho = None
-    prior_name = "+".join(s.upper() for s in selection.ABLATIONS[params.prior])
+    prior_loss = prior_rho = row = chosen = None
+    trials: list[dict] = []
     if params.init == "prior":
-        prior = sig.static(selection.ABLATIONS[params.prior])
+        row = params.prior
+        if row == PRIOR_AUTO:
+            val = getattr(reward, "val", [])
+            row, trials, chosen = choose_prior(sig, tasks, params, target_scores, progress, proxy.chance_levels(val),
+                                               _validation_sizes(val))
+        prior = sig.static(PRIOR_ROWS[row])
         prior_loss = dvn.fit_prior(net, inputs, prior, seed=params.seed)
     with torch.no_grad():
         v0 = net(*inputs).double().numpy()
     if prior_loss is not None:
         prior_rho = spearman(v0, prior)
-        progress(f"θ₀ fitted to the static {prior_name} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
+        progress(f"θ₀ fitted to the static {row_label(row)} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
     alignment = []
     if target_scores is not None:
-        mask = fdo.top_fraction(v0, params.fdo.rate)
-        alignment = align_tasks(tasks, reward, target_scores(mask), mask)
+        # the chosen row's selection trained the target already (prior "auto"); else θ₀'s own top share
+        target, mask = chosen if chosen is not None else (None, fdo.top_fraction(v0, params.fdo.rate))
+        alignment = align_tasks(tasks, reward, target if target is not None else target_scores(mask), mask)
         progress("task alignment: " + ", ".join(
             f"{r['task']} proxy {r['Eval_k proxy']:.3f} target {r['Eval_k target']:.3f} chance {r['chance']:.3f} "
             f"→ a_k {r['a_k']:.2f}" for r in alignment))
@@ -168,4 +259,4 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
         returned, j_final, metrics_final = best["iteration"], best["reward_top"], best["metrics_top"]
     progress(f"returning θ_{returned} (J(top) {j_final:.4f}; θ_{params.fdo.meta_iterations} is the last update)")
     return Algorithm1Result(net, v, v0, clusters, stats, a_stats, history, alignment, j_final, metrics_final, returned,
-                            j_last, prior_loss, prior_rho, time.perf_counter() - t0)
+                            j_last, prior_loss, prior_rho, time.perf_counter() - t0, row, trials)
