@@ -53,6 +53,7 @@ from tads_assets.core.demo.zoo import HELD_OUT, ZOO  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.embeddings import pool_with_vectors  # noqa: E402
 from tads_assets.core.method import dedup  # noqa: E402
+from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 
 NOISY = ("misaligned", "vague", "non_english", "blurred", "text_heavy", "low_resolution", "extreme_aspect")
 
@@ -263,7 +264,7 @@ def graph_figures(h: Path) -> dict:
 
 def prior_note(cat: Catalog) -> str:
     """The static row trained_dvn's θ₀ started from, and (prior "auto") each candidate's target J on validation."""
-    path = cat.trained_dvn.models / "dvn_info.json"
+    path = cat.trained_dvn.models / DVN_INFO
     if not path.exists():
         return "no trained_dvn"
     info = json.loads(path.read_text())

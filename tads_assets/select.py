@@ -3,6 +3,7 @@
 write, report."""
 
 import time
+from collections import Counter
 
 import numpy as np
 import polars as pl
@@ -198,7 +199,7 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     check_tasks(sig, tasks)
     reward = _reward(config, encoder, dev, tasks, sig.uids, raw_pool, pool_embeddings, clip_encoder, cat.frozen_cache_dir,
                      context.log.info)
-    target, target_cache = None, {}
+    target, target_cache = None, Counter()
     if config.task_alignment == "target" and config.proxy_mode == "head":
         def target(mask):
             uids = sig.uids[mask].tolist()
@@ -210,7 +211,7 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
             key = target_key(uids, digest, config.target_model, config.target_budget_samples_seen,
                              config.validation_items, config.seed, dev)
             scores, hit = cached_target_scores(cat.target_cache_dir, key, train, log)
-            target_cache["cached" if hit else "trained"] = target_cache.get("cached" if hit else "trained", 0) + 1
+            target_cache["cached" if hit else "trained"] += 1
             return scores
     joint = (joint_vectors(*pool_embeddings.aligned(sig.uids.tolist(), "image_vec", "text_vec"))
              if config.fdo_cluster_space == "embeddings" else None)

@@ -179,7 +179,9 @@ def test_prior_auto_starts_from_the_row_whose_selection_trains_the_best_target()
 def test_prior_auto_without_a_target_takes_the_first_candidate_and_ties_go_to_the_earlier():
     sig, good = _signals()
     tasks = [Task("a"), Task("b")]
-    res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(prior_candidates="q_r,q_r_d"))
+    reward = GoodSamplesReward(good, tasks)
+    del reward.val  # the full proxy (harness/clip_proxy.ClipProxy) holds no validation features
+    res = run_algorithm1(sig, tasks, reward, _params(prior_candidates="q_r,q_r_d"))
     assert res.prior == "q_r" and res.prior_trials == []
     res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(prior_candidates="q_r_d,q_r_a"),
                          target_scores=lambda mask: {"a": 0.5, "b": 0.5})

@@ -135,16 +135,15 @@ def row_label(row: str) -> str:
 
 def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
                  target_scores: Callable[[np.ndarray], dict[str, float]] | None,
-                 progress: Callable[[str], None] = lambda m: None, chance: dict[str, float] | None = None,
-                 n_val: dict[str, int] | None = None,
+                 val: list, progress: Callable[[str], None] = lambda m: None,
                  ) -> tuple[str, list[dict], tuple[dict[str, float], np.ndarray] | None]:
     """θ₀'s static row for prior "auto": each of `params.prior_candidates` selects its top budget share of the
     deduplicated pool, the target model trains on it (`target_scores`, the task alignment's scorer: a CLIP from
     scratch, scored on the tasks' validation items, never on their test items), and the row of the highest
     J = Σ_k φ_k·(Eval_k − chance_k) wins (the task file's φ_k; ties go to the earlier candidate). A task counts only
-    where at least one candidate's target scores above chance (`proxy.at_chance` over its `n_val` items; 0 = size
-    unknown: above chance at all): a task the target cannot learn at this budget (the demo's digits) would add
-    only its validation noise. Which signals pay differs between pools — where noise is the majority the alignment
+    where at least one candidate's target scores above chance (`proxy.at_chance` over its items in `val`, the
+    reward's validation tasks; size unknown: above chance at all): a task the target cannot learn at this budget (the
+    demo's digits) would add only its validation noise. Which signals pay differs between pools — where noise is the majority the alignment
     a has to lead, where the pool is clean relevance and diversity matter more — and no fixed sum of standardised
     signals measured best on every pool of the zoo. Returns the row, one report row per candidate, and the
     winner's (target scores, selection mask) for the task alignment, which then needs no training of its own.
@@ -154,8 +153,7 @@ def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
         progress(f"θ₀'s static row: {row_label(candidates[0])}, the first candidate (prior 'auto' without a target "
                  "model to compare the candidates with)")
         return candidates[0], [], None
-    chance = chance or {t.name: 0.0 for t in tasks}
-    n_val = n_val or {}
+    chance, n_val = proxy.chance_levels(val), _validation_sizes(val)
     results = []
     for row in candidates:
         mask = fdo.top_fraction(sig.static(PRIOR_ROWS[row]), params.fdo.rate)
@@ -226,9 +224,9 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
     if params.init == "prior":
         row = params.prior
         if row == PRIOR_AUTO:
-            val = getattr(reward, "val", [])
-            row, trials, chosen = choose_prior(sig, tasks, params, target_scores, progress, proxy.chance_levels(val),
-                                               _validation_sizes(val))
+            # a target scorer comes with the head proxy, whose reward holds the tasks' validation sets
+            row, trials, chosen = choose_prior(sig, tasks, params, target_scores,
+                                               reward.val if target_scores is not None else [], progress)
         prior = sig.static(PRIOR_ROWS[row])
         prior_loss = dvn.fit_prior(net, inputs, prior, seed=params.seed)
     with torch.no_grad():
@@ -238,9 +236,12 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
         progress(f"θ₀ fitted to the static {row_label(row)} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
     alignment = []
     if target_scores is not None:
-        # the chosen row's selection trained the target already (prior "auto"); else θ₀'s own top share
-        target, mask = chosen if chosen is not None else (None, fdo.top_fraction(v0, params.fdo.rate))
-        alignment = align_tasks(tasks, reward, target if target is not None else target_scores(mask), mask)
+        if chosen is not None:  # the chosen row's selection trained the target already (prior "auto")
+            target, mask = chosen
+        else:  # θ₀'s own top share
+            mask = fdo.top_fraction(v0, params.fdo.rate)
+            target = target_scores(mask)
+        alignment = align_tasks(tasks, reward, target, mask)
         progress("task alignment: " + ", ".join(
             f"{r['task']} proxy {r['Eval_k proxy']:.3f} target {r['Eval_k target']:.3f} chance {r['chance']:.3f} "
             f"→ a_k {r['a_k']:.2f}" for r in alignment))
