@@ -21,7 +21,9 @@ share, and Table 1's averages per method; with several seeds, mean +- std per me
 `--stage select` materializes the selection again over finished `--stage all` homes (after a change to Algorithm 1
 or to the static rows): trained_dvn, final_subset, every baseline_subsets partition, a trained_clip for each method
 whose subset changed or has no checkpoint, and benchmark_scores; a run whose upstream stages are unchanged gives what
-a whole `tads run` would, in a third of its time. `--stage rescore` materializes benchmark_scores again over the
+a whole `tads run` would, in a third of its time. `--stage retrain` trains every method's CLIP (or `--methods`, a contiguous run of trained_clip's partitions) with
+`--repeats` training seeds on finished homes and benchmarks each method by the mean over its seeds: one CLIP trained
+from scratch is a noisy measurement of its subset (docs/results.md). `--stage rescore` materializes benchmark_scores again over the
 trained_clip checkpoints of finished `--stage all` homes (after a change to the metrics) and prints the same
 figures; `--stage report` only reads them. With several seeds `all`, `select`, `rescore` and `report` end with Table 1 over the seeds and issue 20's criteria per pool: TADS at
 least every baseline's mean (or within one std of the best), above random and no_filter beyond one std, and on the
@@ -227,6 +229,40 @@ def reselect(h: Path, name: str, seed: int, n: int) -> list[str]:
     return retrain
 
 
+def retrain(h: Path, name: str, seed: int, n: int, repeats: int, methods: list[str]) -> None:
+    """`--stage retrain` on one finished home: trained_clip for `methods` (a contiguous run of partitions, in one
+    Dagster run as `tads run` trains them) with `repeats` training seeds, checkpoints of an unchanged subset and
+    recipe kept; then benchmark_scores (each method's mean over its seeds)."""
+    from dagster import DagsterInstance
+
+    from tads_assets.local import RANGE_END, RANGE_START, materialize
+    from tads_assets.train_eval import benchmark_scores, trained_clip
+
+    if not (h / "reports" / "benchmark.json").exists():
+        raise SystemExit(f"{h} has no finished run to train again: run --stage all first")
+    kw = {"resources": home_resources(h, name, seed, n)[1], "instance": DagsterInstance.from_config(str(h / "dagster"))}
+    config = {"ops": {"trained_clip": {"config": {"repeats": repeats}}}}
+    if not materialize([trained_clip], tags={RANGE_START: methods[0], RANGE_END: methods[-1]}, run_config=config,
+                       **kw).success:
+        raise SystemExit(f"{name} seed {seed}: trained_clip failed")
+    if not materialize([benchmark_scores], **kw).success:
+        raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
+
+
+def contiguous(methods: list[str]) -> list[str]:
+    """`methods` in partition order; they must be a contiguous run of trained_clip's partitions (one range run)."""
+    from tads_assets.train_eval import training_partitions
+
+    keys = training_partitions.get_partition_keys()
+    unknown = sorted(set(methods) - set(keys))
+    if unknown:
+        raise SystemExit(f"--methods: {', '.join(unknown)} not a trained_clip partition ({', '.join(keys)})")
+    picked = sorted(set(methods), key=keys.index)
+    if keys.index(picked[-1]) - keys.index(picked[0]) + 1 != len(picked):
+        raise SystemExit(f"--methods must be a contiguous run of {', '.join(keys)}; got {', '.join(picked)}")
+    return picked
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC-AUC of scores `pos` above `neg` (Mann-Whitney, ties half)."""
     if not len(pos) or not len(neg):
@@ -259,6 +295,7 @@ def graph_figures(h: Path) -> dict:
             "q_auc_min_kind": min(per_kind.items(), key=lambda kv: kv[1]) if per_kind else ("", float("nan")),
             "subset": subset.height, "subset_clean": float((subset["kind"] == "clean").mean()),
             "table1": {r["method"]: r["average"] for r in report["rows"]},
+            "table1_sd": {r["method"]: r.get("average_sd") for r in report["rows"]},
             "columns": columns(report), "prior": prior_note(cat)}
 
 
@@ -300,17 +337,25 @@ def column_note(runs: list[dict], seeds: list[int]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dedup", "quality", "all", "select", "rescore", "report"), default="dedup")
+    p.add_argument("--stage", choices=("dedup", "quality", "all", "select", "retrain", "rescore", "report"),
+                   default="dedup")
     p.add_argument("--pools", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--rules", nargs="*", default=list(dedup.REDUNDANCY_MODES), choices=dedup.REDUNDANCY_MODES)
     p.add_argument("--root", default=None, help="where the pools' homes go (default $TADS_HOME/zoo)")
     p.add_argument("--reuse", action="store_true", help="dedup stage: keep pool stages already materialized")
+    p.add_argument("--repeats", type=int, default=3, help="retrain stage: CLIPs trained per subset (training seeds)")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="retrain stage: a contiguous run of trained_clip's partitions (default: all of them)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root).resolve() if args.root else home(None) / "zoo"
     t_all = time.perf_counter()
+    methods = contiguous(args.methods) if args.methods else None
+    if args.stage == "retrain" and methods is None:
+        from tads_assets.train_eval import training_partitions
+        methods = training_partitions.get_partition_keys()
     results: dict[str, list[dict]] = {}
     for name in args.pools:
         for seed in args.seeds:
@@ -337,6 +382,8 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.stage == "rescore":
                 rescore(h, name, seed, args.samples)
+            elif args.stage == "retrain":
+                retrain(h, name, seed, args.samples, args.repeats, methods)
             elif args.stage == "select":
                 print(f"{tag}: trained_clip again for {', '.join(reselect(h, name, seed, args.samples)) or 'none'}",
                       flush=True)
@@ -352,15 +399,18 @@ def main() -> None:
             g = graph_figures(h)
             results.setdefault(name, []).append(g)
             kind, worst = g["q_auc_min_kind"]
-            done = {"rescore": "rescored", "report": "read", "select": "selected again"}.get(args.stage, "tads run")
+            done = {"rescore": "rescored", "report": "read", "select": "selected again",
+                    "retrain": f"trained again ({args.repeats} seeds)"}.get(args.stage, "tads run")
             print(f"\n{tag}: {done} {time.perf_counter() - t0:.0f} s ({h})\n"
                   f"  dedup: exact {100 * g['exact']:.1f} %, near {100 * g['near']:.1f} %, clean removed "
                   f"{100 * g['clean_removed']:.2f} %, removed {100 * g['dedup_removed']:.1f} % of the pool\n"
                   f"  q_phi ROC-AUC clean vs noisy {g['q_auc']:.3f} (weakest: {kind} {worst:.3f})\n"
                   f"  final subset {g['subset']} samples, {100 * g['subset_clean']:.1f} % clean; θ₀ row {g['prior']}\n"
-                  "  Table 1 average: " + ", ".join(f"{m} {v:.2f}" for m, v in
-                                                   sorted(g["table1"].items(), key=lambda kv: -kv[1])), flush=True)
-    if args.stage in ("all", "select", "rescore", "report") and len(args.seeds) > 1:
+                  "  Table 1 average: " + ", ".join(
+                      f"{m} {v:.2f}" + (f" ({g['table1_sd'][m]:.2f})" if g["table1_sd"].get(m) is not None else "")
+                      for m, v in sorted(g["table1"].items(), key=lambda kv: -kv[1]))
+                  + (" (in brackets: std over training seeds)" if any(g["table1_sd"].values()) else ""), flush=True)
+    if args.stage in ("all", "select", "retrain", "rescore", "report") and len(args.seeds) > 1:
         print(f"\nTable 1 average over seeds {', '.join(map(str, args.seeds))} (mean +- std)")
         for name, runs in results.items():
             methods = runs[0]["table1"]

@@ -18,7 +18,7 @@ from tads_assets.core.io import embeddings, ingest
 from tads_assets.core.method.operators import FEATURE_COLUMNS, feature_matrix
 from tads_assets.pool import clip_encoder, deduped_pool, frozen_features, pool_embeddings, raw_pool
 from tads_assets.select import STATIC_ABLATIONS, baseline_partitions, baseline_subsets, final_subset, trained_dvn
-from tads_assets.train_eval import benchmark_scores, trained_clip, training_partitions
+from tads_assets.train_eval import benchmark_scores, checkpoints, trained_clip, training_partitions
 from tads_assets.meta import table
 
 
@@ -363,18 +363,16 @@ def cluster_diversity_valid(paths: TadsPaths) -> AssetCheckResult:
 
 
 @asset_check(asset=trained_clip, blocking=True,
-             description="For every trained method: the checkpoint's tensors are finite and the run spent its budget "
-             "of samples seen.")
+             description="For every trained method and training seed: the checkpoint's tensors are finite and the run "
+             "spent its budget of samples seen.")
 def trained_clip_checkpoints_valid(paths: TadsPaths) -> AssetCheckResult:
     rows = []
     for method in training_partitions.get_partition_keys():
-        out = paths.catalog.trained_clip.of(method)
-        if not (out / clip_train.CHECKPOINT).exists():
-            continue
-        info = json.loads((out / clip_train.INFO).read_text())
-        n, bad = _finite_tensors(out / clip_train.CHECKPOINT)
-        rows.append({"method": method, "tensors": n, "non_finite": bad, "samples_seen": info["samples_seen"],
-                     "budget": info["params"]["budget_samples_seen"]})
+        for out in checkpoints(paths.catalog, method):
+            info = json.loads((out / clip_train.INFO).read_text())
+            n, bad = _finite_tensors(out / clip_train.CHECKPOINT)
+            rows.append({"method": method, "seed": info["params"]["seed"], "tensors": n, "non_finite": bad,
+                         "samples_seen": info["samples_seen"], "budget": info["params"]["budget_samples_seen"]})
     ok = bool(rows) and all(not r["non_finite"] and r["samples_seen"] >= r["budget"] for r in rows)
     return AssetCheckResult(passed=ok, metadata={"methods": table(rows) if rows else "none"})
 
@@ -387,7 +385,7 @@ def benchmark_scores_in_range(paths: TadsPaths) -> AssetCheckResult:
         raise paths.catalog.benchmark_scores.missing(path)
     report = json.loads(path.read_text())
     rows = report["rows"]
-    values = [v for r in rows for k, v in r.items() if k not in ("method", "samples", "samples_seen") and v is not None]
+    values = [v for r in rows for k, v in r.items() if k not in ("method", "samples", "samples_seen", "repeats", "average_runs") and v is not None]
     problems = {"out_of_range": sum(int(not (np.isfinite(v) and 0 <= v <= 100)) for v in values),
                 "no_chance_row": int(not any(r["method"] == "chance" for r in rows)),
                 "no_method": int(len(rows) < 2)}

@@ -16,6 +16,7 @@ from tads_assets.train_eval import benchmark_scores, trained_clip
 UPSTREAM = [raw_pool, clip_encoder, pool_embeddings, deduped_pool, feature_table, weak_labels, quality_scores,
             task_set, relevance_vectors, cluster_diversity]
 TRAIN = {"ops": {"trained_clip": {"config": {"budget_samples_seen": 256, "batch_size": 64, "warmup_steps": 1}}}}
+TRAIN_TWO_SEEDS = {"ops": {"trained_clip": {"config": {**TRAIN["ops"]["trained_clip"]["config"], "repeats": 2}}}}
 # A short Algorithm 1 on the 400-sample pool: 3 meta-iterations over 6 clusters, one 20-step proxy per reward,
 # the task alignment's target CLIP trained for 8192 samples seen (at 4096 it stayed at chance on every task once
 # lf_ungrounded left the LabelModel: the run then fails, saying so).
@@ -46,7 +47,7 @@ def built(tmp_path_factory, demo_spec, demo_dir):
         train, selection=[trained_clip.key], resources=resources, run_config=TRAIN,
         tags={RANGE_START: "tads", RANGE_END: "no_filter"})
     runs["train_clip_score"] = materialize(train, selection=[trained_clip.key], resources=resources,
-                                           partition_key="clip_score", run_config=TRAIN)
+                                           partition_key="clip_score", run_config=TRAIN_TWO_SEEDS)
     runs["benchmark"] = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip, benchmark_scores],
                                     selection=[benchmark_scores.key], resources=resources)
     truth = pl.read_parquet(demo_dir / "truth.parquet").select("uid", "kind", "source")

@@ -3,18 +3,23 @@ and benchmark_scores materialized on the small demo pool."""
 
 import json
 import re
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 from tads_assets.local import materialize
 
-from resources import TadsPaths
+from resources import TadsPaths, tads_resources
 from tads_assets.characterize import task_set
 from tads_assets.core.harness import baselines
 from tads_assets.select import STATIC_ABLATIONS
 from tads_assets.core.io import embeddings as lance_tables
+from tads_assets.core.io.catalog import Catalog
 from tads_assets.core.io.ledger import Ledger
+from tads_assets.select import baseline_subsets
+from tads_assets.train_eval import checkpoints, trained_clip
+from tests.assets.conftest import SELECT, TRAIN_TWO_SEEDS, UPSTREAM
 from tads_assets.core.io.tasks import task_set_hash
 
 
@@ -100,6 +105,39 @@ def test_trained_clip_spends_the_same_budget_and_benchmark_reports_every_trained
     assert "caption identity" in defined["retrieval"] and "samples seen" in defined["naming"]
     assert defined["tasks"]["captions"]["distinct_captions"] <= defined["tasks"]["captions"]["images"]
     assert (paths.catalog.benchmark_scores.file("png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trained_clip_repeats_train_each_seed_keep_what_is_unchanged_and_benchmark_averages_them(built, tmp_path):
+    paths, runs, _ = built
+    cat = paths.catalog
+    infos = [json.loads((cat.trained_clip.of("clip_score", r) / "train_info.json").read_text()) for r in (0, 1)]
+    assert [i["params"]["seed"] for i in infos] == [0, 1] and infos[0]["key"] != infos[1]["key"]
+    assert infos[0]["repeat_keys"] == [infos[0]["key"], infos[1]["key"]]
+    mat = runs["train_clip_score"].asset_materializations_for_node("trained_clip")[0].metadata
+    assert (mat["repeats"].value, mat["trained"].value, mat["kept"].value) == (2, 2, 0)
+    rows = {r["method"]: r for r in json.loads(cat.benchmark_scores.file("json").read_text())["rows"]}
+    two, one = rows["clip_score"], rows["tads"]
+    assert two["repeats"] == 2 and len(two["average_runs"]) == 2
+    assert two["average"] == pytest.approx(np.mean(two["average_runs"]))
+    assert two["average_sd"] == pytest.approx(np.std(two["average_runs"], ddof=1))
+    assert one["repeats"] == 1 and one["average_sd"] is None and one["average_runs"] == [one["average"]]
+    # the same subset, recipe and seeds again: both checkpoints kept, not trained again
+    weights = [cat.trained_clip.of("clip_score", r) / "model.safetensors" for r in (0, 1)]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    again = materialize([*UPSTREAM, *SELECT[:2], baseline_subsets, trained_clip], selection=[trained_clip.key],
+                        resources=tads_resources(paths), partition_key="clip_score",
+                        run_config=TRAIN_TWO_SEEDS)
+    meta = again.asset_materializations_for_node("trained_clip")[0].metadata
+    assert (meta["trained"].value, meta["kept"].value) == (0, 2)
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    # a further seed's folder from another subset or recipe is never averaged in silently
+    shutil.copytree(cat.trained_clip.dir, tmp_path / "models" / "trained_clip")
+    copy = Catalog(tmp_path)
+    stale = copy.trained_clip.of("clip_score", 1) / "train_info.json"
+    stale.write_text(json.dumps({**infos[1], "key": "another subset"}))
+    assert len(checkpoints(copy, "tads")) == 1
+    with pytest.raises(FileNotFoundError, match=r"trained_clip\[clip_score\].*seed 1"):
+        checkpoints(copy, "clip_score")
 
 
 def test_task_set_versions_by_content_and_relevance_points_digits_at_the_digit_task(built):

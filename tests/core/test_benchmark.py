@@ -147,3 +147,13 @@ def test_classification_is_scored_over_the_classes_the_pool_names():
     assert none.metrics == {} and "unnamed_classes" in none.info
     row = bm.headline([none, named])
     assert set(row) == {"cat/top1", "average"} and row["average"] == 100.0  # the undefined task adds no column
+
+
+def test_several_training_seeds_give_each_columns_mean_and_the_averages_spread():
+    runs = [{"a/top1": 40.0, "b/i2t_r1": 10.0, "average": 25.0}, {"a/top1": 50.0, "b/i2t_r1": 20.0, "average": 35.0}]
+    row = bm.mean_over_runs(runs)
+    assert row == {"a/top1": 45.0, "b/i2t_r1": 15.0, "average": 30.0, "repeats": 2,
+                   "average_sd": pytest.approx(7.0710678), "average_runs": [25.0, 35.0]}
+    assert bm.mean_over_runs(runs[:1])["average_sd"] is None
+    with pytest.raises(ValueError, match="columns differ"):
+        bm.mean_over_runs([runs[0], {"a/top1": 1.0, "average": 1.0}])

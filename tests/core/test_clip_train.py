@@ -152,3 +152,35 @@ def test_a_saved_model_loads_back_to_the_same_embeddings(tmp_path):
 def test_an_unknown_model_config_is_named_in_the_error():
     with pytest.raises(ValueError, match="unknown CLIP model config 'TADS-Huge'.*TADS-Tiny-RN"):
         clip_train.create_model("TADS-Huge")
+
+
+def test_a_training_key_changes_with_the_subsets_content_order_recipe_and_threads():
+    import torch
+
+    base = clip_train.pairs_digest(["a", "b"], ["a cat", "a dog"], [b"\x01", b"\x02"])
+    assert base != clip_train.pairs_digest(["b", "a"], ["a dog", "a cat"], [b"\x02", b"\x01"])  # the order seeds epochs
+    assert base != clip_train.pairs_digest(["a", "b"], ["a cat", "a dog!"], [b"\x01", b"\x02"])
+    assert base != clip_train.pairs_digest(["a", "b"], ["a cat", "a dog"], [b"\x01", b"\x03"])
+    assert base != clip_train.pairs_digest(["a", "b"], ["a ca", "ta dog"], [b"\x01", b"\x02"])  # boundaries count
+    with pytest.raises(ValueError):
+        clip_train.pairs_digest(["a"], ["a cat", "a dog"], [b"\x01", b"\x02"])
+    key = clip_train.training_key(base, "cpu", seed=0, budget_samples_seen=256)
+    assert key == clip_train.training_key(base, "cpu", budget_samples_seen=256, seed=0)
+    assert key != clip_train.training_key(base, "cpu", seed=1, budget_samples_seen=256)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)  # CPU training is deterministic for a thread count only
+        assert key != clip_train.training_key(base, "cpu", seed=0, budget_samples_seen=256)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_checkpoint_is_kept_only_under_its_own_key(tmp_path):
+    params = clip_train.TrainParams(budget_samples_seen=16, batch_size=8, warmup_steps=1)
+    res = clip_train.train_clip(*pairs(8), params)
+    clip_train.save_trained(res, params, tmp_path / "m", {"key": "k1"})
+    assert clip_train.kept_checkpoint(tmp_path / "m", "k1")["key"] == "k1"
+    assert clip_train.kept_checkpoint(tmp_path / "m", "k2") is None
+    (tmp_path / "m" / clip_train.CHECKPOINT).unlink()
+    assert clip_train.kept_checkpoint(tmp_path / "m", "k1") is None
+    assert clip_train.kept_checkpoint(tmp_path / "nothing", "k1") is None

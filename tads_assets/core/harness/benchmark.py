@@ -117,6 +117,21 @@ def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
     return _row(scores, "metrics")
 
 
+def mean_over_runs(rows: Sequence[dict[str, float]]) -> dict:
+    """One subset's Table 1 columns from several CLIPs trained on it (training seeds): each column's mean, the
+    number of runs (`repeats`), their averages (`average_runs`) and the standard deviation of those (`average_sd`,
+    None for one run). The
+    runs must share their columns: they see the same samples, so the naming rule names the same classes."""
+    if not rows:
+        raise ValueError("mean_over_runs: no runs")
+    columns = list(rows[0])
+    if any(list(r) != columns for r in rows[1:]):
+        raise ValueError(f"mean_over_runs: the runs' columns differ ({[list(r) for r in rows]})")
+    averages = [r["average"] for r in rows]
+    return {**{c: float(np.mean([r[c] for r in rows])) for c in columns}, "repeats": len(rows),
+            "average_sd": float(np.std(averages, ddof=1)) if len(rows) > 1 else None, "average_runs": averages}
+
+
 def chance_row(scores: Sequence[TaskScores]) -> dict[str, float]:
     """The same columns for a guess (each metric's chance level)."""
     return _row(scores, "chance")

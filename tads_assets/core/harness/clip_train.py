@@ -18,7 +18,9 @@ writes a subset as WebDataset shards plus an open_clip CSV, for open_clip's own 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 import math
 import tarfile
@@ -262,8 +264,40 @@ def smooth(values: Sequence[float], window: int = 10) -> list[float]:
     return list((c[1:] - c[lo]) / (np.arange(1, len(v) + 1) - lo))
 
 
+def training_key(selection_digest: str, device: str, **recipe) -> str:
+    """A content key of one from-scratch training: the selection's digest, the recipe (seed included) and where it
+    runs. CPU training is deterministic for a thread count, so the count is part of the key; a GPU's is not, and
+    there the key says "the same recipe on the same data"."""
+    threads = torch.get_num_threads() if device.split(":")[0] == "cpu" else 0
+    spec = {"uids": selection_digest, **recipe, "device": device.split(":")[0], "threads": threads}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def pairs_digest(uids: Sequence[str], captions: Sequence[str], blobs: Sequence[bytes]) -> str:
+    """What a training sees of its subset, in its order (the order seeds the epochs' permutations): every uid,
+    caption and encoded image."""
+    h = hashlib.sha256()
+    for uid, caption, blob in zip(uids, captions, blobs, strict=True):
+        for part in (uid.encode(), caption.encode(), blob):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()
+
+
+def kept_checkpoint(out_dir: str | Path, key: str) -> dict | None:
+    """The info of the checkpoint under `out_dir` when it was trained under `key` (weights present), else None:
+    a rematerialization with the same subset, recipe and seed keeps it instead of training it again."""
+    out_dir = Path(out_dir)
+    try:
+        info = json.loads((out_dir / INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if info.get("key") == key and (out_dir / CHECKPOINT).exists() else None
+
+
 def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, extra: dict | None = None) -> dict:
-    """The model's weights (safetensors, never pickle) and what it took to train it; replaced atomically."""
+    """The model's weights (safetensors, never pickle) and what it took to train it (its smoothed loss curve
+    included); replaced atomically."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -277,6 +311,7 @@ def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, 
             write_json_atomic(config, staging / "model_config" / f"{params.model}.json")
         info = {"params": dataclasses.asdict(params), "samples_seen": result.samples_seen, "steps": result.steps,
                 "epochs": result.epochs, "seconds": result.seconds, "final_loss": result.loss_per_step[-1],
+                "loss_curve": [round(x, 5) for x in smooth(result.loss_per_step)],
                 **(extra or {})}
         write_json_atomic(info, staging / INFO)
     return info
@@ -284,7 +319,6 @@ def save_trained(result: TrainResult, params: TrainParams, out_dir: str | Path, 
 
 def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[ClipModelEncoder, dict]:
     """A trained_clip checkpoint as an encoder, rebuilt from the stored model config (no download)."""
-    import json
 
     from safetensors.torch import load_file
 

@@ -41,11 +41,9 @@ def target_key(uids: Sequence[str], tasks_sha256: str, model: str, budget_sample
                seed: int, device: str) -> str:
     """What the target's scores depend on: the selection (its uids: the pool's content enters through them), the
     task file, the training recipe, and where it runs (CPU training is deterministic for a thread count)."""
-    threads = torch.get_num_threads() if device == "cpu" else 0
-    spec = {"uids": hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest(), "tasks_sha256": tasks_sha256,
-            "model": model, "budget_samples_seen": budget_samples_seen, "validation_items": validation_items,
-            "seed": seed, "device": device.split(":")[0], "threads": threads}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    return clip_train.training_key(hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest(), device,
+                                   tasks_sha256=tasks_sha256, model=model, budget_samples_seen=budget_samples_seen,
+                                   validation_items=validation_items, seed=seed)
 
 
 def cached_target_scores(cache_dir: str | Path, key: str, compute: Callable[[], dict[str, float]],

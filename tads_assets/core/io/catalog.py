@@ -259,12 +259,13 @@ class Subsets(Output):
 
 @dataclass(frozen=True)
 class TrainedClips(Output):
-    """trained_clip: one checkpoint folder per method."""
+    """trained_clip: one checkpoint folder per method; with `repeats` > 1 the further training seeds' folders
+    under `repeats/METHOD/I` (the first seed's stays where a single run's is)."""
 
     dir: Path
 
-    def of(self, method: str) -> Path:
-        return self.dir / method
+    def of(self, method: str, repeat: int = 0) -> Path:
+        return self.dir / method if repeat == 0 else self.dir / "repeats" / method / str(repeat)
 
 
 @dataclass(frozen=True)
