@@ -77,6 +77,23 @@ def test_each_labelling_function_flags_its_known_bad_row_and_abstains_on_ordinar
     assert L[9, col["lf_image_unmatched"]] == ABSTAIN
 
 
+def test_the_vague_caption_cut_is_its_own_robust_z_below_the_pools_median():
+    feats = pool_features()
+    c = feats["concreteness"].to_numpy()
+    sigma = 1.4826 * np.median(np.abs(c - np.median(c)))
+    shifted = feats.with_columns(pl.Series("concreteness", np.where(np.arange(len(c)) == 5, np.median(c) - 2.5 * sigma, c)))
+
+    def vague(params):
+        (lf,) = [lf for lf in ws.labelling_functions(shifted, params) if lf.name == "lf_vague_caption"]
+        return lf
+
+    default = vague(ws.WeakParams())
+    assert default.threshold == pytest.approx(np.median(shifted["concreteness"].to_numpy()) - 2.0 * sigma, rel=0.02)
+    assert default.vote(shifted)[5] == BAD  # 2.5 robust sigmas below: a vague caption at the default (2)
+    assert vague(ws.WeakParams(vague_sigmas=3.0)).vote(shifted)[5] == ABSTAIN  # not an outlier at 3
+    assert vague(ws.WeakParams(outlier_sigmas=1.0)).threshold == pytest.approx(default.threshold)  # its own setting
+
+
 def test_disabled_lfs_leave_the_label_model_and_are_validated():
     feats = pool_features()
     every = [lf.name for lf in ws.labelling_functions(feats, ws.WeakParams(disabled_lfs=""))]
