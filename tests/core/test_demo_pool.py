@@ -191,8 +191,8 @@ def test_two_processes_asking_for_the_demo_pool_at_once_get_one_pool(tmp_path):
     config = DemoConfig(n_samples=60, seed=1, shard_size=30, fashion_val=10, fashion_test=10, digits_val=10,
                         digits_test=10, captions_val=10, captions_test=10)
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        manifests = pool.starmap(_ensure, [(str(tmp_path / "demo"), config)] * 2)
+    with ctx.Pool(2) as pool:  # a worker that dies leaves starmap waiting for ever: fail after 10 minutes instead
+        manifests = pool.starmap_async(_ensure, [(str(tmp_path / "demo"), config)] * 2).get(timeout=600)
     assert manifests[0] == manifests[1]
     assert sorted(p.name for p in (tmp_path / "demo" / "pool").iterdir()) == ["00000.tar", "00001.tar"]
 
