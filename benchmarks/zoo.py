@@ -249,11 +249,13 @@ def retrain(h: Path, name: str, seed: int, n: int, repeats: int, methods: list[s
         raise SystemExit(f"{name} seed {seed}: benchmark_scores failed")
 
 
-def contiguous(methods: list[str]) -> list[str]:
-    """`methods` in partition order; they must be a contiguous run of trained_clip's partitions (one range run)."""
+def contiguous(methods: list[str] | None) -> list[str]:
+    """`methods` in partition order (None: every partition); they must be a contiguous run of trained_clip's
+    partitions (one range run)."""
     from tads_assets.train_eval import training_partitions
 
     keys = training_partitions.get_partition_keys()
+    methods = methods or keys
     unknown = sorted(set(methods) - set(keys))
     if unknown:
         raise SystemExit(f"--methods: {', '.join(unknown)} not a trained_clip partition ({', '.join(keys)})")
@@ -352,10 +354,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root).resolve() if args.root else home(None) / "zoo"
     t_all = time.perf_counter()
-    methods = contiguous(args.methods) if args.methods else None
-    if args.stage == "retrain" and methods is None:
-        from tads_assets.train_eval import training_partitions
-        methods = training_partitions.get_partition_keys()
+    methods = contiguous(args.methods) if args.stage == "retrain" else None
     results: dict[str, list[dict]] = {}
     for name in args.pools:
         for seed in args.seeds:

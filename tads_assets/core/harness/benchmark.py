@@ -120,8 +120,8 @@ def headline(scores: Sequence[TaskScores]) -> dict[str, float]:
 def mean_over_runs(rows: Sequence[dict[str, float]]) -> dict:
     """One subset's Table 1 columns from several CLIPs trained on it (training seeds): each column's mean, the
     number of runs (`repeats`), their averages (`average_runs`) and the standard deviation of those (`average_sd`,
-    None for one run). The
-    runs must share their columns: they see the same samples, so the naming rule names the same classes."""
+    None for one run). The runs must share their columns: they see the same samples, so the naming rule names the
+    same classes."""
     if not rows:
         raise ValueError("mean_over_runs: no runs")
     columns = list(rows[0])
