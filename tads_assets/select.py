@@ -303,10 +303,11 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "per_iteration": table(per_iteration), "cluster_advantages": table(adv_rows),
         "value_distribution": MetadataValue.md(histogram_markdown({"v(x)": v}, "data value v(x)", "v")),
         "final_selection_rate": rounded(v.mean()),
-        "init": MetadataValue.text(config.init if res.prior_loss is None else
-                                   f"prior {res.prior} ({row_label(res.prior)}"
+        "init": MetadataValue.text(config.init if res.prior is None else
+                                   f"{config.init} {res.prior} ({row_label(res.prior)}"
                                    + (", chosen by the target model" if res.prior_trials else "")
-                                   + f"; BCE {res.prior_loss:.4f}, Spearman {res.prior_spearman:.3f})"),
+                                   + ("; θ₀ is the row exactly, FDO learns a correction" if res.prior_loss is None
+                                      else f"; BCE {res.prior_loss:.4f}") + f", Spearman {res.prior_spearman:.3f})"),
         "prior_choice": table(res.prior_trials) if res.prior_trials else MetadataValue.text(
             "init constant: no static row" if res.prior is None else f"prior {config.prior}"
             + (" without a target model: the first candidate" if config.prior == "auto" else "")),

@@ -218,7 +218,8 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     assert sig.a.tolist() == pytest.approx([cos[u] for u in sig.uids.tolist()])  # a is each pair's own cosine
     assert info["alignment_stats"] == pytest.approx([sig.a.mean(), sig.a.std() + 1e-8], rel=1e-6)
     assert meta["streams"].value.startswith("E_q, E_r, E_d, E_a")
-    assert meta["init"].value.startswith(f"prior {info['prior']} (") and "chosen by the target model" in meta["init"].value
+    assert meta["init"].value.startswith(f"residual {info['prior']} (") and "chosen by the target model" in meta["init"].value
+    assert "θ₀ is the row exactly" in meta["init"].value and info["config"]["prior_skip"]
     scores = pl.read_parquet(paths.catalog.trained_dvn.path)
     kept = pl.read_parquet(paths.catalog.final_subset.path)
     # the default budget: 36 % of the readable raw pool (not of what dedup left), shared with the baselines

@@ -66,7 +66,7 @@ def test_the_trained_values_rank_the_known_good_samples_first():
     assert res.v.shape == (len(good),) and np.all((res.v > 0) & (res.v < 1))
     top = np.argsort(-res.v)[: int(0.3 * len(good))]
     assert good[top].mean() > good.mean() + 0.2  # the DVN's top 30 % is far richer in good samples than the pool
-    assert len(res.history) == 4 and res.prior_loss is not None and res.reward_top_final == pytest.approx(good[top].mean() * 2, abs=0.05)
+    assert len(res.history) == 4 and res.prior == "q_r_d_a" and res.reward_top_final == pytest.approx(good[top].mean() * 2, abs=0.05)
 
 
 def test_equal_inputs_give_equal_values_and_a_task_mismatch_is_refused():
@@ -145,7 +145,10 @@ def test_the_alignment_stream_orders_what_quality_cannot():
     tasks = [Task("a"), Task("b")]
     share = {}
     for stream, prior in ((True, "q_r_d_a"), (False, "q_r_d")):
-        res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(alignment_stream=stream, prior=prior))
+        # ten updates (the default): the residual DVN's correction starts at zero and needs them to reorder the row
+        params = Algorithm1Params(fdo=FdoParams(meta_iterations=10, probe_clusters=6, rate=0.3), fdo_clusters=8,
+                                  alignment_stream=stream, prior=prior)
+        res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), params)
         share[stream] = good[np.argsort(-res.v)[: int(0.3 * len(good))]].mean()
         assert (res.alignment_stats is not None) == stream
     assert share[True] > 0.9 and share[False] < good.mean() + 0.25, share
@@ -212,3 +215,22 @@ def test_prior_auto_leaves_out_a_task_the_target_stays_at_chance_on():
     res = run_algorithm1(sig, tasks, reward, _params(prior_candidates="q_r_d_a,a"), target_scores=lambda m: next(scores))
     assert res.prior == "a" and [t["tasks counted"] for t in res.prior_trials] == ["a", "a"]
     assert [t["J target (validation)"] for t in res.prior_trials] == pytest.approx([0.35, 0.37])
+
+
+def test_residual_init_starts_from_the_rows_own_top_share_and_learns_a_correction():
+    # init "prior" fits θ₀ to the row (its top share differs from the row's at the boundary); "residual" adds the row's
+    # logits to a correction that starts at zero: θ₀'s top share is the row's exactly, and the updates still move v
+    sig, good = _signals()
+    tasks = [Task("a"), Task("b")]
+    row = sig.static(("q", "r", "d", "a"))
+    selection_top = np.argsort(-row)[: int(0.3 * len(row))]
+    for init in ("prior", "residual"):
+        params = Algorithm1Params(fdo=FdoParams(meta_iterations=4, probe_clusters=6, rate=0.3, keep_best=False),
+                                  fdo_clusters=8, init=init, prior="q_r_d_a")
+        res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), params)
+        same = len(np.intersect1d(np.argsort(-res.v0)[: len(selection_top)], selection_top)) / len(selection_top)
+        if init == "residual":
+            assert same == 1.0 and res.prior_spearman == pytest.approx(1.0) and res.prior_loss is None
+            assert res.net.config.prior_skip and np.abs(res.v - res.v0).max() > 1e-3  # FDO moved it
+        else:
+            assert same < 1.0 and not res.net.config.prior_skip

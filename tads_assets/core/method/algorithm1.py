@@ -4,7 +4,9 @@ meta-iterations, score every sample with the trained Data Value Network.
     net  = DataValueNetwork(...)                        eq. 13, v_θ = σ(MLP([E_q(q), E_r(h_r), E_d(d), E_a(a)]))
     row  = the candidate static row whose top budget share trains the best target model on the validation sets
                                                         (prior "auto", with a target scorer; else the named row)
-    θ₀   = fit_prior(net, that static ranking)          (init "prior"; "constant": v ≈ budget everywhere)
+    θ₀   = fit_prior(net, that static ranking)          (init "prior"; "residual": v = σ(p_row(x) + MLP(...)) with
+                                                         the MLP's output 0 at θ₀, so θ₀ is the row exactly;
+                                                         "constant": v ≈ budget everywhere)
     φ_k ← φ_k · a_k                                     (task alignment, when a target scorer is given)
     for t in 1..T:  S ~ Bernoulli(v) at the budget;  J(S) (eq. 14-15);  g_C by finite differences (eq. 16);
                     Adam step on the eq. 17 policy loss                       (fdo.train_dvn)
@@ -29,7 +31,7 @@ from tads_assets.core.method import dvn, fdo, proxy, selection
 from tads_assets.core.method.fdo import FdoParams
 from tads_assets.core.vectors import kmeans_clusters
 
-INITS = ("prior", "constant")
+INITS = ("prior", "residual", "constant")
 CLUSTER_SPACES = ("inputs", "embeddings")
 # the static rows θ₀ can start from: Table 2's (selection.ABLATIONS), Q+R+A, and the alignment alone (clip_score's
 # signal over the deduplicated pool)
@@ -42,7 +44,11 @@ class Algorithm1Params:
     """What Algorithm 1 is run with besides the reward. `fdo.rate` is the data budget."""
 
     fdo: FdoParams = field(default_factory=FdoParams)
-    init: str = "prior"  # θ₀: "prior" fits v to the static ranking `prior` first; "constant": v ≈ the budget everywhere
+    # θ₀: "prior" fits v to the static ranking `prior` first (Spearman ≈ 0.95: its top share differs from the row's
+    # at the boundary); "residual" adds the row's logits to the network's output, which starts at zero, so θ₀ selects
+    # exactly the row's top share and FDO learns a correction to it (a deliberate variant); "constant": v ≈ the
+    # budget everywhere
+    init: str = "residual"
     # the static row θ₀ starts from (PRIOR_ROWS; "q_r_d" is the paper's three signals), or "auto": each row of
     # `prior_candidates` selects its top budget share, the target model trains on each (task alignment's target,
     # trained_dvn's task_alignment "target"), and the row whose model scores the highest J on the tasks' validation
@@ -70,7 +76,7 @@ class Algorithm1Params:
             raise ValueError(f"prior_candidates must name rows of {tuple(PRIOR_ROWS)} (comma-separated), got "
                              f"{self.prior_candidates!r}")
         rows = self.candidates() if self.prior == PRIOR_AUTO else (self.prior,)
-        if self.init == "prior" and not self.alignment_stream and any("a" in PRIOR_ROWS[r] for r in rows):
+        if self.init != "constant" and not self.alignment_stream and any("a" in PRIOR_ROWS[r] for r in rows):
             raise ValueError(f"prior {self.prior!r} ({', '.join(rows)}) ranks by the alignment a, which the DVN sees "
                              "only with alignment_stream on: switch it on, or set prior 'q_r_d' too (the paper's "
                              "network and θ₀)")
@@ -209,6 +215,7 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
                              "cosine of pool_embeddings): load it, or set alignment_stream False")
         a_stats = dvn.value_stats(sig.a)
     inputs = dvn.standardise_inputs(sig.q, sig.h_r, sig.d, stats, sig.a if params.alignment_stream else None, a_stats)
+    residual = params.init == "residual"
     if params.fdo_cluster_space == "inputs":
         clusters = fdo.input_space_groups(inputs, params.fdo_clusters, seed=params.seed)
     else:
@@ -218,22 +225,28 @@ def run_algorithm1(sig: selection.Signals, tasks, reward, params: Algorithm1Para
     torch.manual_seed(params.seed)
     net = dvn.DataValueNetwork(dvn.DvnConfig(n_tasks=len(tasks), embed_dim=params.embed_dim,
                                              hidden_dim=params.hidden_dim, init_rate=params.fdo.rate,
-                                             alignment_stream=params.alignment_stream))
+                                             alignment_stream=params.alignment_stream, prior_skip=residual))
     prior_loss = prior_rho = row = chosen = None
     trials: list[dict] = []
-    if params.init == "prior":
+    if params.init != "constant":
         row = params.prior
         if row == PRIOR_AUTO:
             # a target scorer comes with the head proxy, whose reward holds the tasks' validation sets
             row, trials, chosen = choose_prior(sig, tasks, params, target_scores,
                                                reward.val if target_scores is not None else [], progress)
         prior = sig.static(PRIOR_ROWS[row])
-        prior_loss = dvn.fit_prior(net, inputs, prior, seed=params.seed)
+        if residual:  # the network's streams see (q, h_r, log d[, a]); the row's logits enter after the fusion MLP
+            logits = torch.as_tensor(dvn.prior_logits(prior, params.fdo.rate).astype(np.float32))
+            inputs = (*inputs, None, logits) if len(inputs) == 3 else (*inputs, logits)
+        else:
+            prior_loss = dvn.fit_prior(net, inputs, prior, seed=params.seed)
     with torch.no_grad():
         v0 = net(*inputs).double().numpy()
-    if prior_loss is not None:
+    if row is not None:
         prior_rho = spearman(v0, prior)
-        progress(f"θ₀ fitted to the static {row_label(row)} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
+        progress(f"θ₀ is the static {row_label(row)} ranking itself (residual: v = σ(p_row + MLP), the MLP's output 0 at "
+                 f"θ₀; Spearman {prior_rho:.3f})" if residual else
+                 f"θ₀ fitted to the static {row_label(row)} ranking (BCE {prior_loss:.4f}, Spearman {prior_rho:.3f})")
     alignment = []
     if target_scores is not None:
         if chosen is not None:  # the chosen row's selection trained the target already (prior "auto")

@@ -30,6 +30,10 @@ class DvnConfig:
     hidden_dim: int = 32
     init_rate: float = BUDGET_FRACTION  # v starts near this everywhere: the fusion bias is logit(init_rate)
     alignment_stream: bool = False  # True: E_a(a), the variant's fourth stream (Algorithm1Params turns it on)
+    # True: a per-sample prior logit p(x) (a static row's, `prior_logits`) is added to the fusion MLP's output,
+    # whose last layer starts at zero, so v_θ = σ(p(x) + MLP(...)) is exactly σ(p) at θ₀ and the feedback loop
+    # learns a correction to the row (Algorithm1Params init "residual", a deliberate variant)
+    prior_skip: bool = False
 
 
 def _stream(n_in: int, dim: int) -> nn.Sequential:
@@ -50,11 +54,15 @@ class DataValueNetwork(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(streams * config.embed_dim, config.hidden_dim), nn.GELU(),
                                   nn.Linear(config.hidden_dim, 1))
         with torch.no_grad():
-            self.fuse[-1].weight.mul_(0.1)
-            self.fuse[-1].bias.fill_(math.log(config.init_rate / (1 - config.init_rate)))
+            if config.prior_skip:  # the correction starts at zero: θ₀ is the prior logit itself
+                self.fuse[-1].weight.zero_()
+                self.fuse[-1].bias.zero_()
+            else:
+                self.fuse[-1].weight.mul_(0.1)
+                self.fuse[-1].bias.fill_(math.log(config.init_rate / (1 - config.init_rate)))
 
     def logits(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor, a: torch.Tensor | None = None,
-               ) -> torch.Tensor:
+               prior: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.e_q(q[:, None]), self.e_r(h_r), self.e_d(d[:, None])]
         if self.e_a is not None:
             if a is None:
@@ -62,11 +70,19 @@ class DataValueNetwork(nn.Module):
             parts.append(self.e_a(a[:, None]))
         elif a is not None:
             raise ValueError("this Data Value Network has no alignment stream (alignment_stream False), yet a was given")
-        return self.fuse(torch.cat(parts, dim=1)).squeeze(1)
+        out = self.fuse(torch.cat(parts, dim=1)).squeeze(1)
+        if self.config.prior_skip:
+            if prior is None:
+                raise ValueError("this Data Value Network corrects a prior logit (prior_skip): pass the samples' "
+                                 "prior logits (dvn.prior_logits of the static row it was trained from)")
+            return out + prior
+        if prior is not None:
+            raise ValueError("this Data Value Network has no prior skip (prior_skip False), yet prior logits were given")
+        return out
 
     def forward(self, q: torch.Tensor, h_r: torch.Tensor, d: torch.Tensor, a: torch.Tensor | None = None,
-                ) -> torch.Tensor:
-        return torch.sigmoid(self.logits(q, h_r, d, a))
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.logits(q, h_r, d, a, prior))
 
 
 def standardise_inputs(q: np.ndarray, h_r: np.ndarray, d: np.ndarray, stats: tuple[float, float] | None = None,
@@ -154,17 +170,25 @@ def load_dvn(out_dir) -> tuple[DataValueNetwork, dict]:
     return net.eval(), info
 
 
-def fit_prior(net: DataValueNetwork, inputs: tuple, prior_score: np.ndarray, sharpness: float = 2.0, steps: int = 300,
-              lr: float = 1e-2,
-              seed: int = 0) -> float:
+PRIOR_SHARPNESS = 2.0
+
+
+def prior_logits(prior_score: np.ndarray, rate: float, sharpness: float = PRIOR_SHARPNESS) -> np.ndarray:
+    """The logits of a static ranking at a selection rate: sharpness·z(prior) + logit(rate), z standardised over
+    the pool — what `fit_prior` regresses v_θ onto, and what a `prior_skip` network adds to its output."""
+    s = np.asarray(prior_score, np.float64)
+    return sharpness * (s - s.mean()) / (s.std() + 1e-12) + math.log(rate / (1 - rate))
+
+
+def fit_prior(net: DataValueNetwork, inputs: tuple, prior_score: np.ndarray, sharpness: float = PRIOR_SHARPNESS,
+              steps: int = 300, lr: float = 1e-2, seed: int = 0) -> float:
     """θ₀ of Algorithm 1 from a static policy: regress v_θ onto σ(z(prior) + logit(init_rate)), i.e. the
     equal-weight static ranking (Algorithm1Params.prior) at the DVN's initial selection rate, by binary
     cross-entropy. The feedback loop then starts from Table 2's static row and has to improve on it. Returns the
     final loss."""
     torch.manual_seed(seed)
-    rate = net.config.init_rate
-    z = sharpness * (np.asarray(prior_score, np.float64) - np.mean(prior_score)) / (np.std(prior_score) + 1e-12)
-    target = torch.sigmoid(torch.as_tensor(z + math.log(rate / (1 - rate)), dtype=torch.float32))
+    target = torch.sigmoid(torch.as_tensor(prior_logits(prior_score, net.config.init_rate, sharpness),
+                                           dtype=torch.float32))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loss = torch.zeros(())
     for _ in range(steps):
