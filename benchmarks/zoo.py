@@ -163,23 +163,34 @@ def dedup_rows(h: Path, rules: list[str]) -> list[dict]:
 BASELINES = ("no_filter", "random", "clip_score", "semdedup", "dbp", "quality_only")
 
 
-def criteria(name: str, cells: dict[str, tuple[float, float]]) -> list[str]:
-    """Issue 20's Table 1 criteria for one pool from {method: (mean, std)} over seeds."""
+def criteria(name: str, cells: dict[str, tuple[float, float]], per_seed: dict[str, list[float]] | None = None,
+             ) -> list[str]:
+    """Issue 20's Table 1 criteria for one pool from {method: (mean, std)} over seeds: "beyond one std" is the
+    difference of the means against the larger of the two stds over seeds (unpaired, the verdict). With
+    `per_seed` ({method: one average per pool seed, in seed order}) each comparison also shows the paired
+    differences: every method of a seed ran on the same pool, whose level they share (docs/results.md)."""
     def beyond(a: str, b: str) -> tuple[float, float, bool]:
         delta, one_std = cells[a][0] - cells[b][0], max(cells[a][1], cells[b][1])
         return delta, one_std, delta > one_std
+
+    def paired(b: str) -> str:
+        if not per_seed or len(per_seed.get(b, [])) < 2:
+            return ""
+        diffs = [t - x for t, x in zip(per_seed["tads"], per_seed[b])]
+        mean, std = mean_std(diffs)
+        return f"; paired per seed {' / '.join(f'{d:+.2f}' for d in diffs)}, {mean:+.2f} +- {std:.2f}"
 
     base = [b for b in BASELINES if b in cells]
     best = max(base, key=lambda b: cells[b][0])
     delta, one_std, _ = beyond("tads", best)
     lines = [f"TADS vs the best baseline ({best}): {delta:+.2f} (one std {one_std:.2f}) -> "
              + ("at least every baseline" if delta >= 0 else "within one std of the best" if -delta <= one_std
-                else "BELOW the best baseline beyond one std")]
+                else "BELOW the best baseline beyond one std") + paired(best)]
     must = ["random", "no_filter"] + (["clip_score", "quality_only"] if name == "task_minority" else [])
     for b in must:
         if b in cells:
             d, s, ok = beyond("tads", b)
-            lines.append(f"TADS > {b} beyond one std: {'yes' if ok else 'NO'} ({d:+.2f}, one std {s:.2f})")
+            lines.append(f"TADS > {b} beyond one std: {'yes' if ok else 'NO'} ({d:+.2f}, one std {s:.2f}{paired(b)})")
     return lines
 
 
@@ -416,7 +427,8 @@ def main() -> None:
             cells = {m: mean_std([r["table1"][m] for r in runs]) for m in methods}
             print(f"  {name:<15} " + ", ".join(f"{m} {a:.2f} +- {s:.2f}" for m, (a, s) in
                                                sorted(cells.items(), key=lambda kv: -kv[1][0])))
-            for line in criteria(name, cells) + column_note(runs, args.seeds):
+            per_seed = {m: [r["table1"][m] for r in runs] for m in methods}
+            for line in criteria(name, cells, per_seed) + column_note(runs, args.seeds):
                 print(f"    {line}")
     print(f"\nzoo: {time.perf_counter() - t_all:.0f} s in all")
 
