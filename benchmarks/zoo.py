@@ -424,10 +424,10 @@ def main() -> None:
         print(f"\nTable 1 average over seeds {', '.join(map(str, args.seeds))} (mean +- std)")
         for name, runs in results.items():
             methods = runs[0]["table1"]
-            cells = {m: mean_std([r["table1"][m] for r in runs]) for m in methods}
+            per_seed = {m: [r["table1"][m] for r in runs] for m in methods}
+            cells = {m: mean_std(values) for m, values in per_seed.items()}
             print(f"  {name:<15} " + ", ".join(f"{m} {a:.2f} +- {s:.2f}" for m, (a, s) in
                                                sorted(cells.items(), key=lambda kv: -kv[1][0])))
-            per_seed = {m: [r["table1"][m] for r in runs] for m in methods}
             for line in criteria(name, cells, per_seed) + column_note(runs, args.seeds):
                 print(f"    {line}")
     print(f"\nzoo: {time.perf_counter() - t_all:.0f} s in all")

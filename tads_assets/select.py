@@ -306,7 +306,7 @@ def _dvn_metadata(res, config, rate: float, reward, scores: pl.DataFrame, cat, d
         "init": MetadataValue.text(config.init if res.prior is None else
                                    f"{config.init} {res.prior} ({row_label(res.prior)}"
                                    + (", chosen by the target model" if res.prior_trials else "")
-                                   + ("; θ₀ is the row exactly, FDO learns a correction" if res.prior_loss is None
+                                   + ("; θ₀ is the row exactly, FDO learns a correction" if config.init == "residual"
                                       else f"; BCE {res.prior_loss:.4f}") + f", Spearman {res.prior_spearman:.3f})"),
         "prior_choice": table(res.prior_trials) if res.prior_trials else MetadataValue.text(
             "init constant: no static row" if res.prior is None else f"prior {config.prior}"

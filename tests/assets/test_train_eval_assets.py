@@ -17,8 +17,7 @@ from tads_assets.select import STATIC_ABLATIONS
 from tads_assets.core.io import embeddings as lance_tables
 from tads_assets.core.io.catalog import Catalog
 from tads_assets.core.io.ledger import Ledger
-from tads_assets.select import baseline_subsets
-from tads_assets.select import trained_dvn
+from tads_assets.select import baseline_subsets, trained_dvn
 from tads_assets.train_eval import checkpoints, trained_clip
 from tests.assets.conftest import DVN, SELECT, TRAIN_TWO_SEEDS, UPSTREAM, resources_for
 from tads_assets.core.io.tasks import task_set_hash
