@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, Me
 
 from resources import Budget, ClipEncoder, TadsPaths, TorchDevice, one_writer, one_writer_per_partition
 from tads_assets.config import config_from, params_of
-from tads_assets.core.harness import baselines, clip_proxy, clip_train
+from tads_assets.core.harness import baselines, benchmark, clip_proxy, clip_train
 from tads_assets.core.harness.baselines import BaselineParams
 from tads_assets.core.harness.target_alignment import cached_target_scores, target_key, target_scores
 from tads_assets.core.io import embeddings, eval_sets
@@ -141,8 +141,9 @@ TrainedDvnConfig = config_from(
 
 
 def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw_pool: RawPool,
-            pool_embeddings: PoolEmbeddings, clip_encoder: ClipEncoderDir, frozen_cache, log):
-    """The proxy of the chosen mode, as an object with reward(mask) → (J, per-task Eval_k)."""
+            pool_embeddings: PoolEmbeddings, clip_encoder: ClipEncoderDir, frozen_cache, log, unnamed=None):
+    """The proxy of the chosen mode, as an object with reward(mask) → (J, per-task Eval_k); classification tasks
+    scored over the classes the benchmark scores (`unnamed` left out, `_unnamed_classes`)."""
     if config.proxy_mode == "head":
         if clip_encoder.is_builtin():  # its heads were fitted on this pool: the proxy trains on the frozen features
             frame = embeddings.load_current_frozen_features(raw_pool.dir, frozen_cache).select("uid", "image_feat", "text_feat")
@@ -156,7 +157,7 @@ def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw
         if joined[columns[0]].null_count():
             raise ValueError(f"{joined[columns[0]].null_count()} deduplicated samples have no proxy features: "
                              "rematerialize clip_encoder and pool_embeddings")
-        val = proxy.validation_tasks(tasks, enc_i, enc_t, "validation", config.validation_items, config.seed)
+        val = proxy.validation_tasks(tasks, enc_i, enc_t, "validation", config.validation_items, config.seed, unnamed)
         params = params_of(config, ProxyParams, prefix="proxy_", seed=config.seed)
         return proxy.ProxyEnsemble(*embeddings.arrays(joined, *columns), val, params, config.reward_repeats, dev)
     if config.proxy_mode == "full":
@@ -166,7 +167,7 @@ def _reward(config, encoder: ClipEncoder, dev: str, tasks, uids: np.ndarray, raw
         images = clip_train.preprocess_images(pairs["bytes"].to_list(), preprocess, log)
         return clip_proxy.ClipProxy(make_model, images, tokenizer(pairs["caption"].to_list()), tasks,
                                     eval_sets.load_eval_sets(tasks, "validation"), config.full_budget_samples_seen,
-                                    seed=config.seed, device=dev)
+                                    seed=config.seed, device=dev, unnamed=unnamed)
     raise ValueError(f"trained_dvn: proxy_mode must be 'head' or 'full', got {config.proxy_mode!r}")
 
 
@@ -197,8 +198,9 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
     rate = draw_rate(budget, raw_pool.height(), len(sig.uids), log)
     params = params_of(config, Algorithm1Params, fdo=params_of(config, FdoParams, rate=rate))
     check_tasks(sig, tasks)
+    unnamed = _unnamed_classes(config, tasks, raw_pool, log, lambda m: context.log.warning(f"trained_dvn: {m}"))
     reward = _reward(config, encoder, dev, tasks, sig.uids, raw_pool, pool_embeddings, clip_encoder, cat.frozen_cache_dir,
-                     context.log.info)
+                     context.log.info, unnamed)
     target, target_cache = None, Counter()
     if config.task_alignment == "target" and config.proxy_mode == "head":
         def target(mask):
@@ -207,9 +209,10 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
             def train():
                 pairs = raw_pool.rows(uids)
                 return target_scores(pairs["bytes"].to_list(), pairs["caption"].to_list(), tasks, config.target_model,
-                                     config.target_budget_samples_seen, config.validation_items, config.seed, dev, log)
+                                     config.target_budget_samples_seen, config.validation_items, config.seed, dev, log,
+                                     unnamed)
             key = target_key(uids, digest, config.target_model, config.target_budget_samples_seen,
-                             config.validation_items, config.seed, dev)
+                             config.validation_items, config.seed, dev, unnamed)
             scores, hit = cached_target_scores(cat.target_cache_dir, key, train, log)
             target_cache["cached" if hit else "trained"] += 1
             return scores
@@ -231,6 +234,7 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
                  "draw_rate": rounded(rate)})
     if target_cache:
         meta["target_models"] = MetadataValue.text(", ".join(f"{n} {k}" for k, n in sorted(target_cache.items())))
+    meta["classes_scored"] = MetadataValue.text(_classes_scored(tasks, unnamed, config.target_budget_samples_seen))
     blind = [r for r in res.alignment if r.get("proxy_at_chance")]
     meta["tasks_at_chance"] = MetadataValue.text(", ".join(r["task"] for r in blind) or "none")
     for r in blind:
@@ -239,6 +243,50 @@ def trained_dvn(context: AssetExecutionContext, config: TrainedDvnConfig, paths:
             f"chance {r['chance']:.3f}), so its weight in eq. 15 is {r['φ_k in J']:.2f} and the selection ignores it: "
             "check that its class names and prompts describe what its images show, or give it a larger validation set")
     return MaterializeResult(metadata=meta)
+
+
+VOCABULARY_CAPTIONS = 200_000  # captions the naming rule counts words in (a seeded sample of larger pools)
+
+
+def _unnamed_classes(config, tasks, raw_pool: RawPool, log, warn) -> dict[str, list[str]]:
+    """Per classification task, the classes the benchmark leaves out of its score (`benchmark.NAMING_RULE` for the
+    target model's tokenizer at target_budget_samples_seen, over the pool's captions: the words a CLIP trained from
+    scratch on this pool can know). Algorithm 1's validation sets leave them out too, so the rows, the task
+    alignment and the reward are judged on the metric Table 1 reports. A task left with fewer than two classes is
+    scored over all of them (the benchmark has no metric for it), with a warning."""
+    if not any(t.kind == "classification" for t in tasks):
+        return {}
+    captions = raw_pool.scan().select("caption").collect()["caption"]
+    if len(captions) > VOCABULARY_CAPTIONS:
+        captions = captions.sample(VOCABULARY_CAPTIONS, seed=config.seed)
+    vocabulary = benchmark.Vocabulary.of_captions(captions.to_list(), clip_train.get_tokenizer(config.target_model))
+    unnamed = benchmark.unnamed_classes(tasks, vocabulary, config.target_budget_samples_seen)
+    out = {}
+    for t in tasks:
+        left = unnamed.get(t.name)
+        if not left:
+            continue
+        if len(t.classes) - len(left) < 2:
+            warn(f"WARNING task {t.name!r}: the pool's captions name fewer than two of its classes ({', '.join(left)} "
+                "unnamed), so the benchmark has no metric for it; Algorithm 1 scores it over all its classes")
+            continue
+        out[t.name] = left
+        log(f"task {t.name!r}: {', '.join(left)} left out of its validation score, as the benchmark leaves them out "
+            f"of its test score (no word for them in the pool's captions at {config.target_budget_samples_seen} "
+            "samples seen)")
+    return out
+
+
+def _classes_scored(tasks, unnamed: dict[str, list[str]], samples_seen: int) -> str:
+    parts = []
+    for t in tasks:
+        if t.kind != "classification":
+            continue
+        left = unnamed.get(t.name, [])
+        named = [c for c in t.classes if c not in left]
+        parts.append(f"{t.name}: {len(named)} of {len(t.classes)}" + (f" ({', '.join(left)} unnamed)" if left else ""))
+    return ("; ".join(parts) + f" — the benchmark's naming rule at {samples_seen} samples seen") if parts else \
+        "no classification task"
 
 
 MAX_DRAW_RATE = 0.95  # with a budget at or above the candidates there is nothing to select; the draws still need room

@@ -203,13 +203,17 @@ def test_trained_dvn_and_final_subset_select_at_most_the_budget_and_account_for_
     # top budget share trained the best target CLIP on the validation sets (prior "auto"), each candidate in the UI
     trials = info["prior_trials"]
     assert info["config"]["alignment_stream"] and info["prior_setting"] == "auto"
-    assert [t["row"] for t in trials] == ["q_r_d_a", "q_r_a", "q_r_d", "a"]
+    assert [t["row"] for t in trials] == ["q_r_d_a", "q_r_a", "q_r_d", "q_r", "q", "a"]
     assert [t["row"] for t in trials if t["chosen"]] == [info["prior"]]
     assert max(trials, key=lambda t: t["J target (validation)"])["row"] == info["prior"]
     # J over chance of the tasks some candidate's target learns (the demo task file's φ_k are all 1)
     assert all(t["J target (validation)"] == pytest.approx(sum(t[f"Eval_k {k}"] - align[k]["chance"]
                                                                for k in t["tasks counted"].split(", "))) for t in trials)
-    assert meta["target_models"].value == "4 trained" and len(meta["prior_choice"].value.records) == 4
+    assert meta["target_models"].value == "6 trained" and len(meta["prior_choice"].value.records) == 6
+    # validation scored as the benchmark scores its test sets: over the classes the pool's captions name
+    scored = dict(re.findall(r"(\w+): (\d+) of \d+", meta["classes_scored"].value))
+    assert set(scored) == {"fashion", "digits"} and "naming rule at 8192 samples seen" in meta["classes_scored"].value
+    assert all(align[k]["chance"] == pytest.approx(1 / int(n)) for k, n in scored.items())
     sig = lance_tables.load_signals(paths.catalog.quality_scores.path, paths.catalog.relevance_vectors.connect(),
                                     paths.catalog.cluster_diversity.path, paths.catalog.pool_embeddings.connect())
     cos = lance_tables.read_embeddings(paths.catalog.pool_embeddings.connect(), ("uid", "heldout_pair_cos"))

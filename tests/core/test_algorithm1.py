@@ -156,7 +156,7 @@ def test_the_alignment_stream_orders_what_quality_cannot():
 
 def test_prior_auto_starts_from_the_row_whose_selection_trains_the_best_target():
     # a tells the good samples apart and q does not: of the candidate rows, the alignment alone gives the target the
-    # richest selection, so θ₀ starts from it; its target run also serves the task alignment (4 trainings, not 5)
+    # richest selection, so θ₀ starts from it; its target run also serves the task alignment (6 trainings, not 7)
     sig, good = _signals(seed=1)
     rng = np.random.default_rng(3)
     sig = replace(sig, q=rng.random(len(good)), a=np.where(good, rng.normal(0.6, 0.1, len(good)),
@@ -169,14 +169,16 @@ def test_prior_auto_starts_from_the_row_whose_selection_trains_the_best_target()
         return {"a": float(good[mask].mean()), "b": float(good[mask].mean())}
 
     res = run_algorithm1(sig, tasks, GoodSamplesReward(good, tasks), _params(), target_scores=target)
-    assert res.prior == "a" and [t["row"] for t in res.prior_trials] == ["q_r_d_a", "q_r_a", "q_r_d", "a"]
-    assert [t["chosen"] for t in res.prior_trials] == [False, False, False, True]
-    assert len(calls) == 4  # one target training per candidate, none more for the task alignment
+    rows = ["q_r_d_a", "q_r_a", "q_r_d", "q_r", "q", "a"]
+    assert res.prior == "a" and [t["row"] for t in res.prior_trials] == rows
+    assert [t["chosen"] for t in res.prior_trials] == [r == "a" for r in rows]
+    assert len(calls) == 6  # one target training per candidate, none more for the task alignment
     j = [t["J target (validation)"] for t in res.prior_trials]
-    # J over chance (0.25: four classes), φ_k 1 and 2; Q+R+D is blind to a
-    assert j[3] == max(j) and j[3] == pytest.approx(3 * (good[calls[3]].mean() - 0.25)) and j[2] < j[3] - 0.3
+    # J over chance (0.25: four classes), φ_k 1 and 2; Q+R+D, Q+R and Q are blind to a
+    assert j[5] == max(j) and j[5] == pytest.approx(3 * (good[calls[5]].mean() - 0.25))
+    assert max(j[2:5]) < j[5] - 0.3
     assert good[np.argsort(-res.v0)[: int(0.3 * len(good))]].mean() > 0.9  # θ₀ follows the chosen row
-    assert [r["Eval_k target"] for r in res.alignment] == pytest.approx([good[calls[3]].mean()] * 2)
+    assert [r["Eval_k target"] for r in res.alignment] == pytest.approx([good[calls[5]].mean()] * 2)
 
 
 def test_prior_auto_without_a_target_takes_the_first_candidate_and_ties_go_to_the_earlier():
@@ -202,6 +204,10 @@ def test_prior_candidates_are_checked():
     with pytest.raises(ValueError, match="alignment_stream on"):
         _params(alignment_stream=False, prior_candidates="q_r_d,a")
     assert _params(alignment_stream=False, prior_candidates="q_r_d, q_r").candidates() == ("q_r_d", "q_r")
+    # by default every Table 2 row competes for θ₀, beside Q+R+A and the alignment alone
+    from tads_assets.core.method import selection
+
+    assert set(Algorithm1Params().candidates()) == set(selection.ABLATIONS) | {"q_r_a", "a"}
 
 
 def test_prior_auto_leaves_out_a_task_the_target_stays_at_chance_on():

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,11 @@ def test_classification_is_scored_over_the_classes_the_pool_names():
     assert every.chance["top1"] == pytest.approx(1 / 3) and every.n == 30
     assert named.metrics == {"top1": 1.0} and named.chance["top1"] == 0.5 and named.n == 20
     assert named.info["unnamed_classes"] == "footwear" and named.info["items_left_out"] == 10
+    decided = bm.evaluate_task(task, es, encode_images, encode_texts, unnamed=["footwear"])  # decided beforehand
+    assert (decided.metrics, decided.chance, decided.n) == (named.metrics, named.chance, named.n)
+    tasks = [SimpleNamespace(name="cat", kind="classification", classes=classes),
+             SimpleNamespace(name="products", kind="retrieval", classes=[])]
+    assert bm.unnamed_classes(tasks, vocab, 93) == {"cat": ["footwear"]}  # retrieval has no classes to name
     none = bm.evaluate_task({**task, "name": "coarse", "classes": ["top", "footwear", "bottom"]}, es, encode_images,
                             lambda texts: np.stack([unit(np.ones(8))] * len(texts)), vocab, samples_seen=93)
     assert none.metrics == {} and "unnamed_classes" in none.info
@@ -157,3 +164,25 @@ def test_several_training_seeds_give_each_columns_mean_and_the_averages_spread()
     assert bm.mean_over_runs(runs[:1])["average_sd"] is None
     with pytest.raises(ValueError, match="columns differ"):
         bm.mean_over_runs([runs[0], {"a/top1": 1.0, "average": 1.0}])
+
+
+def test_algorithm1_leaves_out_the_classes_the_benchmark_leaves_out_and_warns_where_none_would_be_left():
+    """trained_dvn's rule (`select._unnamed_classes`) is the benchmark's, over the pool's captions at the target's
+    samples seen; a task that would keep fewer than two classes is scored over all of them, with a warning."""
+    import polars as pl
+
+    from tads_assets.select import TrainedDvnConfig, _classes_scored, _unnamed_classes
+
+    captions = ["a red dress", "a black bag", "a dress, front view"] * 20 + ["leather boots"]
+    pool = SimpleNamespace(scan=lambda: pl.LazyFrame({"caption": captions}))
+    tasks = [SimpleNamespace(name="garment", kind="classification", classes=["top", "dress", "bag", "footwear"]),
+             SimpleNamespace(name="shoes", kind="classification", classes=["boots", "sandal"]),
+             SimpleNamespace(name="products", kind="retrieval", classes=[])]
+    config = TrainedDvnConfig(target_budget_samples_seen=610)  # 10 x the 61 captions: "boots" met 10 times
+    logs, warnings = [], []
+    unnamed = _unnamed_classes(config, tasks, pool, logs.append, warnings.append)
+    assert unnamed == {"garment": ["top", "footwear"]}
+    assert len(logs) == 1 and "'garment': top, footwear left out" in logs[0]
+    assert len(warnings) == 1 and "'shoes'" in warnings[0] and "scores it over all its classes" in warnings[0]
+    text = _classes_scored(tasks, unnamed, 610)
+    assert text.startswith("garment: 2 of 4 (top, footwear unnamed); shoes: 2 of 2 —") and "610 samples seen" in text

@@ -241,3 +241,30 @@ def test_a_task_at_chance_is_told_apart_from_one_the_proxy_learned():
     # garment_category on the outside catalogue pool: 0.190 top-1 with 5 classes over 200 validation items
     assert at_chance(0.190, 0.2, 200) and at_chance(0.24, 0.2, 200)  # 0.24 is within 2 standard errors (0.057)
     assert not at_chance(0.30, 0.2, 200) and not at_chance(0.37, 0.1, 1000)
+
+
+def test_validation_tasks_leave_out_the_classes_the_benchmark_leaves_out(demo_dir):
+    """Algorithm 1 judges rows, task alignment and rewards on the metric Table 1 reports: a class the benchmark
+    leaves out (no word for it in the pool) loses its items and prompts, labels follow the classes kept, chance
+    follows their count; with fewer than two classes kept the task is scored over all of them."""
+    from tads_assets.core.io.tasks import load_task_set
+    from tads_assets.core.method.proxy import chance_levels, validation_tasks
+
+    tasks = load_task_set(demo_dir / "tasks.yaml")
+    fashion = next(t for t in tasks if t.name == "fashion")
+    one_hot = lambda n: (lambda xs: np.eye(n, dtype=np.float32)[np.arange(len(xs)) % n])  # noqa: E731
+    every = validation_tasks(tasks, one_hot(7), one_hot(5), max_items=10_000)
+    left_out = list(fashion.classes[:7])
+    kept = validation_tasks(tasks, one_hot(7), one_hot(5), max_items=10_000, unnamed={"fashion": left_out})
+    f_every, f_kept = (next(v for v in val if v.name == "fashion") for val in (every, kept))
+    assert f_every.n_classes == len(fashion.classes) and f_kept.n_classes == len(fashion.classes) - 7
+    assert set(f_kept.labels.tolist()) == set(range(f_kept.n_classes))  # remapped onto the classes kept
+    gone = int(np.isin(f_every.labels, np.arange(7)).sum())
+    assert 0 < gone and len(f_kept.labels) == len(f_every.labels) - gone
+    assert len(f_kept.prompt_feats) == f_kept.n_classes * len(fashion.templates)
+    assert chance_levels(kept)["fashion"] == pytest.approx(1 / f_kept.n_classes)
+    others = [(a.name, len(a.image_feats)) for a in every if a.name != "fashion"]
+    assert [(a.name, len(a.image_feats)) for a in kept if a.name != "fashion"] == others  # other tasks untouched
+    lone = validation_tasks(tasks, one_hot(7), one_hot(5), max_items=10_000,
+                            unnamed={"fashion": list(fashion.classes[1:])})
+    assert next(v for v in lone if v.name == "fashion").n_classes == len(fashion.classes)

@@ -24,5 +24,8 @@ def test_the_key_follows_the_selection_the_tasks_and_the_recipe_not_the_uid_orde
     k = target_key(**base)
     assert target_key(**{**base, "uids": ["b", "a"]}) == k
     for change in ({"uids": ["a", "c"]}, {"tasks_sha256": "t2"}, {"model": "TADS-Tiny-RN"},
-                   {"budget_samples_seen": 4096}, {"seed": 1}, {"validation_items": 500}):
+                   {"budget_samples_seen": 4096}, {"seed": 1}, {"validation_items": 500},
+                   {"unnamed": {"garment": ["top"]}}):
         assert target_key(**{**base, **change}) != k, change
+    # every class scored: the key of before (cached targets stay valid), whichever way "none left out" is said
+    assert target_key(**base, unnamed={}) == target_key(**base, unnamed={"garment": []}) == k

@@ -58,20 +58,30 @@ class Vocabulary:
                 if any(self.counts.get(t, 0) < need for t in set(_ids(row)) - special)]
 
 
+def unnamed_classes(tasks, vocabulary: Vocabulary, samples_seen: int) -> dict[str, list[str]]:
+    """Per classification task, the class names a model trained for `samples_seen` samples on the vocabulary's pool
+    has no word for (NAMING_RULE): the classes the benchmark leaves out of its score. Algorithm 1 scores its
+    validation sets the same way (`proxy.validation_tasks`), so the selection is chosen on the metric it is
+    reported with."""
+    return {t.name: vocabulary.unnamed(list(t.classes), samples_seen) for t in tasks if t.kind == "classification"}
+
+
 def _ids(row) -> list[int]:
     return [int(t) for t in np.asarray(row) if int(t) != 0]
 
 
 def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode_texts: Callable,
-                  vocabulary: Vocabulary | None = None, samples_seen: int = 0) -> TaskScores:
+                  vocabulary: Vocabulary | None = None, samples_seen: int = 0,
+                  unnamed: Sequence[str] | None = None) -> TaskScores:
     """Score one task (a task entry of the task file, docs/architecture.md) on one of its held-out sets. With a
     `vocabulary` (and the model's `samples_seen`), a classification task is scored over the classes its training
-    named (NAMING_RULE)."""
+    named (NAMING_RULE); `unnamed`: those left out, decided already (`unnamed_classes`)."""
     if task["kind"] == "classification":
         classes, templates = list(task["classes"]), list(task["templates"])
         if (eval_set.labels < 0).any():
             raise ValueError(f"task {task['name']}: {int((eval_set.labels < 0).sum())} samples have no class label")
-        unnamed = vocabulary.unnamed(classes, samples_seen) if vocabulary is not None else []
+        if unnamed is None:
+            unnamed = vocabulary.unnamed(classes, samples_seen) if vocabulary is not None else []
         named = [i for i, c in enumerate(classes) if c not in unnamed]
         info = {"unnamed_classes": ", ".join(unnamed)} if unnamed else {}
         if len(named) < 2:
@@ -98,8 +108,10 @@ HEADLINE_METRICS = {"classification": ("top1", "top5"), "retrieval": ("i2t_r1", 
 
 
 def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images: Callable,
-                   encode_texts: Callable, vocabulary: Vocabulary | None = None, samples_seen: int = 0) -> list[TaskScores]:
-    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary, samples_seen)
+                   encode_texts: Callable, vocabulary: Vocabulary | None = None, samples_seen: int = 0,
+                   unnamed: dict[str, Sequence[str]] | None = None) -> list[TaskScores]:
+    return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary, samples_seen,
+                          (unnamed or {}).get(t.name) if unnamed is not None else None)
             for t in tasks]
 
 

@@ -82,6 +82,14 @@ def create_model(name: str = DEFAULT_MODEL, device: str = "cpu", config_file: Pa
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
+def get_tokenizer(name: str = DEFAULT_MODEL):
+    """The tokenizer `create_model(name)` returns, without building the model."""
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    return open_clip.get_tokenizer(name)
+
+
 def preprocess_images(blobs: Sequence[bytes], preprocess, progress: Callable[[str], None] = log.info) -> torch.Tensor:
     """Decode and preprocess every image once (float32 at the model's input size: 48 KiB per image at 64 px)."""
     out, t0, last = [], time.perf_counter(), time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,9 +19,11 @@ from tads_assets.core.method import proxy
 
 def target_scores(images: Sequence[bytes], captions: Sequence[str], tasks, model: str, budget_samples_seen: int,
                   validation_items: int, seed: int, device: str,
-                  progress: Callable[[str], None] = lambda m: None) -> dict[str, float]:
+                  progress: Callable[[str], None] = lambda m: None,
+                  unnamed: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
     """Eval_k per task of `model` trained from a seeded initialisation on the given pairs for
-    `budget_samples_seen` samples seen (`clip_train.TrainParams`' other defaults, as trained_clip)."""
+    `budget_samples_seen` samples seen (`clip_train.TrainParams`' other defaults, as trained_clip); a
+    classification task over the classes the benchmark scores (`unnamed` left out, `proxy.validation_tasks`)."""
     torch.manual_seed(seed)
     net, preprocess, tokenizer = clip_train.create_model(model, device)
     params = clip_train.TrainParams(model=model, budget_samples_seen=budget_samples_seen, seed=seed)
@@ -30,7 +32,8 @@ def target_scores(images: Sequence[bytes], captions: Sequence[str], tasks, model
     res = clip_train.train_on_tensors(net, clip_train.preprocess_images(list(images), preprocess, progress),
                                       tokenizer(list(captions)), params, device, progress=progress)
     enc = clip_train.ClipModelEncoder(res.model, preprocess, tokenizer, device)
-    val = proxy.validation_tasks(tasks, enc.encode_images, enc.encode_texts, "validation", validation_items, seed)
+    val = proxy.validation_tasks(tasks, enc.encode_images, enc.encode_texts, "validation", validation_items, seed,
+                                unnamed)
     return proxy.evaluate_embeddings(val, lambda x: x, lambda x: x)
 
 
@@ -38,12 +41,15 @@ log = logging.getLogger(__name__)
 
 
 def target_key(uids: Sequence[str], tasks_sha256: str, model: str, budget_samples_seen: int, validation_items: int,
-               seed: int, device: str) -> str:
+               seed: int, device: str, unnamed: Mapping[str, Sequence[str]] | None = None) -> str:
     """What the target's scores depend on: the selection (its uids: the pool's content enters through them), the
-    task file, the training recipe, and where it runs (CPU training is deterministic for a thread count)."""
+    task file, the training recipe, where it runs (CPU training is deterministic for a thread count) and the
+    classes each task is scored over (`unnamed` left out)."""
+    left_out = {k: sorted(v) for k, v in sorted((unnamed or {}).items()) if v}
     return clip_train.training_key(hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest(), device,
                                    tasks_sha256=tasks_sha256, model=model, budget_samples_seen=budget_samples_seen,
-                                   validation_items=validation_items, seed=seed)
+                                   validation_items=validation_items, seed=seed,
+                                   **({"unnamed": left_out} if left_out else {}))  # every class scored: the key of before
 
 
 def cached_target_scores(cache_dir: str | Path, key: str, compute: Callable[[], dict[str, float]],

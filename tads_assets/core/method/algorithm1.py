@@ -55,7 +55,8 @@ class Algorithm1Params:
     # sets is θ₀'s (a deliberate variant: which signals pay differs between pools, see choose_prior). Without a
     # target scorer "auto" takes the first candidate.
     prior: str = PRIOR_AUTO
-    prior_candidates: str = "q_r_d_a,q_r_a,q_r_d,a"  # comma-separated PRIOR_ROWS, for prior "auto"
+    # comma-separated PRIOR_ROWS, for prior "auto": every Table 2 row, Q+R+A and the alignment alone
+    prior_candidates: str = "q_r_d_a,q_r_a,q_r_d,q_r,q,a"
     # E_a(a) in the DVN (a deliberate variant of eq. 13); False with prior "q_r_d": the paper's network and θ₀
     alignment_stream: bool = True
     fdo_clusters: int = 20  # groups perturbed by eq. 16 (k-means; coarser than the diversity clusters)

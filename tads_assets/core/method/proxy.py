@@ -13,7 +13,7 @@ belongs on a GPU: `tads_assets.core.harness.clip_proxy`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -386,20 +386,30 @@ def alignment_factors(target: dict[str, float], proxy_scores: dict[str, float], 
 
 
 def validation_tasks(tasks, encode_images, encode_texts, split: str = "validation", max_items: int = 1000,
-                     seed: int = 0) -> list[ValTask]:
+                     seed: int = 0, unnamed: Mapping[str, Sequence[str]] | None = None) -> list[ValTask]:
     """Each task's held-out set of `split` as the proxy's frozen features (`encode_images`/`encode_texts`: the
     builtin encoder's FrozenTowers features, or the open_clip encoder's embeddings — whatever the pool's
-    proxy features are), at most `max_items` per task (a seeded sample), encoded once per DVN training."""
+    proxy features are), at most `max_items` per task (a seeded sample), encoded once per DVN training.
+    `unnamed` (task → class names, `benchmark.unnamed_classes`): a classification task is scored over its other
+    classes only, their items and prompts, as the benchmark scores its test set — unless fewer than two classes
+    would be left (the benchmark then has no metric for the task; it is scored over all its classes here)."""
     out = []
     for t in tasks:
         es = read_eval_set(t.sets[split], t.classes)
-        keep = np.sort(np.random.default_rng(seed).permutation(len(es.images))[:max_items])
+        named = list(range(len(t.classes)))
+        if t.kind == "classification":
+            left_out = set((unnamed or {}).get(t.name, ()))
+            named = [i for i, c in enumerate(t.classes) if c not in left_out]
+            named = named if len(named) >= 2 else list(range(len(t.classes)))
+        eligible = (np.flatnonzero(np.isin(es.labels, named)) if len(named) < len(t.classes)
+                    else np.arange(len(es.images)))
+        keep = eligible[np.sort(np.random.default_rng(seed).permutation(len(eligible))[:max_items])]
         images = [es.images[i] for i in keep]
         image_feats = encode_images(images)
         if t.kind == "classification":
-            prompts = [tpl.format(c) for c in t.classes for tpl in t.templates]
-            out.append(ValTask(t.name, t.kind, t.weight, image_feats, labels=es.labels[keep],
-                               prompt_feats=encode_texts(prompts), n_classes=len(t.classes)))
+            prompts = [tpl.format(t.classes[i]) for i in named for tpl in t.templates]
+            out.append(ValTask(t.name, t.kind, t.weight, image_feats, labels=np.searchsorted(named, es.labels[keep]),
+                               prompt_feats=encode_texts(prompts), n_classes=len(named)))
         else:
             captions = [es.captions[i] for i in keep]
             out.append(ValTask(t.name, t.kind, t.weight, image_feats, caption_feats=encode_texts(captions),
