@@ -17,6 +17,7 @@ writes a subset as WebDataset shards plus an open_clip CSV, for open_clip's own 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -72,14 +73,21 @@ def create_model(name: str = DEFAULT_MODEL, device: str = "cpu", config_file: Pa
     if open_clip.get_model_config(name) is None:
         raise ValueError(f"unknown CLIP model config {name!r}: use one of TADS's ({', '.join(p.stem for p in sorted(MODEL_CONFIG_DIR.glob('*.json')))}) "
                          f"or an open_clip config name such as ViT-B-16 (open_clip.list_models())")
+    with _quiet_open_clip():  # "No pretrained weights loaded": random init is the point here
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        return model, preprocess, open_clip.get_tokenizer(name)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs through the root logger (config lookups, tokenizer parsing, missing weights): errors only."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded": random init is the point here
+    root.setLevel(logging.ERROR)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        yield
     finally:
         root.setLevel(level)
-    return model, preprocess, open_clip.get_tokenizer(name)
 
 
 def get_tokenizer(name: str = DEFAULT_MODEL):
@@ -87,7 +95,8 @@ def get_tokenizer(name: str = DEFAULT_MODEL):
     import open_clip
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
-    return open_clip.get_tokenizer(name)
+    with _quiet_open_clip():
+        return open_clip.get_tokenizer(name)
 
 
 def preprocess_images(blobs: Sequence[bytes], preprocess, progress: Callable[[str], None] = log.info) -> torch.Tensor:
