@@ -68,7 +68,8 @@ def main() -> None:
     subsets = {"tads": tads_uids}
     info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
     # θ₀'s static row (prior "auto" may have chosen one outside Table 2's, e.g. Q+R+A): a row of its own here
-    prior_key = info.get("prior", "q_r_d") if info.get("init", "prior") == "prior" else None
+    init = info.get("init", "prior")
+    prior_key = info.get("prior", "q_r_d") if init in ("prior", "residual") else None
     rows = dict(ROWS)
     if prior_key and prior_key not in rows.values():
         rows = {**{k: v for k, v in ROWS.items() if v != "tads"}, row_label(prior_key): prior_key, "full (FDO)": "tads"}
@@ -121,8 +122,10 @@ def main() -> None:
               if other in summary}
     fdo_vs_static = versus["Q+R+D"]  # the paper's: the feedback loop against its three signals
     fdo_vs_prior = versus.get(prior)
-    print("\nθ₀ of the DVN " + (f"was fitted to the static {prior} row: FDO has to beat it to earn its place"
-                                if prior else "started from a constant v (init: constant)"))
+    print("\nθ₀ of the DVN " + (f"selects the static {prior} row's top share exactly (init: residual): FDO learns a "
+                                "correction to it, which has to beat it to earn its place" if prior and init == "residual"
+                                else f"was fitted to the static {prior} row (init: prior): FDO has to beat it to earn "
+                                "its place" if prior else "started from a constant v (init: constant)"))
     print()
     for v in versus.values():
         print(f"FDO vs {v['versus']}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f}); "
