@@ -122,10 +122,10 @@ def main() -> None:
               if other in summary}
     fdo_vs_static = versus["Q+R+D"]  # the paper's: the feedback loop against its three signals
     fdo_vs_prior = versus.get(prior)
-    print("\nθ₀ of the DVN " + (f"selects the static {prior} row's top share exactly (init: residual): FDO learns a "
-                                "correction to it, which has to beat it to earn its place" if prior and init == "residual"
-                                else f"was fitted to the static {prior} row (init: prior): FDO has to beat it to earn "
-                                "its place" if prior else "started from a constant v (init: constant)"))
+    theta0 = {"residual": f"selects the static {prior} row's top share exactly (init: residual): FDO learns a "
+                          "correction to it, which has to beat it to earn its place",
+              "prior": f"was fitted to the static {prior} row (init: prior): FDO has to beat it to earn its place"}
+    print("\nθ₀ of the DVN " + (theta0[init] if prior else "started from a constant v (init: constant)"))
     print()
     for v in versus.values():
         print(f"FDO vs {v['versus']}: Δ {v['delta']:+.2f} (one std {v['one_std']:.2f}); "

@@ -28,6 +28,15 @@ RETRIEVAL_RULE = ("retrieval hits by caption identity (distinct captions as text
                   "the image's own")
 
 
+def named_items(classes: Sequence[str], labels: np.ndarray, unnamed: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """NAMING_RULE's cut of a labelled set: the classes scored (indices into `classes` of those not in `unnamed`,
+    ascending) and the items labelled with one of them. `np.searchsorted(named, labels[items])` maps their labels
+    onto the classes scored."""
+    left_out = set(unnamed)
+    named = [i for i, c in enumerate(classes) if c not in left_out]
+    return named, np.flatnonzero(np.isin(labels, named))
+
+
 def class_prototypes(text_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
     """Average each class's prompt embeddings (rows ordered class-major: class 0's templates first) and
     re-normalise: the zero-shot classifier's weights."""

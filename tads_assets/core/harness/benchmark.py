@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tads_assets.core.io.eval_sets import EvalSet
-from tads_assets.core.metrics import (NAMING_RULE, RETRIEVAL_RULE, TOP5_RULE, TaskScores, score_classification,
-                                      score_retrieval)
+from tads_assets.core.metrics import (NAMING_RULE, RETRIEVAL_RULE, TOP5_RULE, TaskScores, named_items,
+                                      score_classification, score_retrieval)
 
 
 METRICS_VERSION = 3  # 2-3: classification over the classes the pool names (NAMING_RULE); runs cached before are rescored
@@ -82,12 +82,11 @@ def evaluate_task(task: dict, eval_set: EvalSet, encode_images: Callable, encode
             raise ValueError(f"task {task['name']}: {int((eval_set.labels < 0).sum())} samples have no class label")
         if unnamed is None:
             unnamed = vocabulary.unnamed(classes, samples_seen) if vocabulary is not None else []
-        named = [i for i, c in enumerate(classes) if c not in unnamed]
+        named, items = named_items(classes, eval_set.labels, unnamed)
         info = {"unnamed_classes": ", ".join(unnamed)} if unnamed else {}
         if len(named) < 2:
             return TaskScores(task["name"], "classification", {}, {}, 0,
                               {"classes": len(classes), **info, "definition": NAMING_RULE})
-        items = np.flatnonzero(np.isin(eval_set.labels, named))
         labels = np.searchsorted(named, eval_set.labels[items])  # named is sorted: class index -> its position
         prompts = [t.format(classes[i]) for i in named for t in templates]
         scores = score_classification(task["name"], encode_images([eval_set.images[i] for i in items]), labels,
@@ -111,7 +110,7 @@ def evaluate_model(tasks: Sequence, eval_sets: dict[str, EvalSet], encode_images
                    encode_texts: Callable, vocabulary: Vocabulary | None = None, samples_seen: int = 0,
                    unnamed: dict[str, Sequence[str]] | None = None) -> list[TaskScores]:
     return [evaluate_task(t.as_dict(), eval_sets[t.name], encode_images, encode_texts, vocabulary, samples_seen,
-                          (unnamed or {}).get(t.name) if unnamed is not None else None)
+                          unnamed.get(t.name, []) if unnamed is not None else None)
             for t in tasks]
 
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from tads_assets.core.io.eval_sets import read_eval_set
 from tads_assets.core.method.encoder import HeadsConfig, ProjectionHeads
-from tads_assets.core.metrics import caption_groups, eval_k, retrieval_chance, score_classification, score_retrieval
+from tads_assets.core.metrics import (caption_groups, eval_k, named_items, retrieval_chance, score_classification,
+                                      score_retrieval)
 
 
 @dataclass
@@ -396,13 +397,10 @@ def validation_tasks(tasks, encode_images, encode_texts, split: str = "validatio
     out = []
     for t in tasks:
         es = read_eval_set(t.sets[split], t.classes)
-        named = list(range(len(t.classes)))
-        if t.kind == "classification":
-            left_out = set((unnamed or {}).get(t.name, ()))
-            named = [i for i, c in enumerate(t.classes) if c not in left_out]
-            named = named if len(named) >= 2 else list(range(len(t.classes)))
-        eligible = (np.flatnonzero(np.isin(es.labels, named)) if len(named) < len(t.classes)
-                    else np.arange(len(es.images)))
+        named, eligible = list(range(len(t.classes))), np.arange(len(es.images))
+        if t.kind == "classification" and (unnamed or {}).get(t.name):
+            cut = named_items(t.classes, es.labels, unnamed[t.name])
+            named, eligible = cut if len(cut[0]) >= 2 else (named, eligible)
         keep = eligible[np.sort(np.random.default_rng(seed).permutation(len(eligible))[:max_items])]
         images = [es.images[i] for i in keep]
         image_feats = encode_images(images)
