@@ -75,21 +75,25 @@ class SubsetTrainer:
         self.prepare_seconds = time.perf_counter() - t0
 
     def _cached(self, key: dict) -> dict | None:
+        """The last cached row of `key` (a later one may add the validation scores)."""
         if self._cache_path is None or not self._cache_path.exists():
             return None
+        found = None
         for line in self._cache_path.read_text().splitlines():
             entry = json.loads(line)
             if entry["key"] == key:
                 self.chance = self.chance or entry["chance"]
-                return entry["row"]
-        return None
+                found = entry["row"]
+        return found
 
-    def run(self, uids, seed: int) -> dict:
+    def run(self, uids, seed: int, validate=None) -> dict:
         """Table columns (percent) of a CLIP trained with `seed` on the given uids (from the runs cache when
-        this very subset was trained with this seed, model, budget, task set and thread count before)."""
+        this very subset was trained with this seed, model, budget, task set and thread count before).
+        `validate(encoder) -> {task: Eval_k}`: also scores the model on the tasks' validation sets (Algorithm 1's
+        scoring), kept in the row as "validation" (a cached row without it is trained again)."""
         key = {**self._cache_key, "seed": seed, "uids_sha256": uids_digest(uids)}
         row = self._cached(key)
-        if row is not None:
+        if row is not None and (validate is None or "validation" in row):
             return {**row, "cached": True}
         idx = torch.as_tensor([self.row_of[u] for u in uids])
         params = clip_train.TrainParams(model=self.model, budget_samples_seen=self.budget, seed=seed)
@@ -101,6 +105,8 @@ class SubsetTrainer:
                                           self.vocabulary, res.samples_seen)
         self.chance = self.chance or benchmark.chance_row(scores)
         row = {"samples": len(idx), "samples_seen": res.samples_seen, **benchmark.headline(scores)}
+        if validate is not None:
+            row["validation"] = validate(enc)
         if self._cache_path is not None:
             self._cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self._cache_path.open("a") as f:
@@ -120,7 +126,7 @@ def torch_threads() -> int:
 def summarise(results: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     """(markdown rows 'mean ± std', summary {method: {column: {mean, std}}}) of per-seed rows."""
     first = next(iter(results.values()))[0]
-    columns = [c for c in first if c not in ("samples", "samples_seen", "cached")]
+    columns = [c for c in first if c not in ("samples", "samples_seen", "cached", "validation")]
     table, summary = [], {}
     for method, rows in results.items():
         stats = {c: mean_std([r[c] for r in rows]) for c in columns}

@@ -154,28 +154,22 @@ def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
     a has to lead, where the pool is clean relevance and diversity matter more — and no fixed sum of standardised
     signals measured best on every pool of the zoo. Returns the row, one report row per candidate, and the
     winner's (target scores, selection mask) for the task alignment, which then needs no training of its own.
-    Without a target scorer: the first candidate, no trials."""
+    Without a target scorer: the first candidate, no trials. (One target CLIP a row: a second, or a runoff between
+    the two best, did not pick better rows on the zoo — benchmarks/row_choice.py, docs/results.md.)"""
     candidates = params.candidates()
     if target_scores is None:
         progress(f"θ₀'s static row: {row_label(candidates[0])}, the first candidate (prior 'auto' without a target "
                  "model to compare the candidates with)")
         return candidates[0], [], None
-    chance, n_val = proxy.chance_levels(val), _validation_sizes(val)
     results = []
     for row in candidates:
         mask = fdo.top_fraction(sig.static(PRIOR_ROWS[row]), params.fdo.rate)
         results.append((target_scores(mask), mask))
         progress(f"θ₀ candidate {row_label(row)}: target on its top {params.fdo.rate:.0%}: "
                  + ", ".join(f"{t.name} {results[-1][0][t.name]:.3f}" for t in tasks) + " on the validation sets")
-
-    def learned(k: str, score: float) -> bool:
-        n = n_val.get(k, 0)
-        return score > chance[k] if n <= 0 else not proxy.at_chance(score, chance[k], n)
-
-    counted = [t for t in tasks if any(learned(t.name, scores[t.name]) for scores, _ in results)] or list(tasks)
+    js, counted = candidate_j(tasks, [scores for scores, _ in results], proxy.chance_levels(val), _validation_sizes(val))
     trials = []
-    for row, (scores, _) in zip(candidates, results):
-        j = float(sum(t.weight * (scores[t.name] - chance[t.name]) for t in counted))
+    for row, (scores, _), j in zip(candidates, results, js):
         trials.append({"row": row, "signals": row_label(row), "J target (validation)": j,
                        **{f"Eval_k {t.name}": float(scores[t.name]) for t in tasks},
                        "tasks counted": ", ".join(t.name for t in counted)})
@@ -188,6 +182,20 @@ def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
              + (f"; {', '.join(left)} left out: the target stays at chance on it for every candidate" if left else "")
              + ")")
     return trials[best]["row"], trials, results[best]
+
+
+def candidate_j(tasks, scores: list[dict[str, float]], chance: dict[str, float], n_val: dict[str, int],
+                ) -> tuple[list[float], list]:
+    """J = Σ_k φ_k·(Eval_k − chance_k) of each candidate's target scores (`scores`, Eval_k per task on the
+    validation sets, whose chance levels and item counts — 0: unknown — are `chance` and `n_val`), over the tasks
+    at least one candidate's target learned (above chance beyond two binomial standard errors of its validation
+    items; all tasks when none did). Returns (J per candidate, the tasks counted)."""
+    def learned(k: str, score: float) -> bool:
+        n = n_val.get(k, 0)
+        return score > chance[k] if n <= 0 else not proxy.at_chance(score, chance[k], n)
+
+    counted = [t for t in tasks if any(learned(t.name, s[t.name]) for s in scores)] or list(tasks)
+    return [float(sum(t.weight * (s[t.name] - chance[t.name]) for t in counted)) for s in scores], counted
 
 
 def check_tasks(sig: selection.Signals, tasks) -> None:
