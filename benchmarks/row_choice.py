@@ -47,7 +47,8 @@ from tads_assets.core.io import eval_sets  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.method import fdo, proxy  # noqa: E402
-from tads_assets.core.method.algorithm1 import PRIOR_ROWS, Algorithm1Params, candidate_j, row_label  # noqa: E402
+from tads_assets.core.method.algorithm1 import (PRIOR_ROWS, Algorithm1Params, best_candidate,  # noqa: E402
+                                                candidate_j, row_label)
 from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
@@ -98,11 +99,6 @@ def measure_home(h: Path, seeds: int, model: str, budget: int, cache: bool, only
             "chosen_by_trained_dvn": info.get("prior"), "recorded_J": recorded}
 
 
-def argmax(values: list[float]) -> int:
-    """The first index of the highest value (choose_prior's tie rule: the earlier candidate)."""
-    return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
 def rules(m: dict, seeds: int, by: str = "J", fixed: bool = True) -> dict[str, tuple[float, float | None]]:
     """Per decision rule on the validation score `by` ("J": Algorithm 1's; "V": Table 1's average on the validation
     sets): (test average of its pick, every seed; the same over the seeds it did not see, or None)."""
@@ -119,17 +115,17 @@ def rules(m: dict, seeds: int, by: str = "J", fixed: bool = True) -> dict[str, t
         h = [held(i, seen) for i, seen in picks]
         return float(np.mean([test[i] for i, _ in picks])), (float(np.mean(h)) if all(x is not None for x in h) else None)
 
-    out = {"one target": over([(argmax(J[:, s].tolist()), (s,)) for s in range(seeds)])}
+    out = {"one target": over([(best_candidate(J[:, s].tolist()), (s,)) for s in range(seeds)])}
     if seeds >= 2:
         pairs = list(itertools.combinations(range(seeds), 2))
-        out["two targets"] = over([(argmax(J[:, list(p)].mean(axis=1).tolist()), p) for p in pairs])
+        out["two targets"] = over([(best_candidate(J[:, list(p)].mean(axis=1).tolist()), p) for p in pairs])
         picks = []
         for s, s2 in itertools.permutations(range(seeds), 2):
             top2 = sorted(np.argsort(-J[:, s], kind="stable")[:2].tolist())
-            picks.append((top2[argmax([J[i, [s, s2]].mean() for i in top2])], (s, s2)))
+            picks.append((top2[best_candidate([J[i, [s, s2]].mean() for i in top2])], (s, s2)))
         out["runoff"] = over(picks)
     if seeds >= 3:
-        out[f"{seeds} targets"] = over([(argmax(J.mean(axis=1).tolist()), tuple(range(seeds)))])
+        out[f"{seeds} targets"] = over([(best_candidate(J.mean(axis=1).tolist()), tuple(range(seeds)))])
     out = {f"{k} ({by})": v for k, v in out.items()}
     if fixed:
         out["oracle (test)"] = (float(test.max()), None)
@@ -176,7 +172,7 @@ def main() -> None:
     print(f"\nDecision rules over {len(homes)} home(s), {args.seeds} training seeds a row (test average of the row each "
           f"rule picks from the validation J alone)\n\n{md}")
     write_report(homes[0], "row_choice", md, {"seeds": args.seeds, "homes": measured,
-                                               "rules": {k: v for k, v in per_rule.items()}}, t_start)
+                                               "rules": per_rule}, t_start)
 
 
 if __name__ == "__main__":

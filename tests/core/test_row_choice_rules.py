@@ -35,4 +35,4 @@ def test_the_runoff_only_reaches_the_two_best_of_one_target_and_ties_go_to_the_e
     assert picks["two targets (J)"][0] == pytest.approx(35.0)
     # seed 0 first: finalists q (0.50) and q_r (0.45), mean J 0.40 against 0.395 → q; seed 1 first: a and q_r → a
     assert picks["runoff (J)"][0] == pytest.approx(0.5 * (30.0 + 35.0))
-    assert row_choice.argmax([0.3, 0.3, 0.1]) == 0
+    assert row_choice.best_candidate([0.3, 0.3, 0.1]) == 0

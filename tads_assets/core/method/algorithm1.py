@@ -173,7 +173,7 @@ def choose_prior(sig: selection.Signals, tasks, params: Algorithm1Params,
         trials.append({"row": row, "signals": row_label(row), "J target (validation)": j,
                        **{f"Eval_k {t.name}": float(scores[t.name]) for t in tasks},
                        "tasks counted": ", ".join(t.name for t in counted)})
-    best = max(range(len(trials)), key=lambda i: (trials[i]["J target (validation)"], -i))
+    best = best_candidate(js)
     for i, t in enumerate(trials):
         t["chosen"] = i == best
     left = [t.name for t in tasks if t not in counted]
@@ -196,6 +196,11 @@ def candidate_j(tasks, scores: list[dict[str, float]], chance: dict[str, float],
 
     counted = [t for t in tasks if any(learned(t.name, s[t.name]) for s in scores)] or list(tasks)
     return [float(sum(t.weight * (s[t.name] - chance[t.name]) for t in counted)) for s in scores], counted
+
+
+def best_candidate(js: list[float]) -> int:
+    """The index of the highest J; ties go to the earlier candidate."""
+    return max(range(len(js)), key=lambda i: (js[i], -i))
 
 
 def check_tasks(sig: selection.Signals, tasks) -> None:
