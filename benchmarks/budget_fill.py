@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SubsetTrainer, demo_truth, home, mean_std, took, write_report  # noqa: E402
 
 from tads_assets.core.harness import clip_train  # noqa: E402
+from tads_assets.core.harness.baselines import BaselineParams  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
 from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.method import fdo  # noqa: E402
@@ -46,7 +47,7 @@ from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.method.selection import static_score  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
-Q_CLEAN = 0.5  # q_φ's decision boundary: the quality model's P(clean) ≥ ½
+Q_CLEAN = BaselineParams.quality_threshold  # q_φ's decision boundary (P(clean) ≥ ½), quality_only's threshold
 
 
 def variants(sig, row: str, rate: float, shares: list[int]) -> dict[str, np.ndarray]:
