@@ -17,8 +17,10 @@ import tads_assets  # noqa: F401  (first: the torchvision shim)
 from tads_assets.core.harness import benchmark, clip_train
 from tads_assets.core.io import eval_sets
 from tads_assets.core.io.catalog import Catalog
-from tads_assets.core.io.embeddings import pool_with_vectors
+from tads_assets.core.io.embeddings import load_signals, pool_with_vectors
 from tads_assets.core.io.tasks import load_task_set
+from tads_assets.core.method.dvn import DVN_INFO
+from tads_assets.core.method.selection import Signals
 
 
 def home(arg: str | None) -> Path:
@@ -41,6 +43,17 @@ def load_demo_pool_with_vectors(tads_home: Path) -> tuple[pl.DataFrame, np.ndarr
     truth = pl.read_parquet(truth_path).select("uid", "kind", "duplicate_of", "source", "label")
     pool = pool.join(truth, on="uid", how="left", maintain_order="left")
     return pool, image, text
+
+
+def home_signals(cat: Catalog) -> Signals:
+    """The deduplicated pool's per-sample signals (q_φ, relevance, diversity, alignment) of a finished home."""
+    return load_signals(cat.quality_scores.path, cat.relevance_vectors.connect(), cat.cluster_diversity.path,
+                        cat.pool_embeddings.connect())
+
+
+def dvn_info(cat: Catalog) -> dict:
+    """What trained_dvn recorded (dvn_info.json): θ₀'s row, its candidates' trials, the FDO budget rate, ..."""
+    return json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

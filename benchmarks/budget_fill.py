@@ -26,7 +26,6 @@ from each home's reports/runs_cache.jsonl. Writes reports/budget_fill.{md,json} 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,15 +34,13 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, demo_truth, home, mean_std, took, write_report  # noqa: E402
+from _common import SubsetTrainer, demo_truth, dvn_info, home, home_signals, mean_std, took, write_report  # noqa: E402
 
 from tads_assets.core.harness import clip_train  # noqa: E402
 from tads_assets.core.harness.baselines import BaselineParams  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
-from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.method import fdo  # noqa: E402
 from tads_assets.core.method.algorithm1 import PRIOR_ROWS, row_label  # noqa: E402
-from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.method.selection import static_score  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
@@ -86,13 +83,12 @@ def decompose(row_uids: set, clip_uids: set, deduped: set, truth: pl.DataFrame |
 
 def measure_home(h: Path, seeds: int, shares: list[int], row: str | None, cache: bool) -> dict:
     cat = Catalog(h)
-    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
+    info = dvn_info(cat)
     row = row or info.get("prior")
     if row not in PRIOR_ROWS:
         raise SystemExit(f"{h}: trained_dvn recorded no static row (prior {row!r}); pass --row")
     rate = float(info["fdo"]["rate"])
-    sig = load_signals(cat.quality_scores.path, cat.relevance_vectors.connect(), cat.cluster_diversity.path,
-                       cat.pool_embeddings.connect())
+    sig = home_signals(cat)
     subsets = {name: sig.uids[m].tolist() for name, m in variants(sig, row, rate, shares).items()}
     for method in ("clip_score", "tads"):
         subsets[method] = cat.subsets.of(method).scan().select("uid").collect()["uid"].to_list()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,16 +39,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, home, mean_std, took, write_report  # noqa: E402
+from _common import SubsetTrainer, dvn_info, home, home_signals, mean_std, took, write_report  # noqa: E402
 
 from tads_assets.core.harness import benchmark, clip_train  # noqa: E402
 from tads_assets.core.io import eval_sets  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
-from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.method import fdo, proxy  # noqa: E402
 from tads_assets.core.method.algorithm1 import (PRIOR_ROWS, Algorithm1Params, best_candidate,  # noqa: E402
                                                 candidate_j, row_label)
-from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
 VALIDATION_ITEMS = 1000  # trained_dvn's validation_items default
@@ -58,11 +55,10 @@ VALIDATION_ITEMS = 1000  # trained_dvn's validation_items default
 def measure_home(h: Path, seeds: int, model: str, budget: int, cache: bool, only: list[str] | None) -> dict:
     """Per candidate row: validation Eval_k and the test average of a CLIP per training seed."""
     cat = Catalog(h)
-    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
+    info = dvn_info(cat)
     rows = only or [t["row"] for t in info.get("prior_trials") or []] or list(Algorithm1Params().candidates())
     rate = float(info["fdo"]["rate"])
-    sig = load_signals(cat.quality_scores.path, cat.relevance_vectors.connect(), cat.cluster_diversity.path,
-                       cat.pool_embeddings.connect())
+    sig = home_signals(cat)
     trainer = SubsetTrainer(h, model, budget, cache=cache)
     unnamed = benchmark.unnamed_classes(trainer.tasks, trainer.vocabulary, budget)
     levels: dict = {}

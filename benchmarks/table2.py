@@ -20,7 +20,6 @@ Writes TADS_HOME/reports/table2.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,15 +29,14 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SubsetTrainer, beats, demo_truth, home, summarise, took, write_report  # noqa: E402
+from _common import (SubsetTrainer, beats, demo_truth, dvn_info, home, home_signals, summarise, took,  # noqa: E402
+                     write_report)
 
 from tads_assets.core.harness import clip_train  # noqa: E402
 from tads_assets.core.io.catalog import Catalog  # noqa: E402
-from tads_assets.core.io.embeddings import load_signals  # noqa: E402
 from tads_assets.core.io.tasks import load_task_set  # noqa: E402
 from tads_assets.core.method import selection  # noqa: E402
 from tads_assets.core.method.algorithm1 import PRIOR_ROWS, row_label  # noqa: E402
-from tads_assets.core.method.dvn import DVN_INFO  # noqa: E402
 from tads_assets.core.report import markdown_table  # noqa: E402
 
 ROWS = {"Q": "q", "Q+R": "q_r", "Q+R+D": "q_r_d", "Q+R+D+A": "q_r_d_a", "full (FDO)": "tads"}
@@ -61,12 +59,11 @@ def main() -> None:
     cat = Catalog(h)
     if not cat.final_subset.exists():
         raise SystemExit(f"{cat.final_subset.path} does not exist: run `make demo` first (or pass --home)")
-    sig = load_signals(cat.quality_scores.path, cat.relevance_vectors.connect(), cat.cluster_diversity.path,
-                       cat.pool_embeddings.connect())
+    sig = home_signals(cat)
     tads_uids = cat.final_subset.uids()
     size = len(tads_uids)
     subsets = {"tads": tads_uids}
-    info = json.loads((cat.trained_dvn.models / DVN_INFO).read_text())
+    info = dvn_info(cat)
     # θ₀'s static row (prior "auto" may have chosen one outside Table 2's, e.g. Q+R+A): a row of its own here
     init = info.get("init", "prior")
     prior_key = info.get("prior", "q_r_d") if init in ("prior", "residual") else None
