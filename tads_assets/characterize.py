@@ -245,33 +245,53 @@ def quality_scores(context: AssetExecutionContext, config: QualityScoresConfig, 
                                            maintain_order="left")["cluster"].fill_null(-1).to_numpy()
     params = params_of(config, QualityParams)
     captions = raw_pool.captions(features["uid"].to_list())
-    d_true = quality_model.assemble_d_true(features, captions, clusters, params,
-                                           _negative_features(features, feature_table, pool_embeddings, clip_encoder,
-                                                              cat.frozen_cache_dir, encoder, langid, dev))
-    fit = quality_model.train_quality_model(d_true.x_pool, features["y_weak"].to_numpy(), d_true.x_true, d_true.y_true,
-                                            params, dev, progress=context.log.info)
-    q = quality_model.predict_quality(fit.model, d_true.x_pool)
+    fit = quality_model.train_quality_ensemble(
+        features, captions, clusters, params,
+        _negative_features(features, feature_table, pool_embeddings, clip_encoder, cat.frozen_cache_dir, encoder,
+                           langid, dev), dev, progress=context.log.info)
+    x_pool = fit.d_trues[0].x_pool
+    q = quality_model.predict_quality(fit.model, x_pool)
     quality_model.save_quality_model(fit.model, cat.quality_scores.checkpoint, FEATURE_COLUMNS)
     out = pl.DataFrame({"uid": features["uid"], "quality": q.astype(np.float32)})
     write_parquet_atomic(out, cat.quality_scores.path)
-    return MaterializeResult(metadata=_quality_metadata(fit, d_true, out, captions, params, raw_pool, cat,
+    return MaterializeResult(metadata=_quality_metadata(fit, out, captions, params, raw_pool, cat,
                                                         time.perf_counter() - t0))
 
 
-def _quality_metadata(fit, d_true, out: pl.DataFrame, captions, params, raw_pool: RawPool, cat, seconds) -> dict:
-    q, how = out["quality"].to_numpy(), d_true.how
-    q_true = quality_model.predict_quality(fit.model, d_true.x_true)
+def _member_agreement(fit: quality_model.EnsembleFit, x_pool: np.ndarray) -> dict:
+    """How far the ensemble's members agree on the pool: the mean Spearman correlation of their rankings over every
+    pair of members, and the mean standard deviation of their scores per sample."""
+    if len(fit.fits) < 2:
+        return {}
+    scores = fit.member_scores(x_pool)
+    ranks = scores.argsort(1).argsort(1).astype(np.float64)
+    corr = np.corrcoef(ranks)
+    return {"member_rank_correlation": rounded(float(corr[np.triu_indices(len(corr), 1)].mean())),
+            "member_score_std": rounded(float(scores.std(0).mean()))}
+
+
+def _quality_metadata(fit: quality_model.EnsembleFit, out: pl.DataFrame, captions, params, raw_pool: RawPool, cat,
+                      seconds) -> dict:
+    q = out["quality"].to_numpy()
+    how = np.concatenate([d.how for d in fit.d_trues])
+    q_true = np.concatenate([quality_model.predict_quality(f.model, d.x_true) for f, d in zip(fit.fits, fit.d_trues)])
     ranked = out.with_columns(caption=pl.Series(captions)).sort("quality")
+
+    def mean_of(curve: str) -> list[float]:
+        return np.mean([getattr(f, curve) for f in fit.fits], axis=0).tolist()
+
     return {
         "path": MetadataValue.path(str(cat.quality_scores.path)),
         "checkpoint": MetadataValue.path(str(cat.quality_scores.checkpoint)),
         "dagster/column_schema": column_schema(out, QUALITY_COLUMNS),
         "dagster/row_count": out.height, "n_in": out.height, "n_out": out.height, "n_dropped": 0,
         "seconds": round(seconds, 2),
+        "members": len(fit.fits), **_member_agreement(fit, fit.d_trues[0].x_pool),
         "d_true": table([{"examples": k, "count": int((how == k).sum()), "mean q_phi": float(q_true[how == k].mean())}
                          for k in ("positive", "shuffled", "mismatch_injected") if (how == k).any()]),
-        "loss_curve": MetadataValue.md(line_plot_markdown(fit.loss_per_epoch, "eq. 9 loss per epoch", "epoch", "loss")),
-        "final_bce_d_true": rounded(fit.sup_per_epoch[-1]), "final_mse_weak": rounded(fit.weak_per_epoch[-1]),
+        "loss_curve": MetadataValue.md(line_plot_markdown(mean_of("loss_per_epoch"),
+                                                          "eq. 9 loss per epoch (mean over the members)", "epoch", "loss")),
+        "final_bce_d_true": rounded(mean_of("sup_per_epoch")[-1]), "final_mse_weak": rounded(mean_of("weak_per_epoch")[-1]),
         "quality": MetadataValue.md(histogram_markdown({"q_phi": q}, "quality score distribution", "q")),
         "samples_by_quality": MetadataValue.md(scored_samples_grid(raw_pool, out["uid"].to_list(), q, "q",
                                                                    "highest and lowest quality q_φ")),

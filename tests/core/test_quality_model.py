@@ -73,3 +73,47 @@ def test_a_pickle_checkpoint_is_refused(tmp_path):
     torch.save({"mean": torch.zeros(5)}, path)  # a pickle, whatever its name says
     with pytest.raises(Exception):
         qm.load_quality_model(path)
+
+
+def _feature_frame(n: int, seed: int):
+    """A feature table whose clip_similarity decides quality (and ŷ_weak sees it through noise)."""
+    import polars as pl
+
+    from tads_assets.core.method.operators import FEATURE_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    frame = pl.DataFrame({c: rng.normal(size=n) for c in FEATURE_COLUMNS})
+    good = frame["clip_similarity"].to_numpy() > 0
+    weak = np.clip(0.15 + 0.7 * good + rng.normal(0, 0.25, n), 0, 1)
+    return frame.with_columns(y_weak=pl.Series(weak.astype(np.float32))), good
+
+
+def test_the_ensemble_is_the_mean_of_members_each_fit_on_its_own_draw_of_d_true(tmp_path):
+    import polars as pl
+
+    features, good = _feature_frame(2000, 0)
+    captions = [f"caption {i}" for i in range(2000)]
+    drawn = []
+
+    def negative_features(rows, caps):  # a negative's features: its row's, with the alignment feature broken
+        drawn.append(np.asarray(rows).copy())
+        return features[rows.tolist()].with_columns(clip_similarity=pl.lit(-2.0))
+
+    params = qm.QualityParams(members=3, true_positives=100, epochs=5, seed=7)
+    fit = qm.train_quality_ensemble(features, captions, np.arange(2000) % 10, params, negative_features,
+                                    progress=lambda m: None)
+    assert len(fit.fits) == len(fit.d_trues) == len(fit.model.members) == 3
+    positives = [set(d_rows.tolist()) for d_rows in drawn]  # each negative sits on a positive's image
+    assert positives[0] != positives[1] and positives[1] != positives[2]  # seeds 7, 8, 9: three draws
+    x = fit.d_trues[0].x_pool
+    members = fit.member_scores(x)
+    assert not np.allclose(members[0], members[1])
+    assert np.allclose(qm.predict_quality(fit.model, x), members.mean(0), atol=1e-6)
+    assert ((qm.predict_quality(fit.model, x) > 0.5) == good).mean() > 0.9
+    # the checkpoint keeps every member; a single fit's checkpoint still loads as one model
+    qm.save_quality_model(fit.model, tmp_path / "q.safetensors", ("c",) * x.shape[1])
+    again, _ = qm.load_quality_model(tmp_path / "q.safetensors")
+    assert isinstance(again, qm.QualityEnsemble) and len(again.members) == 3
+    assert np.allclose(qm.predict_quality(again, x), members.mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        qm.train_quality_ensemble(features, captions, np.zeros(2000), qm.QualityParams(members=0), negative_features)
