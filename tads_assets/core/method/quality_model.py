@@ -43,7 +43,7 @@ class QualityParams:
     shuffle_share: float = 0.5  # share of negatives made by caption shuffling (the rest: mismatch injection)
     # q_φ is the mean of this many fits, member i with seed + i: its own draw of D_true (positives and negatives),
     # its own initialisation and batch order. One fit's ROC-AUC moves by 0.01-0.02 between seeds on the zoo pools;
-    # the mean of five was above every single fit on each pool measured (docs/results.md, "One q_φ or five").
+    # the mean of five was above every single fit on each pool measured (docs/results.md, "One quality model or five").
     members: int = 5
     seed: int = 0
 
