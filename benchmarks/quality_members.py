@@ -69,7 +69,11 @@ def main() -> None:
     args = p.parse_args()
     for home in args.homes:
         t0 = time.perf_counter()
-        truth = pl.read_parquet(Catalog(home).demo_dir / "truth.parquet").select("uid", "kind")
+        truth_file = Catalog(home).demo_dir / "truth.parquet"
+        if not (truth_file.exists() and Catalog(home).quality_scores.path.exists()):
+            raise SystemExit(f"{home}: not a finished zoo home (no {truth_file.name} or quality_scores): run "
+                             "benchmarks/zoo.py --stage quality or --stage all first")
+        truth = pl.read_parquet(truth_file).select("uid", "kind")
         with tempfile.TemporaryDirectory(prefix="tads-members-") as work:
             q = fits_on(home, Path(work), args.fits)
         one = [figures(truth, q.select("uid", pl.col(f"q{k}").alias("quality"))) for k in range(args.fits)]
