@@ -42,7 +42,7 @@ class QualityParams:
     positive_quantile: float = 0.6  # positives are drawn from above this quantile of ŷ_weak (and its top tier: positive_candidates)
     shuffle_share: float = 0.5  # share of negatives made by caption shuffling (the rest: mismatch injection)
     # q_φ is the mean of this many fits, member i with seed + i: its own draw of D_true (positives and negatives),
-    # its own initialisation and batch order. One fit's ROC-AUC moves by 0.01-0.02 between seeds on the zoo pools;
+    # its own initialisation and batch order. One fit's ROC-AUC moved by 0.005-0.013 between seeds on a zoo pool;
     # the mean of five was above every single fit on each pool measured (docs/results.md, "One quality model or five").
     members: int = 5
     seed: int = 0
@@ -160,10 +160,10 @@ def train_quality_ensemble(features, captions: list[str], clusters: np.ndarray, 
         raise ValueError(f"QualityParams.members must be at least 1, got {params.members}")
     t0 = time.perf_counter()
     fits, d_trues = [], []
-    weak = features["y_weak"].to_numpy()
+    weak, x_pool = features["y_weak"].to_numpy(), feature_matrix(features)  # the pool's matrix, shared by every member
     for i in range(params.members):
         member = dataclasses.replace(params, seed=params.seed + i)
-        d_true = assemble_d_true(features, captions, clusters, member, negative_features)
+        d_true = assemble_d_true(features, captions, clusters, member, negative_features, x_pool)
         fits.append(train_quality_model(d_true.x_pool, weak, d_true.x_true, d_true.y_true, member, device,
                                         progress=lambda m, i=i: progress(f"member {i + 1}/{params.members}: {m}")))
         d_trues.append(d_true)
@@ -272,14 +272,15 @@ class DTrue:
 
 
 def assemble_d_true(features, captions: list[str], clusters: np.ndarray, params: QualityParams,
-                    negative_features) -> DTrue:
+                    negative_features, x_pool: np.ndarray | None = None) -> DTrue:
     """Eq. 7's D_true over the feature table `features` (with y_weak): positives sampled by ŷ_weak keep their
     row's features; each synthetic negative (a shuffled or mismatch-injected caption on a positive's image) gets
-    the features `negative_features(rows, captions)` computes for those new pairs (a feature-table frame)."""
+    the features `negative_features(rows, captions)` computes for those new pairs (a feature-table frame). `x_pool`:
+    feature_matrix(features), where the caller already has it."""
     true_set = build_true_set(features["y_weak"].to_numpy(), captions, clusters, params)
     neg = true_set.labels == 0
     neg_feats = negative_features(true_set.rows[neg], [c for c, n in zip(true_set.captions, neg) if n])
-    x_pool = feature_matrix(features)
+    x_pool = feature_matrix(features) if x_pool is None else x_pool
     x_true = np.concatenate([x_pool[true_set.rows[~neg]], feature_matrix(neg_feats)])
     y_true = np.concatenate([true_set.labels[~neg], true_set.labels[neg]])
     how = np.array(true_set.how)[np.r_[np.flatnonzero(~neg), np.flatnonzero(neg)]]
